@@ -1,0 +1,195 @@
+"""Core commands: index, query, info, remove, encoders."""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from ..encoders import DEFAULT_ENCODER, list_encoders
+from ..encoders.registry import default_weights_path
+from ..engine import Engine, resolve_index_path
+from ..errors import InvalidInputError
+from ..ingest import scan_source
+from ..ingest.crops import PATTERNS
+from ..results import QueryResult
+from . import main
+
+index_option = click.option(
+    "--index", "index_path", required=True, metavar="PATH",
+    help="Index folder, or a bare name resolved under indexes/.",
+)
+encoder_option = click.option("--encoder", default=None, metavar="NAME", help="Registered encoder (see `reid-engine encoders`).")
+weights_option = click.option(
+    "--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Weights file; its type picks the runtime when --encoder is not given (.onnx, .xml).",
+)
+device_option = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available).")
+
+
+def _progress() -> Optional[bool]:
+    return True if sys.stderr.isatty() else False
+
+
+def _fmt_time(ts: Optional[float]) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_results(results: list[QueryResult]) -> None:
+    for res in results:
+        cam = f" (camera {res.camera})" if res.camera is not None else ""
+        click.echo(f"query {res.query}{cam}: {len(res.hits)} hits")
+        click.echo(f"{'rank':>4}  {'distance':>8}  {'camera':<8} {'pid':<8} {'time':<19}  {'frame':>6}  {'track':<6}  path")
+        for h in res.hits:
+            click.echo(
+                f"{h.rank:>4}  {h.distance:8.4f}  {str(h.camera or '-'):<8} {str(h.pid or '-'):<8} "
+                f"{_fmt_time(h.timestamp):<19}  {str(h.frame if h.frame is not None else '-'):>6}  "
+                f"{str(h.track or '-'):<6}  {h.path}"
+            )
+        click.echo("")
+
+
+@main.command("index")
+@click.argument("source", type=click.Path(path_type=Path))
+@index_option
+@encoder_option
+@weights_option
+@click.option("--factory", default="Flat", show_default=True, help="FAISS index-factory string for a new index (e.g. Flat, HNSW32, IVF1024,PQ64).")
+@click.option("--db-url", default=None, help="SQLAlchemy URL for the crop table of a new index (default: SQLite in the index folder).")
+@click.option("--glob", "glob_pattern", default="**/*", show_default=True, help="Which files of a folder to take.")
+@click.option(
+    "--pattern", default="auto", show_default=True,
+    help=f"Metadata from each relative path: a regex with named groups pid, camera, frame, track, timestamp, or one of {', '.join(PATTERNS)}, auto, none.",
+)
+@click.option("--camera", default=None, help="Camera of every crop (over what --pattern found).")
+@click.option("--role", default=None, help="With a CSV manifest: only rows of this role (e.g. gallery).")
+@click.option("--source-name", default=None, help="What to record as the crops' source (default: SOURCE's absolute path).")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--commit-every", default=4096, show_default=True, type=click.IntRange(1), help="Crops per atomic commit.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def index_cmd(
+    source: Path, index_path: str, encoder: Optional[str], weights: Optional[Path], factory: str,
+    db_url: Optional[str], glob_pattern: str, pattern: str, camera: Optional[str], role: Optional[str],
+    source_name: Optional[str], strict: bool, batch_size: int, commit_every: int, device: Optional[str], as_json: bool,
+) -> None:
+    """Index the person crops of SOURCE (a folder, a CSV manifest or one image), adding to the index if it exists."""
+    items = scan_source(source, glob=glob_pattern, pattern=pattern, camera=camera, role=role, source_name=source_name)
+    if not items:
+        raise InvalidInputError(f"{source}: no images found (glob {glob_pattern!r})")
+    engine = Engine.open_or_create(
+        index_path, encoder=encoder, weights=weights, factory=factory, db_url=db_url, device=device
+    )
+    with engine:
+        report = engine.add(items, strict=strict, batch_size=batch_size, show_progress=_progress(), commit_every=commit_every)
+        total = engine.store.count
+    if as_json:
+        click.echo(json.dumps({
+            "index": str(engine.path), "added": report.added, "duplicates": report.duplicates,
+            "failed": [{"path": p, "reason": r} for p, r in report.failed], "total": total,
+            "seconds": round(report.seconds, 3),
+        }))
+    else:
+        click.echo(f"{engine.path}: {report.summary()}; {total} crops in the index")
+        for path, reason in report.failed[:10]:
+            click.echo(f"  unreadable: {reason}", err=True)
+
+
+@main.command("query")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@index_option
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Hits per query.")
+@click.option("--camera", "cameras", multiple=True, help="Only gallery crops from this camera (repeatable).")
+@click.option("--exclude-camera", "exclude_cameras", multiple=True, help="Leave out this camera (repeatable).")
+@click.option("--exclude-same-camera", is_flag=True, help="Leave out the query's own camera.")
+@click.option("--query-camera", default=None, help="Camera of the query images (else looked up when they are indexed).")
+@click.option("--source", "sources", multiple=True, help="Only crops from this source (repeatable).")
+@click.option("--time-from", default=None, help="Only crops at or after this time (ISO-8601 or epoch seconds).")
+@click.option("--time-to", default=None, help="Only crops at or before this time.")
+@weights_option
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: per query, its hits with metadata.")
+def query_cmd(
+    images: tuple[Path, ...], index_path: str, k: int, cameras: tuple[str, ...], exclude_cameras: tuple[str, ...],
+    exclude_same_camera: bool, query_camera: Optional[str], sources: tuple[str, ...], time_from: Optional[str],
+    time_to: Optional[str], weights: Optional[Path], device: Optional[str], as_json: bool,
+) -> None:
+    """Find the gallery crops most like each query IMAGE."""
+    with Engine.open(index_path, weights=weights, device=device) as engine:
+        results = engine.query(
+            [str(p) for p in images], k,
+            query_cameras=[query_camera] * len(images) if query_camera is not None else None,
+            cameras=list(cameras) or None, exclude_cameras=list(exclude_cameras) or None,
+            exclude_same_camera=exclude_same_camera, sources=list(sources) or None,
+            time_from=time_from, time_to=time_to,
+        )
+        index_str = str(engine.path)
+    if as_json:
+        click.echo(json.dumps({"index": index_str, "k": k, "queries": [r.to_dict() for r in results]}))
+    else:
+        _print_results(results)
+
+
+@main.command("info")
+@index_option
+@click.option("--json", "as_json", is_flag=True)
+def info_cmd(index_path: str, as_json: bool) -> None:
+    """Counts, cameras, encoder and storage of an index."""
+    with Engine.open(index_path) as engine:
+        stats = engine.stats()
+    if as_json:
+        click.echo(json.dumps(stats))
+        return
+    for key, value in stats.items():
+        if key == "time_range":
+            value = f"{_fmt_time(value[0])} .. {_fmt_time(value[1])}"
+        elif key == "cameras":
+            value = ", ".join(f"{c or '-'}: {n}" for c, n in value.items()) or "-"
+        click.echo(f"{key:>16}: {value}")
+
+
+@main.command("remove")
+@index_option
+@click.option("--id", "ids", multiple=True, type=int, help="Crop id (repeatable).")
+@click.option("--camera", "cameras", multiple=True, help="Every crop of this camera (repeatable).")
+@click.option("--source", "sources", multiple=True, help="Every crop of this source (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def remove_cmd(index_path: str, ids: tuple[int, ...], cameras: tuple[str, ...], sources: tuple[str, ...], as_json: bool) -> None:
+    """Remove crops by id, camera or source (criteria combine with AND)."""
+    if not (ids or cameras or sources):
+        raise click.UsageError("say what to remove: --id, --camera or --source")
+    with Engine.open(index_path) as engine:
+        n = engine.remove(ids=list(ids) or None, cameras=list(cameras) or None, sources=list(sources) or None)
+        total = engine.store.count
+    if as_json:
+        click.echo(json.dumps({"removed": n, "total": total}))
+    else:
+        click.echo(f"removed {n} crops; {total} left")
+
+
+@main.command("encoders")
+@click.option("--json", "as_json", is_flag=True)
+def encoders_cmd(as_json: bool) -> None:
+    """List the registered encoders."""
+    rows: list[dict[str, Any]] = []
+    for spec in list_encoders():
+        w = default_weights_path(spec)
+        rows.append({
+            "name": spec.name, "runtime": spec.runtime, "default": spec.name == DEFAULT_ENCODER,
+            "default_weights": str(w) if w else None, "weights_available": bool(w and w.is_file()),
+            "input": f"{spec.preprocess.height}x{spec.preprocess.width} {spec.preprocess.color}",
+            "description": spec.description,
+        })
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        mark = "*" if r["default"] else " "
+        weights = "weights: shared" if r["weights_available"] else ("weights: missing" if r["default_weights"] else "weights: yours")
+        click.echo(f"{mark} {r['name']:<48} {r['runtime']:<12} {r['input']:<12} {weights:<16} {r['description']}")

@@ -1,0 +1,369 @@
+"""The one-call facade: create or open an index, add crops, query, remove, stats."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .encoders import Encoder, create_encoder, get_spec
+from .encoders.registry import default_weights_path
+from .errors import EncoderMismatchError, ImageReadError, InvalidInputError, WeightsError
+from .images import ImageLike, file_sha256
+from .index import db
+from .index.store import IndexStore
+from .index.vectors import l2_normalize
+from .ingest.crops import CropItem, parse_time
+from .results import Hit, QueryResult
+
+log = logging.getLogger(__name__)
+
+INDEXES_ENV = "REID_ENGINE_INDEXES"
+PathLike = Union[str, Path]
+
+
+def indexes_home() -> Path:
+    """Where bare index names live: $REID_ENGINE_INDEXES, else ./indexes."""
+    return Path(os.environ.get(INDEXES_ENV, "indexes"))
+
+
+def resolve_index_path(name_or_path: PathLike) -> Path:
+    """A bare name (no folder part) means ``indexes/<name>``; anything else is a path."""
+    text = str(name_or_path)
+    p = Path(text).expanduser()
+    if p.is_absolute() or len(p.parts) > 1 or text.startswith(".") or p.exists():
+        return p
+    return indexes_home() / p
+
+
+@dataclass
+class AddReport:
+    """What one ``add`` call did."""
+
+    added: int = 0
+    duplicates: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    ids: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"added {self.added} crops, skipped {self.duplicates} already indexed, "
+            f"{len(self.failed)} unreadable, in {self.seconds:.1f} s"
+        )
+
+
+def _row_from_meta(item: CropItem, sha: str) -> dict[str, Any]:
+    """Validate a crop's metadata into a SQL row; unknown keys go to ``extra``."""
+    meta = dict(item.meta)
+    path = str(item.path) if item.image is not None else str(Path(item.path).resolve())
+    row: dict[str, Any] = {"path": path, "sha256": sha}
+    box = meta.pop("box", None)
+    if box is not None:
+        if len(box) != 4:
+            raise InvalidInputError(f"{item.path}: box {box!r}: expected (x, y, w, h)")
+        row.update(box_x=float(box[0]), box_y=float(box[1]), box_w=float(box[2]), box_h=float(box[3]))
+    for key in ("pid", "camera", "track", "source"):
+        if meta.get(key) is not None:
+            row[key] = str(meta.pop(key))
+        else:
+            meta.pop(key, None)
+    if meta.get("frame") is not None:
+        row["frame"] = int(meta.pop("frame"))
+    if meta.get("timestamp") is not None:
+        row["timestamp"] = parse_time(meta.pop("timestamp"))
+    for key in ("box_x", "box_y", "box_w", "box_h"):
+        if meta.get(key) is not None:
+            row[key] = float(meta.pop(key))
+    extra = {k: v for k, v in meta.items() if v is not None}
+    extra.update(meta.pop("extra", None) or {})
+    extra.pop("extra", None)
+    row["extra"] = extra or None
+    return row
+
+
+def _describe_mismatch(built: dict[str, Any], asked: dict[str, Any]) -> list[str]:
+    diffs = []
+    for key in ("name", "weights_sha256", "dim", "preprocess"):
+        if key in asked and asked[key] is not None and built.get(key) != asked[key]:
+            b, a = built.get(key), asked[key]
+            if key == "weights_sha256":
+                b, a = str(b)[:12], str(a)[:12]
+            diffs.append(f"{key}: index has {b!r}, got {a!r}")
+    return diffs
+
+
+class Engine:
+    """A gallery index plus the encoder that built it."""
+
+    def __init__(self, store: IndexStore, encoder: Optional[Encoder] = None, device: Optional[str] = None):
+        self.store = store
+        self._encoder = encoder
+        self._device = device
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: PathLike,
+        encoder: Optional[str] = None,
+        weights: Optional[PathLike] = None,
+        factory: str = "Flat",
+        db_url: Optional[str] = None,
+        device: Optional[str] = None,
+    ) -> "Engine":
+        """Create a new empty index at ``path`` (or ``indexes/<name>``)."""
+        enc = create_encoder(encoder, weights, device)
+        store = IndexStore.create(resolve_index_path(path), enc.describe(), enc.dim, factory, db_url)
+        return cls(store, enc, device)
+
+    @classmethod
+    def open(
+        cls,
+        path: PathLike,
+        encoder: Optional[str] = None,
+        weights: Optional[PathLike] = None,
+        device: Optional[str] = None,
+    ) -> "Engine":
+        """Open an existing index; a given encoder or weights must match what built it."""
+        store = IndexStore.open(resolve_index_path(path))
+        built = store.manifest.encoder
+        asked: dict[str, Any] = {"name": encoder}
+        if weights is not None:
+            wpath = Path(weights).expanduser()
+            if not wpath.is_file():
+                raise WeightsError(f"{wpath}: no such weights file")
+            asked["weights_sha256"] = file_sha256(wpath)
+        diffs = _describe_mismatch(built, asked)
+        if diffs:
+            raise EncoderMismatchError(f"{store.folder}: encoder does not match the index ({'; '.join(diffs)})")
+        engine = cls(store, None, device)
+        if weights is not None:
+            engine._encoder = engine._build_encoder(Path(weights))
+        return engine
+
+    @classmethod
+    def open_or_create(cls, path: PathLike, **kwargs: Any) -> "Engine":
+        """Open the index at ``path`` if there is one, else create it."""
+        folder = resolve_index_path(path)
+        if (folder / "manifest.json").exists():
+            open_kwargs = {k: v for k, v in kwargs.items() if k in ("encoder", "weights", "device")}
+            return cls.open(folder, **open_kwargs)
+        return cls.create(folder, **kwargs)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self.store.folder
+
+    @property
+    def encoder(self) -> Encoder:
+        """The index's encoder, loaded on first use from the weights recorded in the manifest."""
+        if self._encoder is None:
+            self._encoder = self._build_encoder(None)
+        return self._encoder
+
+    def _build_encoder(self, weights: Optional[Path]) -> Encoder:
+        built = self.store.manifest.encoder
+        name = built["name"]
+        if weights is None:
+            candidates = [Path(built.get("weights_path", ""))]
+            default = default_weights_path(get_spec(name))
+            if default is not None:
+                candidates.append(default)
+            weights = next((c for c in candidates if str(c) and c.is_file()), None)
+            if weights is None:
+                raise WeightsError(
+                    f"{self.path}: the weights it was built with ({built.get('weights_path')}) are gone; pass --weights"
+                )
+        enc = create_encoder(name, weights, self._device)
+        diffs = _describe_mismatch(built, {k: enc.describe()[k] for k in ("weights_sha256", "dim", "preprocess")})
+        if diffs:
+            raise EncoderMismatchError(f"{self.path}: encoder does not match the index ({'; '.join(diffs)})")
+        return enc
+
+    # -- adding ---------------------------------------------------------------------------
+    def add(
+        self,
+        items: Iterable[Union[CropItem, PathLike]],
+        *,
+        strict: bool = False,
+        batch_size: int = 32,
+        show_progress: Optional[bool] = None,
+        commit_every: int = 4096,
+    ) -> AddReport:
+        """Encode and index crops; files already indexed (same sha256) are skipped.
+
+        Each block of ``commit_every`` crops is committed on its own, so an
+        interrupted run keeps what it committed and a re-run resumes.
+        Unreadable images are skipped and reported, or raise with ``strict``.
+        """
+        t0 = time.perf_counter()
+        crops = [it if isinstance(it, CropItem) else CropItem(Path(it)) for it in items]
+        report = AddReport()
+        hashed: list[tuple[CropItem, str]] = []
+        quiet = not (show_progress or (show_progress is None and len(crops) > 2000 and sys.stderr.isatty()))
+        bar = tqdm(crops, desc="hash", unit="file", disable=quiet)
+        for it in bar:
+            try:
+                hashed.append((it, it.sha256()))
+            except OSError as exc:
+                reason = f"{it.path}: cannot read ({exc.strerror or exc})"
+                if strict:
+                    raise ImageReadError(reason) from None
+                log.warning("skipping %s", reason)
+                report.failed.append((str(it.path), reason))
+        known = self.store.known_hashes([h for _, h in hashed])
+        todo: list[tuple[CropItem, str]] = []
+        for it, h in hashed:
+            if h in known:
+                report.duplicates += 1
+            else:
+                known.add(h)
+                todo.append((it, h))
+        for start in range(0, len(todo), max(1, commit_every)):
+            block = todo[start : start + commit_every]
+            inputs = [it.image if it.image is not None else it.path for it, _ in block]
+            res = self.encoder.encode_files(inputs, batch_size=batch_size, show_progress=show_progress, strict=strict)
+            for pos, reason in res.failures:
+                report.failed.append((str(block[pos][0].path), reason))
+            rows = [_row_from_meta(block[pos][0], block[pos][1]) for pos in res.ok]
+            ids = self.store.add(l2_normalize(res.features), rows)
+            report.ids.extend(ids)
+            report.added += len(ids)
+        report.seconds = time.perf_counter() - t0
+        log.info("%s: %s", self.path, report.summary())
+        return report
+
+    def add_features(self, features: np.ndarray, items: Sequence[CropItem], hashes: Optional[Sequence[str]] = None) -> list[int]:
+        """Index precomputed features (from this index's encoder) for the given crops."""
+        if len(features) != len(items):
+            raise InvalidInputError(f"{len(features)} feature rows for {len(items)} crops")
+        hashes = list(hashes) if hashes is not None else [it.sha256() for it in items]
+        rows = [_row_from_meta(it, h) for it, h in zip(items, hashes)]
+        return self.store.add(l2_normalize(features), rows)
+
+    # -- querying -------------------------------------------------------------------------
+    def query(
+        self,
+        images: Sequence[ImageLike],
+        k: int = 10,
+        *,
+        query_cameras: Optional[Sequence[Optional[str]]] = None,
+        batch_size: int = 32,
+        **filters: Any,
+    ) -> list[QueryResult]:
+        """Rank the gallery for each query image (path or BGR array).
+
+        Filters (applied inside the FAISS search): ``cameras``, ``exclude_cameras``,
+        ``sources``, ``time_from``, ``time_to`` (epoch seconds or ISO-8601), and
+        ``exclude_same_camera`` (the query's camera comes from ``query_cameras`` or,
+        for a query file that is itself indexed, from its row).
+        """
+        if isinstance(images, (str, Path, np.ndarray)):
+            images = [images]
+        labels = [str(im) if not isinstance(im, np.ndarray) else f"<array {i}>" for i, im in enumerate(images)]
+        if query_cameras is None and filters.get("exclude_same_camera"):
+            query_cameras = self._cameras_of_indexed(images)
+        feats = self.encoder.encode(images, batch_size=batch_size)
+        return self.query_features(feats, k, query_labels=labels, query_cameras=query_cameras, **filters)
+
+    def _cameras_of_indexed(self, images: Sequence[ImageLike]) -> list[Optional[str]]:
+        hashes = [file_sha256(im) if not isinstance(im, np.ndarray) and Path(im).is_file() else "" for im in images]
+        rows = self.store.rows_by_hash([h for h in hashes if h])
+        return [rows[h]["camera"] if h in rows else None for h in hashes]
+
+    def query_features(
+        self,
+        features: np.ndarray,
+        k: int = 10,
+        *,
+        query_labels: Optional[Sequence[str]] = None,
+        query_cameras: Optional[Sequence[Optional[str]]] = None,
+        cameras: Optional[Sequence[str]] = None,
+        exclude_cameras: Optional[Sequence[str]] = None,
+        sources: Optional[Sequence[str]] = None,
+        time_from: Union[None, str, float] = None,
+        time_to: Union[None, str, float] = None,
+        exclude_same_camera: bool = False,
+    ) -> list[QueryResult]:
+        """Rank the gallery for precomputed query features (see ``query`` for the filters)."""
+        q = l2_normalize(np.atleast_2d(features))
+        if q.shape[1] != self.store.manifest.dim:
+            raise InvalidInputError(f"query features of dimension {q.shape[1]}: the index holds {self.store.manifest.dim}")
+        if k < 1:
+            raise InvalidInputError(f"k {k}: expected a positive integer")
+        n = len(q)
+        labels = list(query_labels) if query_labels is not None else [f"<features {i}>" for i in range(n)]
+        qcams = list(query_cameras) if query_cameras is not None else [None] * n
+        if len(labels) != n or len(qcams) != n:
+            raise InvalidInputError(f"{n} queries but {len(labels)} labels and {len(qcams)} cameras")
+        groups: dict[Optional[str], list[int]] = {}
+        if exclude_same_camera:
+            for i, c in enumerate(qcams):
+                if c is None:
+                    raise InvalidInputError(
+                        f"query {labels[i]}: its camera is unknown, so it cannot be excluded; pass the query camera"
+                    )
+                groups.setdefault(str(c), []).append(i)
+        else:
+            groups[None] = list(range(n))
+        base = dict(
+            cameras=cameras,
+            exclude_cameras=list(exclude_cameras or []),
+            sources=sources,
+            time_from=parse_time(time_from),
+            time_to=parse_time(time_to),
+        )
+        sims = np.full((n, k), -np.inf, np.float32)
+        ids = np.full((n, k), -1, np.int64)
+        for cam, members in groups.items():
+            f = dict(base)
+            if cam is not None:
+                f["exclude_cameras"] = f["exclude_cameras"] + [cam]
+            where = db.filter_clause(**f)
+            allowed = None if where is None else self.store.ids_where(where)
+            if allowed is not None and len(allowed) == 0 or self.store.count == 0:
+                continue
+            s, i = self.store.search(q[members], k, allowed)
+            sims[members, : s.shape[1]] = s
+            ids[members, : i.shape[1]] = i
+        rows = self.store.rows(ids[ids >= 0].tolist())
+        results = []
+        for qi in range(n):
+            hits = []
+            for s, i in zip(sims[qi], ids[qi]):
+                if i < 0:
+                    continue
+                hits.append(Hit.from_row(len(hits) + 1, float(1.0 - s), rows[int(i)]))
+            results.append(QueryResult(labels[qi], hits, None if qcams[qi] is None else str(qcams[qi])))
+        return results
+
+    # -- removing and reporting ------------------------------------------------------------
+    def remove(
+        self,
+        ids: Optional[Sequence[int]] = None,
+        cameras: Optional[Sequence[str]] = None,
+        sources: Optional[Sequence[str]] = None,
+    ) -> int:
+        """Remove crops matching all given criteria; returns how many were removed."""
+        where = db.filter_clause(ids=ids, cameras=cameras, sources=sources)
+        return self.store.remove(where)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, cameras, encoder and storage facts of the index."""
+        return self.store.stats()

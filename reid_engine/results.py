@@ -1,0 +1,62 @@
+"""What a query returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class Hit:
+    """One gallery crop in a ranked answer."""
+
+    rank: int
+    id: int
+    distance: float  # cosine distance (1 - cosine similarity), after any re-ranking
+    path: str
+    sha256: str
+    pid: Optional[str] = None
+    camera: Optional[str] = None
+    timestamp: Optional[float] = None
+    frame: Optional[int] = None
+    box: Optional[tuple[float, float, float, float]] = None  # x, y, w, h
+    track: Optional[str] = None
+    source: Optional[str] = None
+    extra: Optional[dict[str, Any]] = None
+
+    @classmethod
+    def from_row(cls, rank: int, distance: float, row: dict[str, Any]) -> "Hit":
+        box = None
+        if row.get("box_w") is not None:
+            box = (row["box_x"], row["box_y"], row["box_w"], row["box_h"])
+        return cls(
+            rank=rank,
+            id=int(row["id"]),
+            distance=float(distance),
+            path=row["path"],
+            sha256=row["sha256"],
+            pid=row.get("pid"),
+            camera=row.get("camera"),
+            timestamp=row.get("timestamp"),
+            frame=row.get("frame"),
+            box=box,
+            track=row.get("track"),
+            source=row.get("source"),
+            extra=row.get("extra"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["box"] = list(self.box) if self.box else None
+        return d
+
+
+@dataclass
+class QueryResult:
+    """The ranked hits for one query image."""
+
+    query: str  # the query's path, or "<array N>" for in-memory images
+    hits: list[Hit] = field(default_factory=list)
+    camera: Optional[str] = None  # the query's camera, when known
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "camera": self.camera, "hits": [h.to_dict() for h in self.hits]}

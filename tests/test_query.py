@@ -1,0 +1,133 @@
+"""Queries: top-k against brute force, filters applied inside the search, same-camera exclusion."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reid_engine import Engine
+from reid_engine.errors import InvalidInputError
+from reid_engine.ingest import CropItem
+
+
+@pytest.fixture
+def gallery(tmp_path, tiny_weights):
+    """300 random unit vectors over 3 cameras, 2 sources and 300 seconds."""
+    rng = np.random.default_rng(7)
+    feats = rng.standard_normal((300, 16)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    cams = np.array(["c1", "c2", "c3"])[rng.integers(0, 3, 300)]
+    srcs = np.array(["s1", "s2"])[rng.integers(0, 2, 300)]
+    times = 1_700_000_000.0 + np.arange(300, dtype=np.float64)
+    items = [
+        CropItem(tmp_path / f"g{i}.png", {"camera": cams[i], "source": srcs[i], "timestamp": times[i], "pid": str(i % 50)})
+        for i in range(300)
+    ]
+    eng = Engine.create(tmp_path / "ix", encoder="tiny-test", weights=tiny_weights)
+    eng.add_features(feats, items, hashes=[f"{i:064x}" for i in range(300)])
+    return eng, feats, cams, srcs, times
+
+
+def _brute(q, feats, mask, k):
+    sims = q @ feats.T
+    sims[:, ~mask] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return [[int(i) for i in row if mask[i]] for row in order]
+
+
+def _queries(n=12, seed=11):
+    q = np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def test_unfiltered_topk_equals_brute_force(gallery):
+    eng, feats, *_ = gallery
+    q = _queries()
+    res = eng.query_features(q, k=10)
+    assert [[h.id for h in r.hits] for r in res] == _brute(q, feats, np.ones(300, bool), 10)
+    d = np.array([[h.distance for h in r.hits] for r in res])
+    np.testing.assert_allclose(d, 1 - np.sort(q @ feats.T, axis=1)[:, ::-1][:, :10], atol=1e-5)
+    assert all(np.all(np.diff(row) >= -1e-7) for row in d)
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"cameras": ["c2"]},
+        {"exclude_cameras": ["c1", "c3"]},
+        {"sources": ["s1"], "cameras": ["c1", "c3"]},
+        {"time_from": 1_700_000_100.0, "time_to": 1_700_000_130.0},
+        {"time_from": "2023-11-14T22:15:00Z"},
+    ],
+)
+def test_filters_run_inside_the_search_not_after_the_cut(gallery, filters):
+    eng, feats, cams, srcs, times = gallery
+    mask = np.ones(300, bool)
+    if "cameras" in filters:
+        mask &= np.isin(cams, filters["cameras"])
+    if "exclude_cameras" in filters:
+        mask &= ~np.isin(cams, filters["exclude_cameras"])
+    if "sources" in filters:
+        mask &= np.isin(srcs, filters["sources"])
+    if "time_from" in filters:
+        t0 = filters["time_from"] if isinstance(filters["time_from"], float) else 1_700_000_100.0
+        mask &= times >= t0
+    if "time_to" in filters:
+        mask &= times <= filters["time_to"]
+    q = _queries()
+    k = 10
+    res = eng.query_features(q, k=k, **filters)
+    want = _brute(q, feats, mask, k)
+    assert [[h.id for h in r.hits] for r in res] == want
+    # every query gets a full list although most of its unfiltered top-10 is filtered away
+    assert all(len(r.hits) == min(k, int(mask.sum())) for r in res)
+
+
+def test_time_window_narrower_than_k_returns_only_what_exists(gallery):
+    eng, *_ = gallery
+    res = eng.query_features(_queries(2), k=10, time_from=1_700_000_000.0, time_to=1_700_000_002.0)
+    assert [sorted(h.id for h in r.hits) for r in res] == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_exclude_same_camera_uses_each_querys_camera(gallery):
+    eng, feats, cams, *_ = gallery
+    q = _queries(6)
+    qcams = ["c1", "c2", "c3", "c1", "c2", "c3"]
+    res = eng.query_features(q, k=10, query_cameras=qcams, exclude_same_camera=True)
+    for i, r in enumerate(res):
+        assert r.camera == qcams[i]
+        assert [h.id for h in r.hits] == _brute(q[i : i + 1], feats, cams != qcams[i], 10)[0]
+    with pytest.raises(InvalidInputError, match="camera is unknown"):
+        eng.query_features(q, k=3, exclude_same_camera=True)
+
+
+def test_hits_carry_metadata(gallery):
+    eng, feats, cams, srcs, times = gallery
+    hit = eng.query_features(feats[42:43], k=1)[0].hits[0]
+    assert hit.id == 42 and hit.distance == pytest.approx(0.0, abs=1e-5)
+    assert (hit.camera, hit.source, hit.timestamp, hit.pid) == (cams[42], srcs[42], times[42], "42")
+
+
+def test_query_by_array_and_by_indexed_file_camera(tmp_path, tiny_weights):
+    import cv2
+
+    from .conftest import write_crops
+
+    paths = write_crops(tmp_path / "g", 6)
+    eng = Engine.create(tmp_path / "ix2", encoder="tiny-test", weights=tiny_weights)
+    eng.add([CropItem(p, {"camera": "A" if i < 3 else "B"}) for i, p in enumerate(paths)])
+    img = cv2.imread(str(paths[4]))
+    by_array = eng.query([img], k=1)[0]
+    assert by_array.query == "<array 0>" and by_array.hits[0].path == str(paths[4].resolve())
+    # the query file is indexed (camera B): exclude_same_camera looks its camera up
+    res = eng.query([str(paths[4])], k=6, exclude_same_camera=True)[0]
+    assert res.camera == "B" and {h.camera for h in res.hits} == {"A"} and len(res.hits) == 3
+
+
+def test_bad_query_arguments(gallery):
+    eng, *_ = gallery
+    with pytest.raises(InvalidInputError, match="dimension 8"):
+        eng.query_features(np.ones((1, 8), np.float32))
+    with pytest.raises(InvalidInputError, match="k 0"):
+        eng.query_features(_queries(1), k=0)
+    with pytest.raises(InvalidInputError, match="ISO-8601"):
+        eng.query_features(_queries(1), time_from="yesterday")

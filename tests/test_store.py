@@ -1,0 +1,212 @@
+"""The index folder: consistency checks, dedup, atomic commits, removal."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from reid_engine import Engine
+from reid_engine.errors import (
+    EncoderMismatchError,
+    ImageReadError,
+    IndexCorruptError,
+    IndexNotFoundError,
+    InvalidInputError,
+    UnsupportedOperationError,
+)
+from reid_engine.index import store as store_mod
+from reid_engine.index.vectors import index_ids
+from reid_engine.ingest import scan_source
+
+from .conftest import write_crops
+
+
+def _engine(tmp_path, tiny_weights, **kw):
+    return Engine.create(tmp_path / "ix", encoder="tiny-test", weights=tiny_weights, **kw)
+
+
+def test_create_writes_manifest_vectors_and_db(tmp_path, tiny_weights):
+    eng = _engine(tmp_path, tiny_weights)
+    eng.add(write_crops(tmp_path / "g", 5))
+    files = sorted(p.name for p in (tmp_path / "ix").iterdir())
+    assert files == ["crops.db", "manifest.json", "vectors-000001.faiss"]
+    man = json.loads((tmp_path / "ix" / "manifest.json").read_text())
+    assert man["encoder"]["name"] == "tiny-test"
+    assert man["encoder"]["weights_sha256"] == eng.encoder.weights_sha256
+    assert man["dim"] == 16 and man["factory"] == "Flat" and man["normalization"] == "l2"
+    assert man["counts"]["crops"] == 5 and man["format_version"] == 1
+
+
+def test_readding_same_files_does_not_duplicate(tmp_path, tiny_weights):
+    eng = _engine(tmp_path, tiny_weights)
+    paths = write_crops(tmp_path / "g", 6)
+    first = eng.add(paths[:4])
+    second = eng.add(paths)  # 4 known, 2 new
+    assert (first.added, second.added, second.duplicates) == (4, 2, 4)
+    # a copy of a file under another name has the same bytes: still a duplicate
+    (tmp_path / "copy.png").write_bytes(paths[0].read_bytes())
+    assert eng.add([tmp_path / "copy.png"]).duplicates == 1
+    assert eng.store.count == 6
+    reopened = Engine.open(tmp_path / "ix")
+    assert reopened.store.count == 6
+
+
+def test_open_refuses_rows_and_vectors_that_disagree(tmp_path, tiny_weights):
+    eng = _engine(tmp_path, tiny_weights)
+    eng.add(write_crops(tmp_path / "g", 5))
+    eng.close()
+    sql = sa.create_engine(f"sqlite:///{tmp_path / 'ix' / 'crops.db'}")
+    with sql.begin() as conn:
+        conn.execute(sa.text("DELETE FROM crops WHERE id = 3"))
+    with pytest.raises(IndexCorruptError, match=r"5 vectors, 4 rows; ids only in vectors \[3\]"):
+        Engine.open(tmp_path / "ix")
+
+
+def test_open_refuses_a_missing_vector_file(tmp_path, tiny_weights):
+    eng = _engine(tmp_path, tiny_weights)
+    eng.add(write_crops(tmp_path / "g", 2))
+    (tmp_path / "ix" / "vectors-000001.faiss").unlink()
+    with pytest.raises(IndexCorruptError, match="vectors-000001.faiss"):
+        Engine.open(tmp_path / "ix")
+
+
+def test_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(IndexNotFoundError, match="no such index folder"):
+        Engine.open(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexNotFoundError, match="missing manifest.json"):
+        Engine.open(tmp_path / "empty")
+
+
+def test_encoder_mismatch_is_refused(tmp_path, tiny_weights):
+    _engine(tmp_path, tiny_weights).add(write_crops(tmp_path / "g", 2))
+    other = tmp_path / "other.weights"
+    other.write_bytes(b"different weights")
+    with pytest.raises(EncoderMismatchError, match="weights_sha256"):
+        Engine.open(tmp_path / "ix", weights=other)
+    with pytest.raises(EncoderMismatchError, match="name: index has 'tiny-test', got 'onnx'"):
+        Engine.open(tmp_path / "ix", encoder="onnx")
+
+
+def test_crash_between_vector_write_and_sql_commit_keeps_previous_state(tmp_path, tiny_weights, monkeypatch):
+    paths = write_crops(tmp_path / "g", 10)
+    eng = _engine(tmp_path, tiny_weights)
+    eng.add(paths[:4])
+    before_q = eng.query(paths[0], k=4)[0]
+
+    def crash():
+        raise KeyboardInterrupt("simulated crash after the FAISS write")
+
+    monkeypatch.setattr(store_mod, "_after_vectors_written", crash)
+    with pytest.raises(KeyboardInterrupt):
+        eng.add(paths[4:], commit_every=3)
+    # the newer vector file was written, but the SQL transaction never committed
+    assert (tmp_path / "ix" / "vectors-000002.faiss").exists()
+    monkeypatch.undo()
+
+    reopened = Engine.open(tmp_path / "ix")
+    assert reopened.store.count == 4 and reopened.store.generation == 1
+    assert not (tmp_path / "ix" / "vectors-000002.faiss").exists()  # stray file cleaned
+    after_q = reopened.query(paths[0], k=4)[0]
+    assert [h.id for h in after_q.hits] == [h.id for h in before_q.hits]
+
+    # the failed in-process engine rolled back its in-memory vectors too
+    assert eng.store.count == 4
+
+    # a re-run resumes: only the 6 missing crops are added, nothing is duplicated
+    report = reopened.add(paths)
+    assert (report.added, report.duplicates) == (6, 4)
+    assert sorted(index_ids(reopened.store.index).tolist()) == list(range(10))
+
+
+def test_commits_in_blocks_keep_earlier_blocks(tmp_path, tiny_weights, monkeypatch):
+    paths = write_crops(tmp_path / "g", 9)
+    eng = _engine(tmp_path, tiny_weights)
+    calls = {"n": 0}
+
+    def crash_on_third():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+
+    monkeypatch.setattr(store_mod, "_after_vectors_written", crash_on_third)
+    with pytest.raises(RuntimeError):
+        eng.add(paths, commit_every=3)
+    monkeypatch.undo()
+    assert Engine.open(tmp_path / "ix").store.count == 6
+
+
+def test_remove_by_id_camera_and_source(tmp_path, tiny_weights):
+    eng = _engine(tmp_path, tiny_weights)
+    write_crops(tmp_path / "a", 4, seed=1)
+    write_crops(tmp_path / "b", 3, seed=2)
+    eng.add(scan_source(tmp_path / "a", camera="A", source_name="day1"))
+    eng.add(scan_source(tmp_path / "b", camera="B", source_name="day2"))
+    assert eng.remove(ids=[0]) == 1
+    assert eng.remove(cameras=["B"]) == 3
+    assert eng.remove(sources=["day1"], cameras=["Z"]) == 0  # criteria combine with AND
+    assert eng.remove(sources=["day1"]) == 3
+    assert eng.store.count == 0
+    assert Engine.open(tmp_path / "ix").store.count == 0
+    with pytest.raises(InvalidInputError, match="needs a filter"):
+        eng.remove()
+
+
+def test_unreadable_images_are_skipped_and_counted_or_stop_with_strict(tmp_path, tiny_weights):
+    paths = write_crops(tmp_path / "g", 3)
+    bad = tmp_path / "g" / "crop_bad.png"
+    bad.write_bytes(b"garbage")
+    eng = _engine(tmp_path, tiny_weights)
+    with pytest.raises(ImageReadError, match="crop_bad.png"):
+        eng.add(sorted(paths + [bad]), strict=True)
+    assert eng.store.count == 0
+    report = eng.add(sorted(paths + [bad]))
+    assert report.added == 3 and len(report.failed) == 1 and "crop_bad.png" in report.failed[0][0]
+
+
+def test_bad_factory_string_is_refused_before_writing(tmp_path, tiny_weights):
+    with pytest.raises(InvalidInputError, match="factory string"):
+        _engine(tmp_path, tiny_weights, factory="NotAnIndex99")
+    assert not (tmp_path / "ix").exists()
+
+
+def test_hnsw_index_searches_but_cannot_remove(tmp_path, tiny_weights):
+    eng = _engine(tmp_path, tiny_weights, factory="HNSW8")
+    paths = write_crops(tmp_path / "g", 20)
+    eng.add(paths)
+    hits = eng.query(paths[5], k=1)[0].hits
+    assert hits[0].path == str(paths[5].resolve())
+    with pytest.raises(UnsupportedOperationError, match="cannot remove"):
+        eng.remove(ids=[1])
+    assert Engine.open(tmp_path / "ix").store.count == 20
+
+
+def test_any_sqlalchemy_url_can_hold_the_rows(tmp_path, tiny_weights):
+    url = f"sqlite:///{tmp_path / 'elsewhere.sqlite'}"
+    eng = _engine(tmp_path, tiny_weights, db_url=url)
+    eng.add(write_crops(tmp_path / "g", 3))
+    assert not (tmp_path / "ix" / "crops.db").exists()
+    assert (tmp_path / "elsewhere.sqlite").exists()
+    assert Engine.open(tmp_path / "ix").store.count == 3
+
+
+def test_ann_index_agrees_with_brute_force(tmp_path, tiny_weights):
+    """IVF (an approximate index) with full probing returns the exact brute-force top-k."""
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((400, 16)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    from reid_engine.ingest import CropItem
+
+    eng = _engine(tmp_path, tiny_weights, factory="IVF4,Flat")
+    items = [CropItem(tmp_path / f"v{i}.png", {}) for i in range(len(feats))]
+    eng.add_features(feats, items, hashes=[f"{i:064x}" for i in range(len(feats))])
+    import faiss
+
+    faiss.extract_index_ivf(eng.store.index.index).nprobe = 4
+    q = rng.standard_normal((20, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    res = eng.query_features(q, k=5)
+    want = np.argsort(-(q @ feats.T), axis=1)[:, :5]
+    assert [[h.id for h in r.hits] for r in res] == want.tolist()
