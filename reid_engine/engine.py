@@ -12,12 +12,13 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from .annotators import Annotator, create_annotator
 from .encoders import Encoder, create_encoder, get_spec
 from .encoders.registry import default_weights_path
 from .errors import EncoderMismatchError, ImageReadError, InvalidInputError, WeightsError
 from .images import ImageLike, file_sha256
 from .index import db
-from .index.store import IndexStore
+from .index.store import IndexStore, SqlHook
 from .index.vectors import l2_normalize
 from .ingest.crops import CropItem, parse_time
 from .results import Hit, QueryResult
@@ -106,6 +107,7 @@ class Engine:
         self.store = store
         self._encoder = encoder
         self._device = device
+        self._annotators: Optional[list[Annotator]] = None
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -117,10 +119,16 @@ class Engine:
         factory: str = "Flat",
         db_url: Optional[str] = None,
         device: Optional[str] = None,
+        annotators: Sequence[str] = (),
     ) -> "Engine":
-        """Create a new empty index at ``path`` (or ``indexes/<name>``)."""
+        """Create a new empty index at ``path`` (or ``indexes/<name>``).
+
+        ``annotators`` names per-crop models (see ``reid_engine.annotators``) run on every crop added.
+        """
         enc = create_encoder(encoder, weights, device)
-        store = IndexStore.create(resolve_index_path(path), enc.describe(), enc.dim, factory, db_url)
+        for name in annotators:
+            create_annotator(name, device)  # fail early on unknown names
+        store = IndexStore.create(resolve_index_path(path), enc.describe(), enc.dim, factory, db_url, annotators)
         return cls(store, enc, device)
 
     @classmethod
@@ -177,6 +185,13 @@ class Engine:
             self._encoder = self._build_encoder(None)
         return self._encoder
 
+    @property
+    def annotators(self) -> list[Annotator]:
+        """The per-crop models this index runs at add time, built on first use."""
+        if self._annotators is None:
+            self._annotators = [create_annotator(n, self._device) for n in self.store.manifest.annotators]
+        return self._annotators
+
     def _build_encoder(self, weights: Optional[Path]) -> Encoder:
         built = self.store.manifest.encoder
         name = built["name"]
@@ -205,12 +220,14 @@ class Engine:
         batch_size: int = 32,
         show_progress: Optional[bool] = None,
         commit_every: int = 4096,
+        sql_hook: Optional[SqlHook] = None,
     ) -> AddReport:
         """Encode and index crops; files already indexed (same sha256) are skipped.
 
         Each block of ``commit_every`` crops is committed on its own, so an
         interrupted run keeps what it committed and a re-run resumes.
         Unreadable images are skipped and reported, or raise with ``strict``.
+        ``sql_hook`` runs inside each block's transaction (see ``IndexStore.add``).
         """
         t0 = time.perf_counter()
         crops = [it if isinstance(it, CropItem) else CropItem(Path(it)) for it in items]
@@ -242,7 +259,11 @@ class Engine:
             for pos, reason in res.failures:
                 report.failed.append((str(block[pos][0].path), reason))
             rows = [_row_from_meta(block[pos][0], block[pos][1]) for pos in res.ok]
-            ids = self.store.add(l2_normalize(res.features), rows)
+            for ann in self.annotators:
+                notes = ann.annotate([inputs[pos] for pos in res.ok])
+                for row, note in zip(rows, notes):
+                    row["extra"] = {**(row["extra"] or {}), ann.name: note}
+            ids = self.store.add(l2_normalize(res.features), rows, sql_hook)
             report.ids.extend(ids)
             report.added += len(ids)
         report.seconds = time.perf_counter() - t0

@@ -210,3 +210,47 @@ def test_ann_index_agrees_with_brute_force(tmp_path, tiny_weights):
     res = eng.query_features(q, k=5)
     want = np.argsort(-(q @ feats.T), axis=1)[:, :5]
     assert [[h.id for h in r.hits] for r in res] == want.tolist()
+
+
+def test_annotators_run_at_add_time_and_are_stored(tmp_path, tiny_weights):
+    import cv2
+
+    from reid_engine.annotators import register_annotator
+    from reid_engine.images import load_image
+
+    class MeanColour:
+        name = "mean_bgr"
+
+        def annotate(self, images):
+            return [{"mean": [round(float(v), 3) for v in load_image(im).reshape(-1, 3).mean(0)]} for im in images]
+
+    register_annotator("test-mean", lambda device=None: MeanColour())
+    paths = write_crops(tmp_path / "g", 3)
+    eng = _engine(tmp_path, tiny_weights, annotators=["test-mean"])
+    eng.add(paths)
+    reopened = Engine.open(tmp_path / "ix")  # the manifest remembers the annotator
+    reopened.add(write_crops(tmp_path / "h", 1, seed=9))
+    rows = reopened.store.rows(range(4))
+    for i, p in enumerate(paths + [tmp_path / "h" / "crop_0000.png"]):
+        want = cv2.imread(str(p)).reshape(-1, 3).mean(0)
+        np.testing.assert_allclose(rows[i]["extra"]["mean_bgr"]["mean"], want, atol=1e-3)
+    with pytest.raises(Exception, match="unknown annotator 'nope'"):
+        Engine.create(tmp_path / "ix2", encoder="tiny-test", weights=tiny_weights, annotators=["nope"])
+
+
+def test_sql_hook_commits_with_the_crops_or_not_at_all(tmp_path, tiny_weights, monkeypatch):
+    side = sa.Table("side_rows", sa.MetaData(), sa.Column("crop_id", sa.Integer, primary_key=True))
+    eng = _engine(tmp_path, tiny_weights)
+    side.metadata.create_all(eng.store.sql)
+
+    def hook(conn, ids, rows, feats):
+        assert feats.shape == (len(ids), 16)
+        conn.execute(side.insert(), [{"crop_id": i} for i in ids])
+
+    paths = write_crops(tmp_path / "g", 4)
+    eng.add(paths[:2], sql_hook=hook)
+    monkeypatch.setattr(store_mod, "_after_vectors_written", lambda: (_ for _ in ()).throw(RuntimeError("crash")))
+    with pytest.raises(RuntimeError):
+        eng.add(paths[2:], sql_hook=hook)
+    with eng.store.sql.connect() as conn:
+        assert sorted(conn.execute(sa.select(side.c.crop_id)).scalars()) == [0, 1]

@@ -23,6 +23,7 @@ class Manifest:
     normalization: str = "l2"
     metric: str = "inner_product"
     db_url: str = "sqlite:///{index}/crops.db"
+    annotators: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     generation: int = 0
     created_at: float = 0.0

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 _VEC_RE = re.compile(r"^vectors-(\d+)\.faiss(\.tmp)?$")
 DEFAULT_DB_URL = "sqlite:///{index}/crops.db"
+#: called inside an add's transaction with (connection, new ids, rows, features)
+SqlHook = Callable[[Connection, list[int], Sequence[dict[str, Any]], np.ndarray], None]
 
 
 def _after_vectors_written() -> None:
@@ -60,6 +62,7 @@ class IndexStore:
         dim: int,
         factory: str = "Flat",
         db_url: Optional[str] = None,
+        annotators: Sequence[str] = (),
     ) -> "IndexStore":
         """Make a new empty index folder."""
         folder = Path(folder)
@@ -73,6 +76,7 @@ class IndexStore:
             dim=int(dim),
             factory=factory,
             db_url=db_url or DEFAULT_DB_URL,
+            annotators=list(annotators),
             created_at=now,
             updated_at=now,
         )
@@ -173,8 +177,17 @@ class IndexStore:
         old.unlink(missing_ok=True)
         self._write_manifest()
 
-    def add(self, feats: np.ndarray, rows: Sequence[dict[str, Any]]) -> list[int]:
-        """Add L2-normalised vectors with their rows; returns the new ids."""
+    def add(
+        self,
+        feats: np.ndarray,
+        rows: Sequence[dict[str, Any]],
+        sql_hook: Optional[SqlHook] = None,
+    ) -> list[int]:
+        """Add L2-normalised vectors with their rows; returns the new ids.
+
+        ``sql_hook(conn, ids, rows, feats)`` runs inside the same transaction, so
+        tables kept beside the crops (tracks, ingest progress) commit with them.
+        """
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         if feats.ndim != 2 or feats.shape[1] != self.manifest.dim:
             raise InvalidInputError(f"features of shape {feats.shape}: expected (N, {self.manifest.dim})")
@@ -188,6 +201,8 @@ class IndexStore:
             start = db.next_id(conn)
             ids.extend(range(start, start + len(rows)))
             db.insert_rows(conn, [{**r, "id": i} for r, i in zip(rows, ids)])
+            if sql_hook is not None:
+                sql_hook(conn, ids, rows, feats)
 
         self._commit(sql_work, lambda index: vectors.add_vectors(index, feats, ids))
         return ids
