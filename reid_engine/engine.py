@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,11 +21,18 @@ from .index import db
 from .index.store import IndexStore, SqlHook
 from .index.vectors import l2_normalize
 from .ingest.crops import CropItem, parse_time
+from .rerank import RerankConfig, get_preset, rerank_search
 from .results import Hit, QueryResult
+
+if TYPE_CHECKING:
+    from .ingest.pipeline import IngestReport
+    from .tracks import TrackResult
 
 log = logging.getLogger(__name__)
 
 INDEXES_ENV = "REID_ENGINE_INDEXES"
+#: re-ranking used when a query does not name one
+DEFAULT_RERANK = "default"
 PathLike = Union[str, Path]
 
 
@@ -89,6 +96,19 @@ def _row_from_meta(item: CropItem, sha: str) -> dict[str, Any]:
     return row
 
 
+def resolve_rerank(rerank: Union[None, str, RerankConfig]) -> RerankConfig:
+    """A preset name, a config, or None (the default preset) -> a config."""
+    if rerank is None:
+        return get_preset(DEFAULT_RERANK)
+    if isinstance(rerank, RerankConfig):
+        return rerank
+    return get_preset(str(rerank))
+
+
+def _nfc_params(cfg: RerankConfig) -> Optional[dict[str, Any]]:
+    return {"k1": cfg.nfc_k1, "k2": cfg.nfc_k2, "weight": cfg.nfc_weight} if cfg.nfc else None
+
+
 def _describe_mismatch(built: dict[str, Any], asked: dict[str, Any]) -> list[str]:
     diffs = []
     for key in ("name", "weights_sha256", "dim", "preprocess"):
@@ -98,6 +118,9 @@ def _describe_mismatch(built: dict[str, Any], asked: dict[str, Any]) -> list[str
                 b, a = str(b)[:12], str(a)[:12]
             diffs.append(f"{key}: index has {b!r}, got {a!r}")
     return diffs
+
+
+_PLAIN = RerankConfig()
 
 
 class Engine:
@@ -120,15 +143,20 @@ class Engine:
         db_url: Optional[str] = None,
         device: Optional[str] = None,
         annotators: Sequence[str] = (),
+        rerank: Union[None, str, RerankConfig] = None,
     ) -> "Engine":
         """Create a new empty index at ``path`` (or ``indexes/<name>``).
 
         ``annotators`` names per-crop models (see ``reid_engine.annotators``) run on every crop added.
+        ``rerank`` (default: the default preset) decides which gallery NFC vectors are kept at index time.
         """
         enc = create_encoder(encoder, weights, device)
         for name in annotators:
             create_annotator(name, device)  # fail early on unknown names
-        store = IndexStore.create(resolve_index_path(path), enc.describe(), enc.dim, factory, db_url, annotators)
+        store = IndexStore.create(
+            resolve_index_path(path), enc.describe(), enc.dim, factory, db_url, annotators,
+            nfc=_nfc_params(resolve_rerank(rerank)),
+        )
         return cls(store, enc, device)
 
     @classmethod
@@ -321,8 +349,14 @@ class Engine:
         time_from: Union[None, str, float] = None,
         time_to: Union[None, str, float] = None,
         exclude_same_camera: bool = False,
+        rerank: Union[None, str, RerankConfig] = None,
     ) -> list[QueryResult]:
-        """Rank the gallery for precomputed query features (see ``query`` for the filters)."""
+        """Rank the gallery for precomputed query features (see ``query`` for the filters).
+
+        ``rerank``: a preset name (``reid_engine.rerank.PRESETS``), a ``RerankConfig``,
+        or None for the default preset; "none" is the plain FAISS cosine ranking.
+        """
+        cfg = resolve_rerank(rerank)
         q = l2_normalize(np.atleast_2d(features))
         if q.shape[1] != self.store.manifest.dim:
             raise InvalidInputError(f"query features of dimension {q.shape[1]}: the index holds {self.store.manifest.dim}")
@@ -360,7 +394,10 @@ class Engine:
             allowed = None if where is None else self.store.ids_where(where)
             if allowed is not None and len(allowed) == 0 or self.store.count == 0:
                 continue
-            s, i = self.store.search(q[members], k, allowed)
+            if cfg == _PLAIN:
+                s, i = self.store.search(q[members], k, allowed)
+            else:
+                s, i = self._rerank(q[members], k, allowed, cfg)
             sims[members, : s.shape[1]] = s
             ids[members, : i.shape[1]] = i
         rows = self.store.rows(ids[ids >= 0].tolist())
@@ -373,6 +410,23 @@ class Engine:
                 hits.append(Hit.from_row(len(hits) + 1, float(1.0 - s), rows[int(i)]))
             results.append(QueryResult(labels[qi], hits, None if qcams[qi] is None else str(qcams[qi])))
         return results
+
+    def _rerank(
+        self, q: np.ndarray, k: int, allowed: Optional[np.ndarray], cfg: RerankConfig
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Re-ranked (similarities, ids) over the whole gallery or the allowed crops."""
+        ids, feats = self.store.gallery()
+        nb = self.store.neighbours
+        usable = nb is not None and cfg.nfc and (nb.state.k1, nb.state.k2, nb.weight) == (cfg.nfc_k1, cfg.nfc_k2, cfg.nfc_weight)
+        cent = nb.centralized if usable else None
+        state = nb.state if usable else None
+        if allowed is not None:
+            rows = np.searchsorted(ids, allowed)
+            ids, feats = ids[rows], feats[rows]
+            cent = cent[rows] if cent is not None else None
+            state = None  # neighbour lists are row numbers of the whole gallery
+        dist, pos = rerank_search(q, feats, k, cfg, gallery_centralized=cent, gallery_state=state)
+        return 1.0 - dist, ids[pos]
 
     # -- removing and reporting ------------------------------------------------------------
     def remove(
@@ -388,3 +442,41 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Counts, cameras, encoder and storage facts of the index."""
         return self.store.stats()
+
+    # -- footage ---------------------------------------------------------------------------
+    def ingest_video(self, source: PathLike, camera: Optional[str] = None, **options: Any) -> "IngestReport":
+        """Detect, track and index the people of a video file or stream URL.
+
+        See ``reid_engine.ingest.pipeline.ingest_video`` for the options
+        (start_time, every, max_frames, detector, tracker, ...).
+        """
+        from .ingest.pipeline import ingest_video
+
+        return ingest_video(self, source, camera, **options)
+
+    def query_tracks(
+        self,
+        images: Sequence[ImageLike],
+        k: int = 10,
+        *,
+        query_cameras: Optional[Sequence[Optional[str]]] = None,
+        batch_size: int = 32,
+        **filters: Any,
+    ) -> list["TrackResult"]:
+        """Rank the tracks of ingested footage for each query image: one hit per appearance.
+
+        Takes the filters of ``query``; a time filter keeps tracks that overlap the interval.
+        """
+        if isinstance(images, (str, Path, np.ndarray)):
+            images = [images]
+        labels = [str(im) if not isinstance(im, np.ndarray) else f"<array {i}>" for i, im in enumerate(images)]
+        if query_cameras is None and filters.get("exclude_same_camera"):
+            query_cameras = self._cameras_of_indexed(images)
+        feats = self.encoder.encode(images, batch_size=batch_size)
+        return self.query_tracks_features(feats, k, query_labels=labels, query_cameras=query_cameras, **filters)
+
+    def query_tracks_features(self, features: np.ndarray, k: int = 10, **kwargs: Any) -> list["TrackResult"]:
+        """Rank the tracks for precomputed query features (see ``query_tracks``)."""
+        from .tracks import search_tracks
+
+        return search_tracks(self.store, features, k, **kwargs)

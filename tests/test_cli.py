@@ -36,7 +36,7 @@ def test_index_query_info_remove_round_trip(run, tmp_path, tiny_weights):
     r = run("index", tmp_path / "cam1", "--index", "demo", "--json")  # re-run: nothing duplicated
     assert json.loads(r.output)["duplicates"] == 5
 
-    r = run("query", crops[2], crops[3], "--index", "demo", "-k", "3", "--json")
+    r = run("query", crops[2], crops[3], "--index", "demo", "-k", "3", "--rerank", "none", "--json")
     doc = json.loads(r.output)
     assert [len(q["hits"]) for q in doc["queries"]] == [3, 3]
     top = doc["queries"][0]["hits"][0]
@@ -103,7 +103,9 @@ def test_weights_type_picks_the_runtime(run, tmp_path, osnet_onnx):
     write_crops(tmp_path / "g", 3)
     run("index", tmp_path / "g", "--index", "o", "--weights", osnet_onnx)
     info = json.loads(run("info", "--index", "o", "--json").output)
-    assert info["encoder"] == "osnet_x0_25_msmt17.onnx" and info["runtime"] == "onnxruntime" and info["dim"] == 512
+    # the registered file name picks the model's spec; an ONNX-capable runtime runs it
+    assert info["encoder"] == "osnet_x0_25_msmt17.onnx" and info["runtime"] in ("onnxruntime", "openvino")
+    assert info["dim"] == 512
     txt = tmp_path / "model.txt"
     txt.write_text("x")
     r = run("index", tmp_path / "g", "--index", "o2", "--weights", txt, code=1)

@@ -42,7 +42,7 @@ def _queries(n=12, seed=11):
 def test_unfiltered_topk_equals_brute_force(gallery):
     eng, feats, *_ = gallery
     q = _queries()
-    res = eng.query_features(q, k=10)
+    res = eng.query_features(q, k=10, rerank="none")
     assert [[h.id for h in r.hits] for r in res] == _brute(q, feats, np.ones(300, bool), 10)
     d = np.array([[h.distance for h in r.hits] for r in res])
     np.testing.assert_allclose(d, 1 - np.sort(q @ feats.T, axis=1)[:, ::-1][:, :10], atol=1e-5)
@@ -75,7 +75,7 @@ def test_filters_run_inside_the_search_not_after_the_cut(gallery, filters):
         mask &= times <= filters["time_to"]
     q = _queries()
     k = 10
-    res = eng.query_features(q, k=k, **filters)
+    res = eng.query_features(q, k=k, rerank="none", **filters)
     want = _brute(q, feats, mask, k)
     assert [[h.id for h in r.hits] for r in res] == want
     # every query gets a full list although most of its unfiltered top-10 is filtered away
@@ -92,7 +92,7 @@ def test_exclude_same_camera_uses_each_querys_camera(gallery):
     eng, feats, cams, *_ = gallery
     q = _queries(6)
     qcams = ["c1", "c2", "c3", "c1", "c2", "c3"]
-    res = eng.query_features(q, k=10, query_cameras=qcams, exclude_same_camera=True)
+    res = eng.query_features(q, k=10, query_cameras=qcams, exclude_same_camera=True, rerank="none")
     for i, r in enumerate(res):
         assert r.camera == qcams[i]
         assert [h.id for h in r.hits] == _brute(q[i : i + 1], feats, cams != qcams[i], 10)[0]
@@ -102,7 +102,7 @@ def test_exclude_same_camera_uses_each_querys_camera(gallery):
 
 def test_hits_carry_metadata(gallery):
     eng, feats, cams, srcs, times = gallery
-    hit = eng.query_features(feats[42:43], k=1)[0].hits[0]
+    hit = eng.query_features(feats[42:43], k=1, rerank="none")[0].hits[0]
     assert hit.id == 42 and hit.distance == pytest.approx(0.0, abs=1e-5)
     assert (hit.camera, hit.source, hit.timestamp, hit.pid) == (cams[42], srcs[42], times[42], "42")
 

@@ -31,7 +31,7 @@ def test_create_writes_manifest_vectors_and_db(tmp_path, tiny_weights):
     eng = _engine(tmp_path, tiny_weights)
     eng.add(write_crops(tmp_path / "g", 5))
     files = sorted(p.name for p in (tmp_path / "ix").iterdir())
-    assert files == ["crops.db", "manifest.json", "vectors-000001.faiss"]
+    assert files == ["crops.db", "manifest.json", "nfc-000001.npz", "vectors-000001.faiss"]
     man = json.loads((tmp_path / "ix" / "manifest.json").read_text())
     assert man["encoder"]["name"] == "tiny-test"
     assert man["encoder"]["weights_sha256"] == eng.encoder.weights_sha256
@@ -108,7 +108,8 @@ def test_crash_between_vector_write_and_sql_commit_keeps_previous_state(tmp_path
 
     reopened = Engine.open(tmp_path / "ix")
     assert reopened.store.count == 4 and reopened.store.generation == 1
-    assert not (tmp_path / "ix" / "vectors-000002.faiss").exists()  # stray file cleaned
+    assert not (tmp_path / "ix" / "vectors-000002.faiss").exists()  # stray files cleaned
+    assert not (tmp_path / "ix" / "nfc-000002.npz").exists()
     after_q = reopened.query(paths[0], k=4)[0]
     assert [h.id for h in after_q.hits] == [h.id for h in before_q.hits]
 
@@ -176,7 +177,7 @@ def test_hnsw_index_searches_but_cannot_remove(tmp_path, tiny_weights):
     eng = _engine(tmp_path, tiny_weights, factory="HNSW8")
     paths = write_crops(tmp_path / "g", 20)
     eng.add(paths)
-    hits = eng.query(paths[5], k=1)[0].hits
+    hits = eng.query(paths[5], k=1, rerank="none")[0].hits
     assert hits[0].path == str(paths[5].resolve())
     with pytest.raises(UnsupportedOperationError, match="cannot remove"):
         eng.remove(ids=[1])
@@ -207,7 +208,7 @@ def test_ann_index_agrees_with_brute_force(tmp_path, tiny_weights):
     faiss.extract_index_ivf(eng.store.index.index).nprobe = 4
     q = rng.standard_normal((20, 16)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    res = eng.query_features(q, k=5)
+    res = eng.query_features(q, k=5, rerank="none")
     want = np.argsort(-(q @ feats.T), axis=1)[:, :5]
     assert [[h.id for h in r.hits] for r in res] == want.tolist()
 

@@ -1,6 +1,7 @@
 """Core commands: index, query, info, remove, encoders."""
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from datetime import datetime, timezone
@@ -50,6 +51,20 @@ def _print_results(results: list[QueryResult]) -> None:
                 f"{h.rank:>4}  {h.distance:8.4f}  {str(h.camera or '-'):<8} {str(h.pid or '-'):<8} "
                 f"{_fmt_time(h.timestamp):<19}  {str(h.frame if h.frame is not None else '-'):>6}  "
                 f"{str(h.track or '-'):<6}  {h.path}"
+            )
+        click.echo("")
+
+
+def _print_track_results(results: list[Any]) -> None:
+    for res in results:
+        cam = f" (camera {res.camera})" if res.camera is not None else ""
+        click.echo(f"query {res.query}{cam}: {len(res.hits)} tracks")
+        click.echo(f"{'rank':>4}  {'distance':>8}  {'camera':<8} {'from':<19}  {'to':<8}  {'frames':>11}  track")
+        for h in res.hits:
+            end = _fmt_time(h.end_time)[-8:] if h.end_time is not None else "-"
+            click.echo(
+                f"{h.rank:>4}  {h.distance:8.4f}  {str(h.camera or '-'):<8} {_fmt_time(h.start_time):<19}  {end:<8}  "
+                f"{f'{h.start_frame}-{h.end_frame}':>11}  {h.track}"
             )
         click.echo("")
 
@@ -112,17 +127,28 @@ def index_cmd(
 @click.option("--source", "sources", multiple=True, help="Only crops from this source (repeatable).")
 @click.option("--time-from", default=None, help="Only crops at or after this time (ISO-8601 or epoch seconds).")
 @click.option("--time-to", default=None, help="Only crops at or before this time.")
+@click.option("--rerank", default=None, metavar="PRESET", help="Re-ranking preset (default: 'default'; 'none' for plain cosine). See docs/rerank.md.")
 @weights_option
 @device_option
+@click.option("--tracks", "by_track", is_flag=True,
+              help="One hit per track of ingested footage (camera, start and end time, best crop) instead of per crop.")
+@click.option("--save-crops", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Write the matched crops into DIR/<query>/.")
+@click.option("--render", "render_dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Draw the matched boxes on their source frames into DIR/<query>/.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: per query, its hits with metadata.")
 def query_cmd(
     images: tuple[Path, ...], index_path: str, k: int, cameras: tuple[str, ...], exclude_cameras: tuple[str, ...],
     exclude_same_camera: bool, query_camera: Optional[str], sources: tuple[str, ...], time_from: Optional[str],
-    time_to: Optional[str], weights: Optional[Path], device: Optional[str], as_json: bool,
+    time_to: Optional[str], rerank: Optional[str], weights: Optional[Path], device: Optional[str], by_track: bool,
+    save_crops: Optional[Path], render_dir: Optional[Path], as_json: bool,
 ) -> None:
-    """Find the gallery crops most like each query IMAGE."""
+    """Find the gallery crops (or, with --tracks, the appearances) most like each query IMAGE."""
     with Engine.open(index_path, weights=weights, device=device) as engine:
-        results = engine.query(
+        if by_track and rerank not in (None, "none"):
+            raise click.UsageError("--rerank applies to crop queries, not to --tracks")
+        search = engine.query_tracks if by_track else functools.partial(engine.query, rerank=rerank)
+        results = search(
             [str(p) for p in images], k,
             query_cameras=[query_camera] * len(images) if query_camera is not None else None,
             cameras=list(cameras) or None, exclude_cameras=list(exclude_cameras) or None,
@@ -130,10 +156,24 @@ def query_cmd(
             time_from=time_from, time_to=time_to,
         )
         index_str = str(engine.path)
+    written: dict[str, list[str]] = {}
+    if save_crops is not None or render_dir is not None:
+        from ..ingest.show import render_hits, save_crops as write_crops
+
+        if save_crops is not None:
+            written["crops"] = [str(p) for p in write_crops(results, save_crops)]
+        if render_dir is not None:
+            written["rendered"] = [str(p) for p in render_hits(results, render_dir)]
     if as_json:
-        click.echo(json.dumps({"index": index_str, "k": k, "queries": [r.to_dict() for r in results]}))
+        doc: dict[str, Any] = {"index": index_str, "k": k, "tracks": by_track, "queries": [r.to_dict() for r in results]}
+        click.echo(json.dumps({**doc, **written}))
     else:
-        _print_results(results)
+        if by_track:
+            _print_track_results(results)
+        else:
+            _print_results(results)
+        for what, files in written.items():
+            click.echo(f"wrote {len(files)} {'crops' if what == 'crops' else 'rendered frames'}", err=True)
 
 
 @main.command("info")

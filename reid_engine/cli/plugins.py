@@ -9,7 +9,10 @@ from . import main
 log = logging.getLogger(__name__)
 
 #: (module, attribute) of click commands defined outside cli/
-PLUGIN_COMMANDS: list[tuple[str, str]] = []
+PLUGIN_COMMANDS: list[tuple[str, str]] = [
+    ("reid_engine.ingest.cli", "ingest_cmd"),
+    ("reid_engine.eval.cli", "eval_command"),
+]
 
 for _module, _attr in PLUGIN_COMMANDS:
     main.add_command(getattr(importlib.import_module(_module), _attr))

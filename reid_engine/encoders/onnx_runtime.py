@@ -4,13 +4,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
 from ..errors import WeightsError
-from ..images import PreprocessSpec
 from .base import Encoder, EncoderSpec, default_threads
+from .runtimes import pick_exported_runtime
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +25,29 @@ class OnnxEncoder(Encoder):
         weights_sha256: str,
         device: str = "cpu",
         threads: Optional[int] = None,
+        model: Optional[bytes] = None,
     ) -> None:
+        """``model``: serialized ONNX bytes to run instead of reading ``weights`` (weights still names the source)."""
         super().__init__(spec, weights, weights_sha256, device)
         import onnxruntime as ort
 
+        self.runtime = "onnxruntime"
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or default_threads()
         opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle workers sleep instead of spinning, leaving the cores to the decode threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        elif device != "cpu":
+            log.info("%s: ONNX Runtime has no CUDA provider here; running on the CPU", weights.name)
+            self.device = "cpu"
         try:
-            self.session = ort.InferenceSession(str(weights), sess_options=opts, providers=providers)
+            source = model if model is not None else str(weights)
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise WeightsError(f"{weights}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
         inp = self.session.get_inputs()[0]
@@ -45,6 +55,8 @@ class OnnxEncoder(Encoder):
         shape = list(inp.shape)
         if len(shape) != 4:
             raise WeightsError(f"{weights}: expected a 4-d image input (N, 3, H, W), got {shape}")
+        if "float" not in inp.type:
+            raise WeightsError(f"{weights}: expected a float image input, got {inp.type}")
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         h, w = shape[2], shape[3]
         if isinstance(h, int) and isinstance(w, int) and (h, w) != (
@@ -72,8 +84,18 @@ class OnnxEncoder(Encoder):
         return out.reshape(out.shape[0], -1)
 
 
-def build_onnx(spec: EncoderSpec, weights: Path, sha: str, device: str, **options) -> OnnxEncoder:
-    return OnnxEncoder(spec, weights, sha, device, **options)
+def build_onnx(
+    spec: EncoderSpec,
+    weights: Path,
+    sha: str,
+    device: str,
+    threads: Optional[int] = None,
+    runtime: Union[str, None] = None,
+) -> Encoder:
+    """Build an encoder for an .onnx file: ONNX Runtime, or OpenVINO when asked or when auto picks it."""
+    chosen = pick_exported_runtime(spec, device, runtime)
+    if chosen == "openvino":
+        from .openvino_runtime import OpenVinoEncoder
 
-
-IMAGENET_RGB = PreprocessSpec()
+        return OpenVinoEncoder(spec, weights, sha, device, threads=threads)
+    return OnnxEncoder(spec, weights, sha, device, threads=threads)

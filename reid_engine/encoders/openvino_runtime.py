@@ -1,21 +1,26 @@
-"""OpenVINO encoder for IR models (.xml + .bin)."""
+"""OpenVINO encoder for IR models (.xml + .bin) and ONNX files (OpenVINO reads both).
+
+The crop normalisation (colour order, scale, mean/std) is compiled into the
+model with OpenVINO's pre-processing API, so the encoder feeds it the resized
+uint8 batch straight from the decode threads.
+"""
 from __future__ import annotations
 
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
-from ..errors import WeightsError
+from ..errors import InvalidInputError, WeightsError
 from .base import Encoder, EncoderSpec, default_threads
+from .runtimes import candidate_runtimes
 
 log = logging.getLogger(__name__)
 
-
 class OpenVinoEncoder(Encoder):
-    """Runs an OpenVINO IR ReID model on the CPU (or GPU plugin when asked)."""
+    """Runs a ReID model with OpenVINO on the CPU; input size read from the model."""
 
     def __init__(
         self,
@@ -24,48 +29,118 @@ class OpenVinoEncoder(Encoder):
         weights_sha256: str,
         device: str = "cpu",
         threads: Optional[int] = None,
+        model: Optional[bytes] = None,
+        embed_preprocessing: bool = True,
     ) -> None:
+        """``model``: serialized ONNX bytes to run instead of reading ``weights`` (weights still names the source)."""
         super().__init__(spec, weights, weights_sha256, device)
         import openvino as ov
 
-        if not weights.with_suffix(".bin").is_file():
-            raise WeightsError(f"{weights}: the OpenVINO weights file {weights.with_suffix('.bin').name} is missing")
+        self.runtime = "openvino"
         core = ov.Core()
         try:
-            model = core.read_model(str(weights))
+            if model is not None:
+                ov_model = core.read_model(model, ov.Tensor(np.empty(0, np.uint8)))
+            else:
+                if weights.suffix.lower() == ".xml" and not weights.with_suffix(".bin").is_file():
+                    raise WeightsError(
+                        f"{weights}: the OpenVINO weights file {weights.with_suffix('.bin').name} is missing"
+                    )
+                ov_model = core.read_model(str(weights))
+        except WeightsError:
+            raise
         except Exception as exc:
-            raise WeightsError(f"{weights}: not a readable OpenVINO IR model ({str(exc).splitlines()[0]})") from None
-        inp = model.inputs[0]
-        shape = list(inp.get_partial_shape().get_min_shape())
-        if len(shape) != 4:
-            raise WeightsError(f"{weights}: expected a 4-d image input (N, 3, H, W), got {shape}")
-        h, w = int(shape[2]), int(shape[3])
+            raise WeightsError(f"{weights}: not a model OpenVINO can read ({str(exc).splitlines()[0]})") from None
+        inp = ov_model.inputs[0]
+        pshape = inp.get_partial_shape()
+        if pshape.rank.is_dynamic or pshape.rank.get_length() != 4:
+            raise WeightsError(f"{weights}: expected a 4-d image input (N, 3, H, W), got {pshape}")
+        h_dim, w_dim = pshape[2], pshape[3]
+        h = h_dim.get_length() if h_dim.is_static else self.preprocess_spec.height
+        w = w_dim.get_length() if w_dim.is_static else self.preprocess_spec.width
         if (h, w) != (self.preprocess_spec.height, self.preprocess_spec.width):
+            log.info("%s: model input is %dx%d; resizing crops to it", weights.name, h, w)
             self.preprocess_spec = dataclasses.replace(self.preprocess_spec, height=h, width=w)
         try:  # a dynamic batch lets one call run a whole batch
-            model.reshape({inp.get_any_name(): ov.PartialShape([-1, 3, h, w])})
+            ov_model.reshape({inp.get_any_name(): ov.PartialShape([-1, 3, h, w])})
         except Exception:
             log.debug("%s: batch dimension is fixed", weights.name)
-        config = {"INFERENCE_NUM_THREADS": threads or default_threads(), "PERFORMANCE_HINT": "THROUGHPUT"}
-        target = "GPU" if device.startswith("cuda") and "GPU" in core.available_devices else "CPU"
-        self.compiled = core.compile_model(model, target, config)
+        self.uint8_input = False
+        if embed_preprocessing:
+            try:
+                ov_model = self._embed_preprocessing(ov_model)
+                self.uint8_input = True
+            except Exception as exc:  # an exotic graph: normalise in NumPy instead
+                log.debug("%s: cannot embed preprocessing (%s)", weights.name, exc)
+        if device != "cpu":  # OpenVINO's GPU plug-in drives Intel GPUs, not CUDA devices
+            log.info("%s: OpenVINO runs on the CPU (device %s not used)", weights.name, device)
+            self.device = "cpu"
+        config = {
+            "INFERENCE_NUM_THREADS": int(threads or default_threads()),
+            # one synchronous request per batch: all threads on it, not split into streams
+            "PERFORMANCE_HINT": "LATENCY",
+            # keep fp32 even on CPUs with bf16 units, so embeddings match the source model
+            "INFERENCE_PRECISION_HINT": "f32",
+            # pinned threads stall when another process holds their core (a shared machine)
+            "ENABLE_CPU_PINNING": False,
+        }
+        self.compiled = core.compile_model(ov_model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.dynamic = model.inputs[0].get_partial_shape()[0].is_dynamic
-        out = self._forward(np.zeros((1, 3, h, w), np.float32))
+        self.dynamic = self.compiled.inputs[0].get_partial_shape()[0].is_dynamic
+        out = self._forward_uint8(np.zeros((1, h, w, 3), np.uint8))
         self.dim = int(out.shape[1])
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+    def _embed_preprocessing(self, ov_model):  # type: ignore[no-untyped-def]
+        import openvino as ov
+        from openvino.preprocess import PrePostProcessor
+
+        spec = self.preprocess_spec
+        ppp = PrePostProcessor(ov_model)
+        ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+        ppp.input().model().set_layout(ov.Layout("NCHW"))
+        steps = ppp.input().preprocess()
+        steps.convert_element_type(ov.Type.f32)
+        if spec.color == "RGB":
+            steps.reverse_channels()
+        # (x * scale - mean) / std == (x - mean / scale) / (std / scale)
+        mean = [float(m) / spec.scale for m in spec.mean]
+        std = [float(s) / spec.scale for s in spec.std]
+        if any(m != 0.0 for m in mean):
+            steps.mean(mean)
+        if any(s != 1.0 for s in std):
+            steps.scale(std)
+        return ppp.build()
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch)
         if self.dynamic:
             res = self.request.infer({0: batch})
-            out = next(iter(res.values()))
-            return np.asarray(out).reshape(batch.shape[0], -1)
+            return np.asarray(res[self.compiled.outputs[0]]).reshape(batch.shape[0], -1)
         outs = []
         for i in range(batch.shape[0]):
             res = self.request.infer({0: batch[i : i + 1]})
-            outs.append(np.asarray(next(iter(res.values()))).reshape(1, -1))
+            outs.append(np.asarray(res[self.compiled.outputs[0]]).reshape(1, -1))
         return np.concatenate(outs)
 
+    def _forward_uint8(self, batch: np.ndarray) -> np.ndarray:
+        if self.uint8_input:
+            return self._infer(batch)
+        return super()._forward_uint8(batch)
 
-def build_openvino(spec: EncoderSpec, weights: Path, sha: str, device: str, **options) -> OpenVinoEncoder:
-    return OpenVinoEncoder(spec, weights, sha, device, **options)
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        if self.uint8_input:
+            raise InvalidInputError(f"encoder {self.name}: this OpenVINO model takes uint8 BGR batches")
+        return self._infer(np.asarray(batch, dtype=np.float32))
+
+
+def build_openvino(
+    spec: EncoderSpec,
+    weights: Path,
+    sha: str,
+    device: str,
+    threads: Optional[int] = None,
+    runtime: Union[str, None] = None,
+) -> OpenVinoEncoder:
+    """Build an OpenVINO encoder (``runtime`` may only be None, "auto" or "openvino")."""
+    candidate_runtimes(dataclasses.replace(spec, runtimes=("openvino",)), device, runtime)  # rejects other pins
+    return OpenVinoEncoder(spec, weights, sha, device, threads=threads)

@@ -1,12 +1,13 @@
 """Registry of encoders: names resolve to specs, specs build encoders."""
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Optional, Union
 
 from ..assets import shared_path
-from ..errors import UnknownEncoderError, WeightsError
+from ..errors import InvalidInputError, UnknownEncoderError, WeightsError
 from ..images import file_sha256
 from .base import Encoder, EncoderSpec, resolve_device
 
@@ -55,8 +56,16 @@ def encoder_name_for_weights(weights: Union[str, Path]) -> str:
     suffix = p.suffix.lower()
     if suffix in GENERIC_BY_SUFFIX:
         return GENERIC_BY_SUFFIX[suffix]
-    if suffix in (".pth", ".tar", ".pt") and "osnet_x0_25" in _REGISTRY:
-        return "osnet_x0_25"
+    if suffix in (".pth", ".tar", ".pt"):
+        from .guess import guess_torch_encoder
+
+        guessed = guess_torch_encoder(p)
+        if guessed is not None:
+            return guessed
+        raise WeightsError(
+            f"{p}: the checkpoint fits none of the registered torch models; name one with --encoder "
+            f"(loading it then lists the keys that differ)"
+        )
     raise WeightsError(
         f"{p}: cannot tell the runtime from the file type; expected .onnx, .xml (OpenVINO) "
         f"or a torchreid .pth/.pth.tar, or name an encoder with --encoder"
@@ -87,10 +96,31 @@ def create_encoder(
         raise WeightsError(
             f"{wpath}: encoder {name!r} expects a {' or '.join(spec.weights_suffixes)} file"
         )
+    _check_options(spec, options)
     sha = file_sha256(wpath)
     enc = spec.builder(spec, wpath.resolve(), sha, resolve_device(device), **options)
-    log.info("encoder %s (%s) on %s, dim %d", name, spec.runtime, enc.device, enc.dim)
+    log.info("encoder %s (%s) on %s, dim %d", name, enc.runtime, enc.device, enc.dim)
     return enc
+
+
+def encoder_options(spec: EncoderSpec) -> Optional[list[str]]:
+    """The keyword options ``create_encoder`` accepts for this spec (e.g. runtime, threads); None = any."""
+    params = list(inspect.signature(spec.builder).parameters.values())[4:]  # after spec, weights, sha, device
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _check_options(spec: EncoderSpec, options: dict) -> None:
+    valid = encoder_options(spec)
+    if valid is None:
+        return
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise InvalidInputError(
+            f"encoder {spec.name!r}: unknown option(s) {', '.join(unknown)}; "
+            f"expected {', '.join(valid) or 'none'}"
+        )
 
 
 DEFAULT_ENCODER = "osnet_x0_25_msmt17.onnx"

@@ -36,6 +36,56 @@ meta_kv = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
 )
 
+#: one row per track of ingested footage: where and when one person was seen, and the
+#: normalised mean embedding of its kept crops (kept beside the crops, same transaction)
+tracks = sa.Table(
+    "tracks",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),  # the crops' ``track`` value
+    sa.Column("source", sa.Text, nullable=True, index=True),
+    sa.Column("camera", sa.String(128), nullable=True, index=True),
+    sa.Column("start_frame", sa.Integer, nullable=True),
+    sa.Column("end_frame", sa.Integer, nullable=True),
+    sa.Column("start_time", sa.Float, nullable=True, index=True),  # epoch seconds, UTC
+    sa.Column("end_time", sa.Float, nullable=True, index=True),
+    sa.Column("n_frames", sa.Integer, nullable=False, default=0),  # frames the person was detected in
+    sa.Column("best_crop", sa.BigInteger().with_variant(sa.Integer, "sqlite"), nullable=True),
+    sa.Column("crop_ids", sa.JSON, nullable=True),
+    sa.Column("embedding", sa.LargeBinary, nullable=False),  # float32, L2-normalised
+    sa.Column("extra", sa.JSON, nullable=True),
+    sa.Column("added_at", sa.Float, nullable=False),
+)
+
+#: ingest progress per footage source, committed with the crops it produced
+ingest_sources = sa.Table(
+    "ingest_sources",
+    metadata,
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("camera", sa.String(128), nullable=True),
+    sa.Column("track_prefix", sa.String(255), nullable=False),
+    sa.Column("fps", sa.Float, nullable=True),
+    sa.Column("frame_count", sa.Integer, nullable=True),
+    sa.Column("start_time", sa.Float, nullable=True),
+    sa.Column("next_frame", sa.Integer, nullable=False, default=0),  # first frame not yet processed
+    sa.Column("segment_start", sa.Integer, nullable=False, default=0),  # where the live tracker started
+    sa.Column("id_base", sa.Integer, nullable=False, default=0),  # track numbers used by earlier segments
+    sa.Column("decode_from", sa.Integer, nullable=False, default=0),  # first frame of the tracks still open
+    sa.Column("frames_done", sa.Integer, nullable=False, default=0),
+    sa.Column("done", sa.Boolean, nullable=False, default=False),
+    sa.Column("settings", sa.JSON, nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+#: detections of the frames of an unfinished ingest, replayed through the tracker on resume
+ingest_detections = sa.Table(
+    "ingest_detections",
+    metadata,
+    sa.Column("source_key", sa.String(512), primary_key=True),
+    sa.Column("chunk_start", sa.Integer, primary_key=True),
+    sa.Column("data", sa.JSON, nullable=False),  # [[frame, [[x1, y1, x2, y2, score], ...]], ...]
+)
+
 #: metadata fields a caller may set on a crop
 CROP_FIELDS = ("pid", "camera", "timestamp", "frame", "box_x", "box_y", "box_w", "box_h", "track", "source", "extra")
 

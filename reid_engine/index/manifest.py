@@ -5,7 +5,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import IndexCorruptError, IndexNotFoundError
 
@@ -24,6 +24,7 @@ class Manifest:
     metric: str = "inner_product"
     db_url: str = "sqlite:///{index}/crops.db"
     annotators: list[str] = field(default_factory=list)
+    nfc: Optional[dict[str, Any]] = None  # gallery NFC kept at index time: k1, k2, weight
     counts: dict[str, int] = field(default_factory=dict)
     generation: int = 0
     created_at: float = 0.0

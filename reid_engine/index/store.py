@@ -20,12 +20,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import IndexCorruptError, IndexNotFoundError, InvalidInputError
-from . import db, vectors
+from . import db, neighbours, vectors
 from .manifest import Manifest, read_manifest, write_manifest
+from .neighbours import GalleryNeighbours
 
 log = logging.getLogger(__name__)
 
-_VEC_RE = re.compile(r"^vectors-(\d+)\.faiss(\.tmp)?$")
+_VEC_RE = re.compile(r"^(?:vectors-(\d+)\.faiss|nfc-(\d+)\.npz)(\.tmp)?$")
 DEFAULT_DB_URL = "sqlite:///{index}/crops.db"
 #: called inside an add's transaction with (connection, new ids, rows, features)
 SqlHook = Callable[[Connection, list[int], Sequence[dict[str, Any]], np.ndarray], None]
@@ -45,6 +46,7 @@ class IndexStore:
         self.index = index
         self.generation = generation
         self._gpu_index: Optional[faiss.Index] = None
+        self._neighbours: Optional[GalleryNeighbours] = None
 
     # -- opening ----------------------------------------------------------------------
     @staticmethod
@@ -53,6 +55,9 @@ class IndexStore:
 
     def vectors_path(self, generation: int) -> Path:
         return self.folder / f"vectors-{generation:06d}.faiss"
+
+    def neighbours_path(self, generation: int) -> Path:
+        return self.folder / f"nfc-{generation:06d}.npz"
 
     @classmethod
     def create(
@@ -63,8 +68,12 @@ class IndexStore:
         factory: str = "Flat",
         db_url: Optional[str] = None,
         annotators: Sequence[str] = (),
+        nfc: Optional[dict[str, Any]] = None,
     ) -> "IndexStore":
-        """Make a new empty index folder."""
+        """Make a new empty index folder.
+
+        ``nfc`` ({"k1", "k2", "weight"}) keeps NFC-centralized gallery vectors up to date at index time.
+        """
         folder = Path(folder)
         if (folder / "manifest.json").exists():
             raise InvalidInputError(f"{folder}: an index already exists here")
@@ -77,6 +86,7 @@ class IndexStore:
             factory=factory,
             db_url=db_url or DEFAULT_DB_URL,
             annotators=list(annotators),
+            nfc=dict(nfc) if nfc else None,
             created_at=now,
             updated_at=now,
         )
@@ -86,6 +96,11 @@ class IndexStore:
                 raise InvalidInputError(f"{manifest.db_url}: the database already holds an index")
             store = cls(folder, manifest, sql, index, 0)
             vectors.write_atomic(index, store.vectors_path(0))
+            if manifest.nfc:
+                store._neighbours = neighbours.build(
+                    np.zeros(0, np.int64), np.zeros((0, dim), np.float32), **manifest.nfc
+                )
+                neighbours.save(store.neighbours_path(0), store._neighbours)
             db.set_meta(conn, "generation", "0")
             db.set_meta(conn, "dim", str(dim))
         store._write_manifest()
@@ -110,6 +125,8 @@ class IndexStore:
         if not path.is_file():
             raise IndexCorruptError(f"{folder}: vector file {path.name} for generation {generation} is missing")
         store.index = vectors.read(path)
+        if manifest.nfc and not store.neighbours_path(generation).is_file():
+            raise IndexCorruptError(f"{folder}: neighbour file {store.neighbours_path(generation).name} is missing")
         store._check(ids_sql)
         store._remove_stray_files()
         if manifest.generation != generation:  # crashed after the commit, before the manifest
@@ -134,7 +151,7 @@ class IndexStore:
     def _remove_stray_files(self) -> None:
         for p in self.folder.iterdir():
             m = _VEC_RE.match(p.name)
-            if m and (m.group(2) or int(m.group(1)) != self.generation):
+            if m and (m.group(3) or int(m.group(1) or m.group(2)) != self.generation):
                 log.info("removing stray file %s", p.name)
                 p.unlink(missing_ok=True)
 
@@ -151,10 +168,52 @@ class IndexStore:
         write_manifest(self.folder, self.manifest)
 
     # -- changes ----------------------------------------------------------------------
-    def _commit(self, sql_work: Callable[[Connection], None], mutate: Callable[[faiss.Index], None]) -> None:
-        """Apply one change to rows and vectors as a single atomic commit."""
+    @property
+    def neighbours(self) -> Optional[GalleryNeighbours]:
+        """The committed gallery NFC data (None when the index keeps none), loaded on first use."""
+        if self.manifest.nfc and self._neighbours is None:
+            nb = neighbours.load(self.neighbours_path(self.generation))
+            if len(nb.ids) != self.count or not np.array_equal(nb.ids, self.gallery()[0]):
+                raise IndexCorruptError(f"{self.folder}: neighbour file and vectors hold different crops")
+            self._neighbours = nb
+        return self._neighbours
+
+    def gallery(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids ascending, vectors) of the whole gallery; a zero-copy view for Flat indexes."""
+        ids = vectors.index_ids(self.index)
+        inner = faiss.downcast_index(self.index.index)
+        if isinstance(inner, faiss.IndexFlat) and (len(ids) < 2 or np.all(ids[1:] > ids[:-1])):
+            n, d = inner.ntotal, inner.d
+            if n == 0:
+                return ids, np.zeros((0, d), np.float32)
+            flat = faiss.rev_swig_ptr(inner.get_xb(), n * d)
+            return ids, np.asarray(flat).reshape(n, d)
+        order = np.sort(ids)
+        return order, self.vectors(order)
+
+    def _next_neighbours(self, added_ids: Optional[list[int]]) -> Optional[GalleryNeighbours]:
+        """Gallery NFC data after a change: extended for appended rows, rebuilt otherwise."""
+        if not self.manifest.nfc:
+            return None
+        prev = self.neighbours
+        ids, feats = self.gallery()
+        n_new = len(added_ids or [])
+        if prev is not None and added_ids is not None and np.array_equal(ids[: len(ids) - n_new], prev.ids):
+            return neighbours.extend(prev, feats[: len(ids) - n_new], ids[len(ids) - n_new :], feats[len(ids) - n_new :])
+        log.info("rebuilding gallery neighbour data for %d crops", len(ids))
+        return neighbours.build(ids, feats, **self.manifest.nfc)
+
+    def _commit(
+        self,
+        sql_work: Callable[[Connection], None],
+        mutate: Callable[[faiss.Index], None],
+        added_ids: Optional[list[int]] = None,
+    ) -> None:
+        """Apply one change to rows and vectors (and neighbour data) as a single atomic commit."""
         new_gen = self.generation + 1
         path = self.vectors_path(new_gen)
+        new_nb: Optional[GalleryNeighbours] = None
+        _ = self.neighbours  # load the committed neighbour data before the vectors change
         try:
             with self.sql.begin() as conn:
                 current = db.get_meta(conn, "generation")
@@ -165,16 +224,21 @@ class IndexStore:
                 sql_work(conn)
                 mutate(self.index)
                 vectors.write_atomic(self.index, path)
+                new_nb = self._next_neighbours(added_ids)
+                if new_nb is not None:
+                    neighbours.save(self.neighbours_path(new_gen), new_nb)
                 _after_vectors_written()
                 db.set_meta(conn, "generation", str(new_gen))
         except BaseException:
             # the in-memory vectors may hold the failed change: go back to the committed file
             self.index = vectors.read(self.vectors_path(self.generation))
             raise
-        old = self.vectors_path(self.generation)
+        old = (self.vectors_path(self.generation), self.neighbours_path(self.generation))
         self.generation = new_gen
         self._gpu_index = None
-        old.unlink(missing_ok=True)
+        self._neighbours = new_nb
+        for p in old:
+            p.unlink(missing_ok=True)
         self._write_manifest()
 
     def add(
@@ -204,7 +268,7 @@ class IndexStore:
             if sql_hook is not None:
                 sql_hook(conn, ids, rows, feats)
 
-        self._commit(sql_work, lambda index: vectors.add_vectors(index, feats, ids))
+        self._commit(sql_work, lambda index: vectors.add_vectors(index, feats, ids), added_ids=ids)
         return ids
 
     def remove(self, where: Optional[sa.ColumnElement[bool]]) -> int:

@@ -1,0 +1,119 @@
+"""Showing answers: write the matched crops, or draw the matched boxes on their source frames."""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+
+from ..images import IMAGE_SUFFIXES, read_image
+from .select import cut
+from .video import FrameReader
+
+log = logging.getLogger(__name__)
+
+
+def _safe(text: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
+
+
+def _query_folder(folder: Path, qi: int, query: str) -> Path:
+    stem = Path(query).stem if not query.startswith("<") else "array"
+    return folder / f"q{qi:03d}_{_safe(stem)}"
+
+
+def _name(hit: Any, suffix: str) -> str:
+    frame = f"_f{hit.frame:06d}" if hit.frame is not None else ""
+    return f"{hit.rank:03d}_{_safe(hit.camera or 'nocam')}{frame}{suffix}"
+
+
+def _frame_of(hit: Any, reader: FrameReader) -> Optional[np.ndarray]:
+    """The source frame a hit was cut from, when its source is a readable video."""
+    source = getattr(hit, "source", None)
+    if source is None or hit.frame is None or hit.box is None:
+        return None
+    if Path(source).suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    return reader.read(source, int(hit.frame))
+
+
+def _xyxy(box: Sequence[float]) -> np.ndarray:
+    x, y, w, h = (float(v) for v in box)
+    return np.array([x, y, x + w, y + h], np.float32)
+
+
+def save_crops(results: Sequence[Any], folder: Union[str, Path]) -> list[Path]:
+    """Write each hit's crop as ``DIR/qNNN_<query>/<rank>_<camera>_f<frame>.<ext>``; returns the files.
+
+    Crops indexed from image files are copied; crops of ingested footage are cut
+    again from their source video (for a track hit: its best crop).
+    """
+    out: list[Path] = []
+    folder = Path(folder)
+    with FrameReader() as reader:
+        for qi, res in enumerate(results):
+            qdir = _query_folder(folder, qi, res.query)
+            for hit in res.hits:
+                crop_file = Path(hit.path)
+                if crop_file.suffix.lower() in IMAGE_SUFFIXES and crop_file.is_file():
+                    qdir.mkdir(parents=True, exist_ok=True)
+                    dest = qdir / _name(hit, crop_file.suffix.lower())
+                    shutil.copyfile(crop_file, dest)
+                    out.append(dest)
+                    continue
+                frame = _frame_of(hit, reader)
+                crop = None if frame is None else cut(frame, _xyxy(hit.box))
+                if crop is None:
+                    log.warning("%s: no crop to write for hit %d (%s)", res.query, hit.rank, hit.path)
+                    continue
+                qdir.mkdir(parents=True, exist_ok=True)
+                dest = qdir / _name(hit, ".jpg")
+                cv2.imwrite(str(dest), crop)
+                out.append(dest)
+    return out
+
+
+def _label(hit: Any) -> str:
+    track = getattr(hit, "track", None)
+    return f"#{hit.rank} d={hit.distance:.3f}" + (f" {track.rsplit('/', 1)[-1]}" if track else "")
+
+
+def render_hits(results: Sequence[Any], folder: Union[str, Path]) -> list[Path]:
+    """Draw each hit's box on the frame it came from: ``DIR/qNNN_<query>/<rank>_<camera>_f<frame>.jpg``.
+
+    Hits without a source video (crops indexed from image files) are drawn on
+    the crop itself when it exists, so every hit has a picture.
+    """
+    out: list[Path] = []
+    folder = Path(folder)
+    with FrameReader() as reader:
+        for qi, res in enumerate(results):
+            qdir = _query_folder(folder, qi, res.query)
+            for hit in res.hits:
+                frame = _frame_of(hit, reader)
+                if frame is not None:
+                    x1, y1, x2, y2 = (int(round(v)) for v in _xyxy(hit.box))
+                else:
+                    crop_file = Path(hit.path)
+                    if not (crop_file.suffix.lower() in IMAGE_SUFFIXES and crop_file.is_file()):
+                        log.warning("%s: no frame to render for hit %d (%s)", res.query, hit.rank, hit.path)
+                        continue
+                    frame = read_image(crop_file)
+                    x1, y1, x2, y2 = 0, 0, frame.shape[1] - 1, frame.shape[0] - 1
+                img = frame.copy()
+                cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 255), 2)
+                text = _label(hit)
+                (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+                ty = y1 - 4 if y1 - th - base - 4 >= 0 else min(img.shape[0] - 2, y2 + th + 4)
+                tx = max(0, min(x1, img.shape[1] - tw - 3))  # keep the label inside the frame
+                cv2.rectangle(img, (tx, ty - th - 2), (tx + tw + 2, ty + base - 1), (0, 0, 255), -1)
+                cv2.putText(img, text, (tx + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+                qdir.mkdir(parents=True, exist_ok=True)
+                dest = qdir / _name(hit, ".jpg")
+                cv2.imwrite(str(dest), img)
+                out.append(dest)
+    return out
