@@ -13,6 +13,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .annotators import Annotator, create_annotator
+from .attributes import ANNOTATOR_NAME as ATTRIBUTES, AttributeModel, AttributeQuery, AttributesNotIndexedError, FUSION_POOL, FusionConfig
+from .attributes import fusion as attr_fusion
+from .attributes.groups import WIDTH as ATTR_WIDTH, notes_to_matrix
+from .attributes.search import DEFAULT_THRESHOLD, rank_by_attributes
+from .attributes.store import GalleryAttributes, NeighbourCache, load_gallery_attributes
 from .encoders import Encoder, create_encoder, get_spec
 from .encoders.registry import default_weights_path
 from .errors import EncoderMismatchError, ImageReadError, InvalidInputError, WeightsError
@@ -131,6 +136,8 @@ class Engine:
         self._encoder = encoder
         self._device = device
         self._annotators: Optional[list[Annotator]] = None
+        self._gallery_attrs: Optional[GalleryAttributes] = None  # attribute matrix of one generation
+        self._attr_neighbours: Optional[NeighbourCache] = None  # appearance neighbours for attribute smoothing
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -314,6 +321,7 @@ class Engine:
         *,
         query_cameras: Optional[Sequence[Optional[str]]] = None,
         batch_size: int = 32,
+        fusion: Union[None, str, FusionConfig] = None,
         **filters: Any,
     ) -> list[QueryResult]:
         """Rank the gallery for each query image (path or BGR array).
@@ -321,15 +329,25 @@ class Engine:
         Filters (applied inside the FAISS search): ``cameras``, ``exclude_cameras``,
         ``sources``, ``time_from``, ``time_to`` (epoch seconds or ISO-8601), and
         ``exclude_same_camera`` (the query's camera comes from ``query_cameras`` or,
-        for a query file that is itself indexed, from its row).
+        for a query file that is itself indexed, from its row); ``attributes``
+        (terms such as ``["male", "backpack"]``, see ``reid_engine.attributes.search``)
+        with ``attribute_threshold``. ``fusion`` (appearance, attributes, clothes-change)
+        re-scores the candidates with attributes the index's attribute model computes
+        for the query images.
         """
         if isinstance(images, (str, Path, np.ndarray)):
             images = [images]
         labels = [str(im) if not isinstance(im, np.ndarray) else f"<array {i}>" for i, im in enumerate(images)]
         if query_cameras is None and filters.get("exclude_same_camera"):
             query_cameras = self._cameras_of_indexed(images)
+        qattrs = None
+        if attr_fusion.needs_attributes(fusion):
+            self._require_attributes(f"fusion {fusion if isinstance(fusion, str) else 'config'!r}")
+            qattrs = self.attribute_model().predict(images, batch_size=batch_size)
         feats = self.encoder.encode(images, batch_size=batch_size)
-        return self.query_features(feats, k, query_labels=labels, query_cameras=query_cameras, **filters)
+        return self.query_features(
+            feats, k, query_labels=labels, query_cameras=query_cameras, fusion=fusion, query_attributes=qattrs, **filters
+        )
 
     def _cameras_of_indexed(self, images: Sequence[ImageLike]) -> list[Optional[str]]:
         hashes = [file_sha256(im) if not isinstance(im, np.ndarray) and Path(im).is_file() else "" for im in images]
@@ -350,13 +368,24 @@ class Engine:
         time_to: Union[None, str, float] = None,
         exclude_same_camera: bool = False,
         rerank: Union[None, str, RerankConfig] = None,
+        fusion: Union[None, str, FusionConfig] = None,
+        query_attributes: Union[None, np.ndarray, Sequence[Optional[dict[str, Any]]]] = None,
+        attributes: Union[None, str, Sequence[str], AttributeQuery] = None,
+        attribute_threshold: float = DEFAULT_THRESHOLD,
     ) -> list[QueryResult]:
         """Rank the gallery for precomputed query features (see ``query`` for the filters).
 
         ``rerank``: a preset name (``reid_engine.rerank.PRESETS``), a ``RerankConfig``,
         or None for the default preset; "none" is the plain FAISS cosine ranking.
+        ``fusion``: None or "appearance" (embedding only), "attributes", "clothes-change"
+        or a ``FusionConfig``; it re-scores the top max(k, FUSION_POOL) re-ranked
+        candidates and needs ``query_attributes`` ((N, WIDTH) vectors or the stored
+        dicts). Hit distances are then the fused distances.
+        ``attributes``: only crops whose stored attributes match every term.
         """
         cfg = resolve_rerank(rerank)
+        fcfg = attr_fusion.resolve_fusion(fusion)
+        rule = self._attribute_rule(attributes, attribute_threshold)
         q = l2_normalize(np.atleast_2d(features))
         if q.shape[1] != self.store.manifest.dim:
             raise InvalidInputError(f"query features of dimension {q.shape[1]}: the index holds {self.store.manifest.dim}")
@@ -367,6 +396,8 @@ class Engine:
         qcams = list(query_cameras) if query_cameras is not None else [None] * n
         if len(labels) != n or len(qcams) != n:
             raise InvalidInputError(f"{n} queries but {len(labels)} labels and {len(qcams)} cameras")
+        qattrs = self._query_attributes(fcfg, query_attributes, q) if fcfg is not None else None
+        pool = k if fcfg is None else max(k, FUSION_POOL)
         groups: dict[Optional[str], list[int]] = {}
         if exclude_same_camera:
             for i, c in enumerate(qcams):
@@ -392,12 +423,16 @@ class Engine:
                 f["exclude_cameras"] = f["exclude_cameras"] + [cam]
             where = db.filter_clause(**f)
             allowed = None if where is None else self.store.ids_where(where)
+            if rule is not None:
+                allowed = self._attribute_ids(rule, allowed)
             if allowed is not None and len(allowed) == 0 or self.store.count == 0:
                 continue
             if cfg == _PLAIN:
-                s, i = self.store.search(q[members], k, allowed)
+                s, i = self.store.search(q[members], pool, allowed)
             else:
-                s, i = self._rerank(q[members], k, allowed, cfg)
+                s, i = self._rerank(q[members], pool, allowed, cfg)
+            if fcfg is not None:
+                s, i = self._fuse(s, i, qattrs[members], k, fcfg)  # type: ignore[index]
             sims[members, : s.shape[1]] = s
             ids[members, : i.shape[1]] = i
         rows = self.store.rows(ids[ids >= 0].tolist())
@@ -427,6 +462,115 @@ class Engine:
             state = None  # neighbour lists are row numbers of the whole gallery
         dist, pos = rerank_search(q, feats, k, cfg, gallery_centralized=cent, gallery_state=state)
         return 1.0 - dist, ids[pos]
+
+    # -- attributes ------------------------------------------------------------------------
+    def _require_attributes(self, what: str) -> None:
+        if ATTRIBUTES not in self.store.manifest.annotators:
+            raise AttributesNotIndexedError(
+                f"{self.path}: {what} needs pedestrian attributes, but this index was built without them; "
+                f"rebuild it with `reid-engine index ... --attributes`"
+            )
+
+    def attribute_model(self) -> "AttributeModel":
+        """The pedestrian attribute model of this index's ``attributes`` annotator (raises when it has none)."""
+        self._require_attributes("attribute fusion and search")
+        return next(a for a in self.annotators if a.name == ATTRIBUTES).model  # type: ignore[attr-defined]
+
+    def _gallery_attributes(self) -> GalleryAttributes:
+        """The attribute matrix of the committed generation, read once per generation."""
+        if self._gallery_attrs is None or self._gallery_attrs.generation != self.store.generation:
+            self._gallery_attrs = load_gallery_attributes(self.store.sql, self.store.generation)
+        return self._gallery_attrs
+
+    def _attribute_rule(self, attributes: Any, threshold: float) -> Optional[AttributeQuery]:
+        if attributes is None or (not isinstance(attributes, (str, AttributeQuery)) and not list(attributes)):
+            return None
+        rule = attributes if isinstance(attributes, AttributeQuery) else AttributeQuery.parse(attributes, threshold)
+        self._require_attributes("attribute search")
+        return rule
+
+    def _attribute_ids(self, rule: AttributeQuery, allowed: Optional[np.ndarray]) -> np.ndarray:
+        """Crop ids whose attributes match ``rule``, within ``allowed`` when given."""
+        table = self._gallery_attributes()
+        ids = table.ids[rule.matches(table.matrix)]
+        return ids if allowed is None else np.intersect1d(ids, allowed)
+
+    def _query_attributes(self, fcfg: FusionConfig, given: Any, q: np.ndarray) -> np.ndarray:
+        """Validated (N, WIDTH) query attributes, smoothed over the query batch when the mode says so."""
+        self._require_attributes("attribute fusion")
+        if given is None:
+            raise InvalidInputError(
+                "attribute fusion needs the queries' attributes: pass query_attributes, or use Engine.query"
+            )
+        qa = np.asarray(given, np.float32) if isinstance(given, np.ndarray) else notes_to_matrix(list(given))
+        if qa.shape != (len(q), ATTR_WIDTH):
+            raise InvalidInputError(f"query attributes of shape {qa.shape}: expected ({len(q)}, {ATTR_WIDTH})")
+        if fcfg.smooth and len(q) > 1:
+            qa = attr_fusion.smooth_attributes(qa, attr_fusion.neighbour_lists(q, fcfg.smooth_k), fcfg.smooth)
+        return qa
+
+    def _candidate_attributes(self, ids: np.ndarray, fcfg: FusionConfig) -> np.ndarray:
+        """(Q, P, WIDTH) attributes of candidate ids, smoothed over their gallery neighbours when asked."""
+        table = self._gallery_attributes()
+        if not fcfg.smooth:
+            return table.lookup(ids)
+        cache = self._attr_neighbours
+        if cache is None or cache.generation != self.store.generation or cache.k != fcfg.smooth_k:
+            cache = self._attr_neighbours = NeighbourCache(fcfg.smooth_k, self.store.generation)
+        cands = np.unique(ids[ids >= 0])
+        cache.ensure(self.store, cands)
+        rows = np.unique(np.concatenate([cands, *[cache.lists[int(c)] for c in cands]]).astype(np.int64))
+        cache.ensure(self.store, rows)  # the neighbours' own lists decide which links are mutual
+        smoothed = attr_fusion.smooth_attributes(table.lookup(rows), cache.local_lists(rows), fcfg.smooth)
+        at = np.clip(np.searchsorted(rows, ids), 0, max(0, len(rows) - 1))
+        out = smoothed[at] if len(rows) else np.full((*ids.shape, ATTR_WIDTH), np.nan, np.float32)
+        out[ids < 0] = np.nan
+        return out
+
+    def _fuse(
+        self, sims: np.ndarray, ids: np.ndarray, qattrs: np.ndarray, k: int, fcfg: FusionConfig
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Re-score a candidate pool (similarities, ids) with attributes; the best ``k`` as (similarities, ids)."""
+        ids = np.asarray(ids, np.int64)
+        dist = np.where(ids >= 0, 1.0 - np.asarray(sims, np.float32), np.inf).astype(np.float32)
+        d, pos = attr_fusion.fuse_rank(dist, ids, qattrs, self._candidate_attributes(ids, fcfg), k, fcfg)
+        return 1.0 - d, pos
+
+    def find(
+        self,
+        attributes: Union[str, Sequence[str], AttributeQuery],
+        k: int = 10,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        cameras: Optional[Sequence[str]] = None,
+        exclude_cameras: Optional[Sequence[str]] = None,
+        sources: Optional[Sequence[str]] = None,
+        time_from: Union[None, str, float] = None,
+        time_to: Union[None, str, float] = None,
+    ) -> QueryResult:
+        """Crops whose stored attributes match every term (e.g. ``["male", "backpack"]``), no image needed.
+
+        Most probable first (joint probability of the terms; a hit's distance is
+        1 - that probability), within the camera, source and time filters.
+        """
+        rule = self._attribute_rule(attributes, threshold)
+        if rule is None:
+            raise InvalidInputError("attribute search needs at least one attribute term")
+        if k < 1:
+            raise InvalidInputError(f"k {k}: expected a positive integer")
+        table = self._gallery_attributes()
+        ids, matrix = table.ids, table.matrix
+        where = db.filter_clause(
+            cameras=cameras, exclude_cameras=list(exclude_cameras or []), sources=sources,
+            time_from=parse_time(time_from), time_to=parse_time(time_to),
+        )
+        if where is not None:
+            keep = np.isin(ids, self.store.ids_where(where))
+            ids, matrix = ids[keep], matrix[keep]
+        top, score = rank_by_attributes(ids, matrix, rule, k)
+        rows = self.store.rows(top.tolist())
+        hits = [Hit.from_row(r + 1, float(1.0 - s), rows[int(i)]) for r, (i, s) in enumerate(zip(top, score))]
+        return QueryResult(f"attributes: {rule.describe()}", hits)
 
     # -- removing and reporting ------------------------------------------------------------
     def remove(

@@ -278,3 +278,17 @@ def test_cli_ingest_reports_a_missing_video_in_one_line(tmp_path: Path, tiny_wei
     res = CliRunner().invoke(main, ["ingest", str(tmp_path / "nope.avi"), "--index", str(tmp_path / "idx"),
                                     "--encoder", "tiny-test", "--weights", str(tiny_weights)])
     assert res.exit_code == 1 and "no such video file" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_bench_tool_quick_run_prints_one_json_line(shared: Path) -> None:
+    import subprocess
+    import sys
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_ingest.py"
+    out = subprocess.run([sys.executable, str(tool), "--max-frames", "30", "--every", "1,3"],
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    doc = json.loads(out[-1])
+    assert 0.3 < doc["detection"]["recall"] <= 1 and 0.5 < doc["detection"]["precision"] <= 1
+    assert doc["every1"]["frames"] == 30 and doc["every3"]["frames"] == 30
+    assert -1 <= doc["every1"]["tracking"]["mota"] <= 1 and doc["every1"]["video_frames_per_s"] > 0

@@ -13,6 +13,8 @@ import click
 from ..encoders import DEFAULT_ENCODER, list_encoders
 from ..encoders.registry import default_weights_path
 from ..engine import Engine, resolve_index_path
+from ..attributes import ANNOTATOR_NAME as ATTRIBUTES, FUSION_MODES, AttributesNotIndexedError, vocabulary_help
+from ..attributes.search import DEFAULT_THRESHOLD
 from ..errors import InvalidInputError
 from ..ingest import scan_source
 from ..ingest.crops import PATTERNS
@@ -61,9 +63,13 @@ def _print_track_results(results: list[Any]) -> None:
         click.echo(f"query {res.query}{cam}: {len(res.hits)} tracks")
         click.echo(f"{'rank':>4}  {'distance':>8}  {'camera':<8} {'from':<19}  {'to':<8}  {'frames':>11}  track")
         for h in res.hits:
-            end = _fmt_time(h.end_time)[-8:] if h.end_time is not None else "-"
+            extra = h.extra or {}
+            if h.start_time is not None:
+                start, end = _fmt_time(h.start_time), _fmt_time(h.end_time)[-8:]
+            else:  # footage ingested without --start-time: seconds into the video
+                start, end = f"+{extra.get('start_offset', 0):.1f}s", f"+{extra.get('end_offset', 0):.1f}s"
             click.echo(
-                f"{h.rank:>4}  {h.distance:8.4f}  {str(h.camera or '-'):<8} {_fmt_time(h.start_time):<19}  {end:<8}  "
+                f"{h.rank:>4}  {h.distance:8.4f}  {str(h.camera or '-'):<8} {start:<19}  {end:<8}  "
                 f"{f'{h.start_frame}-{h.end_frame}':>11}  {h.track}"
             )
         click.echo("")
@@ -87,20 +93,29 @@ def _print_track_results(results: list[Any]) -> None:
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--commit-every", default=4096, show_default=True, type=click.IntRange(1), help="Crops per atomic commit.")
+@click.option("--attributes", "with_attributes", is_flag=True,
+              help="Also store pedestrian attributes of every crop (needed for query --fusion and --attr); new indexes only.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(
     source: Path, index_path: str, encoder: Optional[str], weights: Optional[Path], factory: str,
     db_url: Optional[str], glob_pattern: str, pattern: str, camera: Optional[str], role: Optional[str],
-    source_name: Optional[str], strict: bool, batch_size: int, commit_every: int, device: Optional[str], as_json: bool,
+    source_name: Optional[str], strict: bool, batch_size: int, commit_every: int, with_attributes: bool,
+    device: Optional[str], as_json: bool,
 ) -> None:
     """Index the person crops of SOURCE (a folder, a CSV manifest or one image), adding to the index if it exists."""
     items = scan_source(source, glob=glob_pattern, pattern=pattern, camera=camera, role=role, source_name=source_name)
     if not items:
         raise InvalidInputError(f"{source}: no images found (glob {glob_pattern!r})")
     engine = Engine.open_or_create(
-        index_path, encoder=encoder, weights=weights, factory=factory, db_url=db_url, device=device
+        index_path, encoder=encoder, weights=weights, factory=factory, db_url=db_url, device=device,
+        annotators=[ATTRIBUTES] if with_attributes else [],
     )
+    if with_attributes and ATTRIBUTES not in engine.store.manifest.annotators:
+        engine.close()
+        raise AttributesNotIndexedError(
+            f"{engine.path}: this index was built without attributes; --attributes needs a new index (rebuild it with --attributes)"
+        )
     with engine:
         report = engine.add(items, strict=strict, batch_size=batch_size, show_progress=_progress(), commit_every=commit_every)
         total = engine.store.count
@@ -117,7 +132,7 @@ def index_cmd(
 
 
 @main.command("query")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=False, type=click.Path(path_type=Path))
 @index_option
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Hits per query.")
 @click.option("--camera", "cameras", multiple=True, help="Only gallery crops from this camera (repeatable).")
@@ -128,6 +143,12 @@ def index_cmd(
 @click.option("--time-from", default=None, help="Only crops at or after this time (ISO-8601 or epoch seconds).")
 @click.option("--time-to", default=None, help="Only crops at or before this time.")
 @click.option("--rerank", default=None, metavar="PRESET", help="Re-ranking preset (default: 'default'; 'none' for plain cosine). See docs/rerank.md.")
+@click.option("--fusion", default=None, metavar="MODE",
+              help=f"Attribute fusion: {', '.join(FUSION_MODES)} (default: appearance). See docs/attributes.md.")
+@click.option("--attr", "attr_terms", multiple=True, metavar="TERM",
+              help=f"Only crops with this attribute (repeatable or comma-separated; without IMAGES: search by attributes alone): {vocabulary_help()}.")
+@click.option("--attr-threshold", default=DEFAULT_THRESHOLD, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Probability an attribute term must reach.")
 @weights_option
 @device_option
 @click.option("--tracks", "by_track", is_flag=True,
@@ -140,21 +161,41 @@ def index_cmd(
 def query_cmd(
     images: tuple[Path, ...], index_path: str, k: int, cameras: tuple[str, ...], exclude_cameras: tuple[str, ...],
     exclude_same_camera: bool, query_camera: Optional[str], sources: tuple[str, ...], time_from: Optional[str],
-    time_to: Optional[str], rerank: Optional[str], weights: Optional[Path], device: Optional[str], by_track: bool,
+    time_to: Optional[str], rerank: Optional[str], fusion: Optional[str], attr_terms: tuple[str, ...],
+    attr_threshold: float, weights: Optional[Path], device: Optional[str], by_track: bool,
     save_crops: Optional[Path], render_dir: Optional[Path], as_json: bool,
 ) -> None:
-    """Find the gallery crops (or, with --tracks, the appearances) most like each query IMAGE."""
+    """Find the gallery crops (or, with --tracks, the appearances) most like each query IMAGE.
+
+    With --attr and no IMAGES, list the crops whose attributes match (e.g. --attr male --attr backpack).
+    """
+    if not images and not attr_terms:
+        raise click.UsageError("give query IMAGES, or --attr terms to search by attributes alone")
+    if by_track and (fusion is not None or attr_terms):
+        raise click.UsageError("--fusion and --attr apply to crop queries, not to --tracks")
     with Engine.open(index_path, weights=weights, device=device) as engine:
         if by_track and rerank not in (None, "none"):
             raise click.UsageError("--rerank applies to crop queries, not to --tracks")
-        search = engine.query_tracks if by_track else functools.partial(engine.query, rerank=rerank)
-        results = search(
-            [str(p) for p in images], k,
-            query_cameras=[query_camera] * len(images) if query_camera is not None else None,
+        filters: dict[str, Any] = dict(
             cameras=list(cameras) or None, exclude_cameras=list(exclude_cameras) or None,
-            exclude_same_camera=exclude_same_camera, sources=list(sources) or None,
-            time_from=time_from, time_to=time_to,
+            sources=list(sources) or None, time_from=time_from, time_to=time_to,
         )
+        if not images:
+            if fusion is not None or exclude_same_camera or rerank is not None:
+                raise click.UsageError("--fusion, --rerank and --exclude-same-camera need query IMAGES")
+            results = [engine.find(list(attr_terms), k, threshold=attr_threshold, **filters)]
+        else:
+            if by_track:
+                search = engine.query_tracks
+            else:
+                search = functools.partial(engine.query, rerank=rerank, fusion=fusion)
+                if attr_terms:
+                    filters.update(attributes=list(attr_terms), attribute_threshold=attr_threshold)
+            results = search(
+                [str(p) for p in images], k,
+                query_cameras=[query_camera] * len(images) if query_camera is not None else None,
+                exclude_same_camera=exclude_same_camera, **filters,
+            )
         index_str = str(engine.path)
     written: dict[str, list[str]] = {}
     if save_crops is not None or render_dir is not None:

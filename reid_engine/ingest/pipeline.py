@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 
@@ -34,7 +34,7 @@ from .crops import CropItem, parse_time
 from .detect import DEFAULT_THRESHOLD, Detections, Detector, create_detector
 from .select import BestCrops, Candidate, cut, quality
 from .track import TrackedBox, create_tracker
-from .video import VideoInfo, iter_frames, probe, source_key
+from .video import VideoInfo, iter_frames, probe
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -262,7 +262,8 @@ class _Run:
         self.p.decode_from = min((t.start_frame for t in self.open.values()), default=self.p.next_frame)
         progress_row = self.p.row()
         chunk, self.chunk = self.chunk, []
-        keep_chunks = not self.p.done and self.p.segment_start < self.p.next_frame
+        # streams are never resumed, so their detections need not be kept for a replay
+        keep_chunks = not self.p.done and self.p.segment_start < self.p.next_frame and not self.info.stream
         written = {"tracks": 0}
 
         def hook(conn: Connection, ids: list[int], rows: Any, feats: np.ndarray) -> None:

@@ -90,7 +90,7 @@ class NorfairTracker:
     """Norfair's Kalman tracker on boxes (x1, y1, x2, y2 as two points).
 
     ``distance`` is "scaled" (corner distance over box height, accept below
-    ``max_distance``, by default 5 / fps within [0.5, 1]) or "iou" (accept
+    ``max_distance``, by default 3 / fps within [0.3, 0.7]) or "iou" (accept
     overlap of at least ``min_iou``).
     ``max_age`` (seconds) is how long a track survives without detections;
     ``min_hits`` detections confirm a new track.
@@ -111,8 +111,8 @@ class NorfairTracker:
 
         # Norfair warns on every predicted box that degenerates for a frame; that is routine here
         logging.getLogger("norfair.distances").setLevel(logging.ERROR)
-        if max_distance is None:  # about half a box height per 0.1 s between processed frames
-            max_distance = min(1.0, max(0.5, 5.0 / fps))
+        if max_distance is None:  # looser when processed frames are further apart, within [0.3, 0.7]
+            max_distance = min(0.7, max(0.3, 3.0 / fps))
         if distance == "scaled":
             if max_distance <= 0:
                 raise InvalidInputError(f"max_distance {max_distance}: expected a positive number")
