@@ -52,6 +52,7 @@ class Prepared:
     settings: dict[str, Any]
     timings: dict[str, float]
     encoded: int  # images encoded (not found in the cache)
+    query_attributes: Optional[np.ndarray] = None  # (Q, WIDTH) pedestrian attributes, when fusion needs them
 
 
 @dataclass
@@ -68,25 +69,33 @@ class EvalRun:
 
 
 def default_engine_factory(
-    encoder: Optional[str] = None, weights: Optional[PathLike] = None, device: Optional[str] = None
+    encoder: Optional[str] = None,
+    weights: Optional[PathLike] = None,
+    device: Optional[str] = None,
+    annotators: Sequence[str] = (),
 ) -> EngineFactory:
-    """A factory that creates a Flat index with the given encoder and weights."""
+    """A factory that creates a Flat index with the given encoder, weights and annotators."""
 
     def make(folder: Path) -> Any:
         from ..engine import Engine  # the engine pulls in FAISS and SQLAlchemy: import on use
 
-        return Engine.create(folder, encoder=encoder, weights=weights, device=device)
+        return Engine.create(folder, encoder=encoder, weights=weights, device=device, annotators=annotators)
 
     return make
 
 
 # -- engine calls ----------------------------------------------------------------------------------
-def _index_gallery(engine: Any, split: Split, features: np.ndarray, hashes: Sequence[str]) -> dict[int, list[int]]:
+def _index_gallery(
+    engine: Any, split: Split, features: np.ndarray, hashes: Sequence[str], attributes: Optional[np.ndarray] = None
+) -> dict[int, list[int]]:
     """Add the gallery to the engine's index; return crop id -> gallery positions.
 
     The index keeps one row per file content, so identical files are added once
-    and share that row's place in every ranked list.
+    and share that row's place in every ranked list. ``attributes`` (G, WIDTH)
+    are stored as the rows' ``attributes`` annotation, as indexing would.
     """
+    from ..attributes import ANNOTATOR_NAME
+    from ..attributes.groups import vector_to_note
     from ..ingest.crops import CropItem
 
     first: dict[str, int] = {}
@@ -98,7 +107,8 @@ def _index_gallery(engine: Any, split: Split, features: np.ndarray, hashes: Sequ
     items = [
         CropItem(
             Path(split.gallery[i].path),
-            {"pid": str(split.gallery[i].pid), "camera": str(split.gallery[i].camid), "source": split.name},
+            {"pid": str(split.gallery[i].pid), "camera": str(split.gallery[i].camid), "source": split.name,
+             **({"extra": {ANNOTATOR_NAME: vector_to_note(attributes[i])}} if attributes is not None else {})},
         )
         for i in unique
     ]
@@ -110,11 +120,17 @@ def _index_gallery(engine: Any, split: Split, features: np.ndarray, hashes: Sequ
     return {int(cid): groups[hashes[i]] for cid, i in zip(ids, unique)}
 
 
-def _query_options(rerank: Optional[str], fusion: Optional[str], exclude_same_camera: bool) -> dict[str, Any]:
+def _query_options(
+    rerank: Optional[str], fusion: Optional[str], exclude_same_camera: bool, query_attributes: Optional[np.ndarray] = None
+) -> dict[str, Any]:
     """Keyword options for ``Engine.query_features`` (rerank None = the engine's default preset)."""
+    from ..attributes import needs_attributes
+
     opts: dict[str, Any] = {"rerank": rerank}
     if fusion is not None:
         opts["fusion"] = fusion
+        if needs_attributes(fusion):
+            opts["query_attributes"] = query_attributes
     if exclude_same_camera:
         opts["exclude_same_camera"] = True
     return opts
@@ -156,6 +172,18 @@ def _embeddings(
     )
 
 
+def _attribute_vectors(
+    engine: Any, paths: Sequence[Path], hashes: Sequence[str], cache_dir: Union[PathLike, None, bool], batch_size: int
+) -> tuple[np.ndarray, int]:
+    """(N, WIDTH) attributes from the engine's attribute model, through the same on-disk cache as embeddings."""
+    model = engine.attribute_model()
+    cache = None
+    if cache_dir is not False:
+        folder = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)  # type: ignore[arg-type]
+        cache = EmbeddingCache(folder, f"attributes-{model.name}", model.weights_sha256)
+    return cached_embeddings(paths, lambda files: model.predict(files, batch_size=batch_size), cache, hashes=hashes)
+
+
 def prepare(
     split: Split,
     engine_factory: EngineFactory,
@@ -163,11 +191,13 @@ def prepare(
     *,
     cache_dir: Union[PathLike, None, bool] = None,
     batch_size: int = 32,
+    attributes: bool = False,
 ) -> Prepared:
     """Create an index in ``workdir``, embed (or fetch cached) query and gallery crops, index the gallery.
 
     ``cache_dir``: folder of the embedding cache; None = the default folder,
-    False = no cache.
+    False = no cache. ``attributes``: also compute (or fetch) pedestrian
+    attributes, stored with the gallery and kept for the queries (fusion modes).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -192,8 +222,15 @@ def prepare(
     q_feats, q_new = _embeddings(engine, q_paths, q_hashes, cache, batch_size)
     timings["encode"] = time.perf_counter() - t0
 
+    g_attrs = q_attrs = None
+    if attributes:
+        t0 = time.perf_counter()
+        g_attrs, _ = _attribute_vectors(engine, g_paths, g_hashes, cache_dir, batch_size)
+        q_attrs, _ = _attribute_vectors(engine, q_paths, q_hashes, cache_dir, batch_size)
+        timings["attributes"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
-    id_to_gallery = _index_gallery(engine, split, g_feats, g_hashes)
+    id_to_gallery = _index_gallery(engine, split, g_feats, g_hashes, g_attrs)
     timings["index"] = time.perf_counter() - t0
 
     settings = {
@@ -204,7 +241,7 @@ def prepare(
         "preprocess": encoder.preprocess_spec.to_dict() if hasattr(encoder, "preprocess_spec") else None,
         "cache": str(cache.path) if cache else None,
     }
-    return Prepared(split, engine, q_feats, id_to_gallery, settings, timings, g_new + q_new)
+    return Prepared(split, engine, q_feats, id_to_gallery, settings, timings, g_new + q_new, q_attrs)
 
 
 def _resolve_k(k: Optional[int], num_gallery: int) -> int:
@@ -228,7 +265,7 @@ def run_queries(
     split = prep.split
     n_indexed = len(prep.id_to_gallery)
     k_eff = _resolve_k(k, n_indexed)
-    options = _query_options(rerank, fusion, exclude_same_camera)
+    options = _query_options(rerank, fusion, exclude_same_camera, prep.query_attributes)
     t0 = time.perf_counter()
     answers = _search(prep.engine, split, prep.query_features, k_eff, options)
     seconds = time.perf_counter() - t0
@@ -306,14 +343,15 @@ def evaluate_dataset(
     """
     if visualize and report_dir is None:
         raise InvalidInputError("visualize needs a report folder for the page and its thumbnails")
-    factory = engine_factory or default_engine_factory(encoder, weights, device)
+    attrs = _fusion_needs_attributes([fusion])
+    factory = engine_factory or default_engine_factory(encoder, weights, device, _annotators_for(attrs))
     t_all = time.perf_counter()
     with ExitStack() as stack:
         if index_dir is not None:
             workdir = Path(index_dir)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reid-eval-")))
-        prep = prepare(split, factory, workdir, cache_dir=cache_dir, batch_size=batch_size)
+        prep = prepare(split, factory, workdir, cache_dir=cache_dir, batch_size=batch_size, attributes=attrs)
         stack.callback(_close, prep.engine)
         result, ranked, dists, run_settings, seconds = run_queries(
             prep, rerank=rerank, fusion=fusion, k=k, exclude_same_camera=exclude_same_camera, max_rank=max_rank
@@ -329,6 +367,18 @@ def evaluate_dataset(
             report["visualization"] = run.html_path.name
         run.report_path = write_json_report(report, out / REPORT_JSON)
     return run
+
+
+def _fusion_needs_attributes(fusions: Sequence[Optional[str]]) -> bool:
+    from ..attributes import needs_attributes  # validates the names before any encoding
+
+    return any(needs_attributes(f) for f in fusions)
+
+
+def _annotators_for(attributes: bool) -> tuple[str, ...]:
+    from ..attributes import ANNOTATOR_NAME
+
+    return (ANNOTATOR_NAME,) if attributes else ()
 
 
 def _close(engine: Any) -> None:
@@ -361,10 +411,11 @@ def sweep(
         from ..rerank import PRESETS  # written beside the engine; imported on use
 
         reranks = sorted(PRESETS)
-    factory = engine_factory or default_engine_factory(encoder, weights, device)
+    attrs = _fusion_needs_attributes(list(fusions))
+    factory = engine_factory or default_engine_factory(encoder, weights, device, _annotators_for(attrs))
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="reid-sweep-") as tmp:
-        prep = prepare(split, factory, Path(tmp), cache_dir=cache_dir, batch_size=batch_size)
+        prep = prepare(split, factory, Path(tmp), cache_dir=cache_dir, batch_size=batch_size, attributes=attrs)
         try:
             for rr in reranks:
                 for fu in fusions:
