@@ -13,7 +13,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .annotators import Annotator, create_annotator
-from .attributes import ANNOTATOR_NAME as ATTRIBUTES, AttributeModel, AttributeQuery, AttributesNotIndexedError, FUSION_POOL, FusionConfig
+from .attributes import ANNOTATOR_NAME as ATTRIBUTES
+from .attributes import FUSION_POOL, AttributeModel, AttributeQuery, AttributesNotIndexedError, FusionConfig
 from .attributes import fusion as attr_fusion
 from .attributes.groups import WIDTH as ATTR_WIDTH, notes_to_matrix
 from .attributes.search import DEFAULT_THRESHOLD, rank_by_attributes

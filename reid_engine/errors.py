@@ -46,3 +46,7 @@ class EncoderMismatchError(ReidEngineError):
 
 class UnsupportedOperationError(ReidEngineError):
     """The index type cannot do what was asked (e.g. remove from HNSW)."""
+
+
+class AttributesNotIndexedError(UnsupportedOperationError):
+    """The index was built without the attribute annotator, so it cannot fuse or search by attributes."""

@@ -8,15 +8,11 @@ itself loads on first use). ``groups`` names the attributes and their groups,
 from __future__ import annotations
 
 from ..annotators import register_annotator
-from ..errors import UnsupportedOperationError
+from ..errors import AttributesNotIndexedError
 from .fusion import FUSION_MODES, FUSION_POOL, MODES, FusionConfig, fuse_rank, needs_attributes, resolve_fusion
 from .groups import BELONGINGS, BINARY, CLOTHING, COLOURS, GROUPS, INVARIANT, WIDTH
 from .model import ANNOTATOR_NAME, AttributeAnnotator, AttributeModel, build_annotator
 from .search import VOCABULARY, AttributeQuery, vocabulary_help
-
-
-class AttributesNotIndexedError(UnsupportedOperationError):
-    """The index was built without the attribute annotator, so it cannot fuse or search by attributes."""
 
 
 register_annotator(ANNOTATOR_NAME, build_annotator)

@@ -4,17 +4,22 @@ Pure functions over arrays. The engine finds a pool of candidates per query
 with its (re-ranked) appearance search, then calls :func:`fuse_rank`, which
 adds attribute terms to each candidate's appearance distance and re-sorts:
 
-    fused = a * d_app + sum_i w_i * disagree_i + sum_c w_c * colour_c + sum_i l_i * contradiction_i
+    fused = a * r_app + sum_i w_i * disagree_i + sum_c w_c * colour_c + sum_i l_i * contradiction_i
 
+* ``r_app``: the appearance distance relative to the query's own pool,
+  ``(d - d_rank1) / (d_rank20 - d_rank1)`` (:func:`relative_distance`), so one
+  set of weights fits encoders and re-ranking presets whose distances have
+  very different scales;
 * ``disagree_i = p (1 - q) + q (1 - p)``: the chance two independent binary
   predictions p (query) and q (candidate) of attribute i disagree;
 * ``colour_c``: chroma difference (Lab a, b) of the top / bottom clothing colour, / 100, at most 1;
 * ``contradiction_i = conf(p) conf(q)`` when p and q fall on opposite sides of
   0.5, else 0, with ``conf(p) = clip((|2p - 1| - gate) / (1 - gate), 0, 1)``:
   a penalty that only confident, contradicting predictions pay;
-* before any of this, invariant attributes can be smoothed over each side's
-  own appearance neighbours (:func:`smooth_attributes`): crops of one person in
-  one outfit are near each other, so their average prediction is steadier.
+* before any of this, the probabilities can be smoothed over each side's own
+  mutual appearance neighbours (:func:`smooth_attributes`; the query batch on
+  one side, the gallery on the other): crops of one person in one outfit are
+  near each other, so their average prediction is steadier than any one crop's.
 
 A missing attribute (NaN) counts as unknown: probability 0.5, no confidence,
 no colour term. :data:`MODES` holds the one set of weights used everywhere.
@@ -181,7 +186,9 @@ def relative_distance(app_dist: np.ndarray, rank: int) -> np.ndarray:
     return ((d - best[:, None]) / spread[:, None]).astype(np.float32)
 
 
-def fused_distance(app_dist: np.ndarray, query_attrs: np.ndarray, cand_attrs: np.ndarray, config: FusionConfig) -> np.ndarray:
+def fused_distance(
+    app_dist: np.ndarray, query_attrs: np.ndarray, cand_attrs: np.ndarray, config: FusionConfig
+) -> np.ndarray:
     """(Q, P) fused distances of ascending candidate pools; padded candidates (inf distance) stay inf."""
     d = np.asarray(app_dist, np.float32)
     if config.scale_rank is not None:

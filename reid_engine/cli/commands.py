@@ -94,7 +94,7 @@ def _print_track_results(results: list[Any]) -> None:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--commit-every", default=4096, show_default=True, type=click.IntRange(1), help="Crops per atomic commit.")
 @click.option("--attributes", "with_attributes", is_flag=True,
-              help="Also store pedestrian attributes of every crop (needed for query --fusion and --attr); new indexes only.")
+              help="Also store pedestrian attributes of every crop (for query --fusion and --attr); new indexes only.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(
@@ -114,7 +114,8 @@ def index_cmd(
     if with_attributes and ATTRIBUTES not in engine.store.manifest.annotators:
         engine.close()
         raise AttributesNotIndexedError(
-            f"{engine.path}: this index was built without attributes; --attributes needs a new index (rebuild it with --attributes)"
+            f"{engine.path}: this index was built without attributes; "
+            "--attributes needs a new index (rebuild it with --attributes)"
         )
     with engine:
         report = engine.add(items, strict=strict, batch_size=batch_size, show_progress=_progress(), commit_every=commit_every)
@@ -146,8 +147,10 @@ def index_cmd(
 @click.option("--fusion", default=None, metavar="MODE",
               help=f"Attribute fusion: {', '.join(FUSION_MODES)} (default: appearance). See docs/attributes.md.")
 @click.option("--attr", "attr_terms", multiple=True, metavar="TERM",
-              help=f"Only crops with this attribute (repeatable or comma-separated; without IMAGES: search by attributes alone): {vocabulary_help()}.")
-@click.option("--attr-threshold", default=DEFAULT_THRESHOLD, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Only crops with this attribute (repeatable or comma-separated; without IMAGES: "
+                   f"search by attributes alone): {vocabulary_help()}.")
+@click.option("--attr-threshold", default=DEFAULT_THRESHOLD, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Probability an attribute term must reach.")
 @weights_option
 @device_option

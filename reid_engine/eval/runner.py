@@ -124,12 +124,10 @@ def _query_options(
     rerank: Optional[str], fusion: Optional[str], exclude_same_camera: bool, query_attributes: Optional[np.ndarray] = None
 ) -> dict[str, Any]:
     """Keyword options for ``Engine.query_features`` (rerank None = the engine's default preset)."""
-    from ..attributes import needs_attributes
-
     opts: dict[str, Any] = {"rerank": rerank}
     if fusion is not None:
         opts["fusion"] = fusion
-        if needs_attributes(fusion):
+        if _fusion_needs_attributes([fusion]):
             opts["query_attributes"] = query_attributes
     if exclude_same_camera:
         opts["exclude_same_camera"] = True
@@ -370,9 +368,10 @@ def evaluate_dataset(
 
 
 def _fusion_needs_attributes(fusions: Sequence[Optional[str]]) -> bool:
-    from ..attributes import needs_attributes  # validates the names before any encoding
+    """Whether any of the fusion modes reads attributes; names it does not know are the engine's to judge."""
+    from ..attributes import MODES
 
-    return any(needs_attributes(f) for f in fusions)
+    return any(f is not None and MODES.get(str(f).strip().lower().replace("_", "-")) is not None for f in fusions)
 
 
 def _annotators_for(attributes: bool) -> tuple[str, ...]:
