@@ -23,7 +23,7 @@ from .encoders import Encoder, create_encoder, get_spec
 from .encoders.registry import default_weights_path
 from .errors import EncoderMismatchError, ImageReadError, InvalidInputError, WeightsError
 from .images import ImageLike, file_sha256
-from .index import db
+from .index import db, neighbours
 from .index.store import IndexStore, SqlHook
 from .index.vectors import l2_normalize
 from .ingest.crops import CropItem, parse_time
@@ -452,10 +452,11 @@ class Engine:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Re-ranked (similarities, ids) over the whole gallery or the allowed crops."""
         ids, feats = self.store.gallery()
-        nb = self.store.neighbours
-        usable = nb is not None and cfg.nfc and (nb.state.k1, nb.state.k2, nb.weight) == (cfg.nfc_k1, cfg.nfc_k2, cfg.nfc_weight)
-        cent = nb.centralized if usable else None
-        state = nb.state if usable else None
+        nb = self.store.neighbours if cfg.nfc else None
+        if not neighbours.matches(nb, cfg.nfc_k1, cfg.nfc_k2, cfg.nfc_weight):
+            nb = None  # stored for other NFC parameters: rerank_search computes them
+        cent = nb.centralized if nb is not None else None
+        state = nb.state if nb is not None else None
         if allowed is not None:
             rows = np.searchsorted(ids, allowed)
             ids, feats = ids[rows], feats[rows]
