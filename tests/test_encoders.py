@@ -106,12 +106,14 @@ def test_bad_options_are_typed_errors(osnet_onnx):
 
 
 # -- the batching pipeline (a tiny deterministic encoder from conftest) ----------------------
-def test_order_and_failures_survive_batching_and_prefetch(tmp_path, tiny_weights):
+@pytest.mark.parametrize("concurrent", [1, 3])
+def test_order_and_failures_survive_batching_and_prefetch(tmp_path, tiny_weights, concurrent):
     paths = write_crops(tmp_path, 23)
     bad = tmp_path / "zz_broken.png"
     bad.write_bytes(b"not a png")
     items = paths[:5] + [bad] + paths[5:] + [tmp_path / "missing.png"]
     enc = create_encoder("tiny-test", tiny_weights)
+    enc.concurrent_batches = concurrent  # 1: prefetching decode pool; 3: whole-batch workers
     one = np.concatenate([enc.encode([p], batch_size=1) for p in paths])
     for bs in (1, 4, 7, 64):
         res = enc.encode_files(items, batch_size=bs)
@@ -170,7 +172,7 @@ def test_openvino_embedded_preprocessing_equals_numpy_preprocessing(shared, pku)
     files = sorted(pku.glob("00[14]/*.png"))
     embedded = OpenVinoEncoder(spec, xml, "x", "cpu")
     plain = OpenVinoEncoder(spec, xml, "x", "cpu", embed_preprocessing=False)
-    assert embedded.uint8_input and not plain.uint8_input
+    assert embedded.takes_uint8 and not plain.takes_uint8
     np.testing.assert_allclose(embedded.encode(files), plain.encode(files), atol=1e-4)
 
 
@@ -188,3 +190,12 @@ def test_a_corrupt_onnx_file_is_a_weights_error(tmp_path):
     for runtime in ("onnxruntime", "openvino"):
         with pytest.raises(WeightsError, match="broken.onnx"):
             create_encoder("onnx", bad, runtime=runtime)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_parallel_streams_give_the_same_embeddings(pku, osnet_onnx, runtime):
+    files = sorted(pku.glob("00[14]/*.png"))
+    one = create_encoder("osnet_x0_25_msmt17.onnx", osnet_onnx, runtime=runtime, streams=1, threads=1)
+    two = create_encoder("osnet_x0_25_msmt17.onnx", osnet_onnx, runtime=runtime, streams=2, threads=2)
+    assert (one.streams, two.streams) == (1, 2)
+    np.testing.assert_allclose(two.encode(files, batch_size=7), one.encode(files, batch_size=5), atol=1e-5)

@@ -1,7 +1,6 @@
 """torchreid OSNet: the ONNX weights importer, strict checkpoint loading, the torch path and the default path."""
 from __future__ import annotations
 
-import csv
 from collections import OrderedDict
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from reid_engine.encoders import create_encoder, encoder_name_for_weights, get_spec
+from reid_engine.encoders.base import default_threads
 from reid_engine.encoders.cli import convert_weights
 from reid_engine.encoders.convert import convert_onnx_weights, onnx_to_torchreid
 from reid_engine.encoders.fold import fold_batchnorm, trace_layers
@@ -54,8 +54,9 @@ def test_converted_state_dict_is_a_complete_torchreid_osnet(converted_state):
 
 
 def test_torch_on_converted_weights_equals_onnxruntime_on_all_592_crops(protocol, ort_features, converted):
-    enc = create_encoder("osnet_x0_25", converted, runtime="torch")
+    enc = create_encoder("osnet_x0_25", converted, runtime="torch")  # thread count tuned on probe crops
     assert enc.runtime == "torch" and enc.describe()["runtime"] == "torch" and enc.dim == 512
+    assert enc.threads in (1, default_threads()) and enc.channels_last  # OSNet has depthwise convolutions
     assert_same_embeddings(enc.encode(protocol[0], batch_size=64), ort_features)
 
 
@@ -113,17 +114,17 @@ def test_standard_torchreid_checkpoint_layouts_load(converted_state, tmp_path, p
     files = sorted(pku.glob("001/*.png"))
     plain = tmp_path / "plain.pth"
     torch.save(converted_state, plain)
-    want = create_encoder("osnet_x0_25", plain, runtime="torch").encode(files)
+    want = create_encoder("osnet_x0_25", plain, runtime="torch", threads=1).encode(files)
     wrapped = OrderedDict(("module." + k, v) for k, v in converted_state.items())
     wrapped["module.classifier.weight"] = torch.zeros(4101, 512)  # MSMT17's identities
     wrapped["module.classifier.bias"] = torch.zeros(4101)
     tar = tmp_path / "model.pth.tar"
     torch.save({"state_dict": wrapped, "epoch": 150, "rank1": 0.7}, tar)
-    got = create_encoder("osnet_x0_25", tar, runtime="torch").encode(files)
+    got = create_encoder("osnet_x0_25", tar, runtime="torch", threads=1).encode(files)
     np.testing.assert_allclose(got, want, atol=1e-6)
     old = OrderedDict((k, v) for k, v in converted_state.items() if not k.endswith("num_batches_tracked"))
     torch.save(old, tmp_path / "old.pth")
-    create_encoder("osnet_x0_25", tmp_path / "old.pth", runtime="torch")
+    create_encoder("osnet_x0_25", tmp_path / "old.pth", runtime="torch", threads=1)
 
 
 def test_any_other_key_difference_is_listed(converted_state, tmp_path):
@@ -146,7 +147,7 @@ def test_pickled_objects_are_refused_unless_trusted(converted_state, tmp_path):
     torch.save({"state_dict": converted_state, "config": Path("/somewhere")}, path)
     with pytest.raises(WeightsError, match="trust_pickle=True"):
         create_encoder("osnet_x0_25", path, runtime="torch")
-    assert create_encoder("osnet_x0_25", path, runtime="torch", trust_pickle=True).dim == 512
+    assert create_encoder("osnet_x0_25", path, runtime="torch", trust_pickle=True, threads=1).dim == 512
 
 
 def test_the_architecture_is_recognised_from_the_checkpoint(converted, tmp_path):
@@ -177,3 +178,18 @@ def test_batchnorm_folding_keeps_the_output():
     calls = trace_layers(model, x)
     assert calls[0].layer == "conv1.conv" and calls[0].norm == "conv1.bn"
     assert sum(c.layer == "conv2.0.gate.fc1" for c in calls) == 4  # the shared gate runs once per stream
+
+
+def test_a_runtime_that_does_not_reproduce_torch_is_never_used(converted, monkeypatch, caplog):
+    """Auto skips a non-matching export (here: a deliberately wrong one) and ends on torch; a pin raises."""
+    from reid_engine.encoders import autoselect
+    from reid_engine.encoders.torch_runtime import export_onnx
+
+    torch.manual_seed(1)
+    wrong = build_torchreid_model("osnet_x0_25")  # random weights: not what the checkpoint holds
+    monkeypatch.setattr(autoselect, "export_onnx", lambda module, h, w: export_onnx(wrong, h, w))
+    enc = create_encoder("osnet_x0_25", converted, threads=1)
+    assert enc.runtime == "torch"
+    assert "on onnxruntime differs from torch" in caplog.text and "on openvino differs from torch" in caplog.text
+    with pytest.raises(WeightsError, match="osnet_x0_25 on openvino differs from torch"):
+        create_encoder("osnet_x0_25", converted, runtime="openvino", threads=1)

@@ -28,7 +28,7 @@ index_option = click.option(
 encoder_option = click.option("--encoder", default=None, metavar="NAME", help="Registered encoder (see `reid-engine encoders`).")
 weights_option = click.option(
     "--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="Weights file; its type picks the runtime when --encoder is not given (.onnx, .xml).",
+    help="Weights file; when --encoder is not given its type picks the model (.onnx, .xml, torchreid .pth/.pth.tar).",
 )
 device_option = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available).")
 

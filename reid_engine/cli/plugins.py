@@ -12,6 +12,7 @@ log = logging.getLogger(__name__)
 PLUGIN_COMMANDS: list[tuple[str, str]] = [
     ("reid_engine.ingest.cli", "ingest_cmd"),
     ("reid_engine.eval.cli", "eval_command"),
+    ("reid_engine.encoders.cli", "convert_weights"),
 ]
 
 for _module, _attr in PLUGIN_COMMANDS:

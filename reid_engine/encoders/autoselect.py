@@ -31,8 +31,12 @@ def build_from_torch(
     threads: Optional[int] = None,
     precision: str = "auto",
     channels_last: Optional[bool] = None,
+    streams: Optional[int] = None,
 ) -> Encoder:
-    """Build a torch-defined model, then run it on the fastest runtime that reproduces it."""
+    """Build a torch-defined model, then run it on the fastest runtime that reproduces it.
+
+    ``precision`` and ``channels_last`` apply to torch; ``streams`` to the exported runtimes.
+    """
     order = candidate_runtimes(spec, device, runtime)
     pinned = runtime not in (None, "auto")
     reference = TorchEncoder(
@@ -45,8 +49,9 @@ def build_from_torch(
             return _tuned(reference, threads)
         try:
             if onnx_bytes is None:
-                onnx_bytes = export_onnx(reference.module, reference.preprocess_spec.height, reference.preprocess_spec.width)
-            candidate = _exported_encoder(rt, spec, weights, sha, device, onnx_bytes, threads)
+                height, width = reference.preprocess_spec.height, reference.preprocess_spec.width
+                onnx_bytes = export_onnx(reference.module, height, width)
+            candidate = _exported_encoder(rt, spec, weights, sha, device, onnx_bytes, threads, streams)
         except Exception as exc:
             if pinned:
                 raise WeightsError(f"{weights}: cannot run {spec.name} on {rt} ({str(exc).splitlines()[0]})") from None
@@ -73,14 +78,21 @@ def _tuned(encoder: TorchEncoder, threads: Optional[int]) -> TorchEncoder:
 
 
 def _exported_encoder(
-    rt: str, spec: EncoderSpec, weights: Path, sha: str, device: str, onnx_bytes: bytes, threads: Optional[int]
+    rt: str,
+    spec: EncoderSpec,
+    weights: Path,
+    sha: str,
+    device: str,
+    onnx_bytes: bytes,
+    threads: Optional[int],
+    streams: Optional[int],
 ) -> Encoder:
     if rt == "onnxruntime":
         from .onnx_runtime import OnnxEncoder
 
-        return OnnxEncoder(spec, weights, sha, device, threads=threads, model=onnx_bytes)
+        return OnnxEncoder(spec, weights, sha, device, threads=threads, model=onnx_bytes, streams=streams)
     if rt == "openvino":
         from .openvino_runtime import OpenVinoEncoder
 
-        return OpenVinoEncoder(spec, weights, sha, device, threads=threads, model=onnx_bytes)
+        return OpenVinoEncoder(spec, weights, sha, device, threads=threads, model=onnx_bytes, streams=streams)
     raise InvalidInputError(f"runtime {rt!r}: not an exported-model runtime")

@@ -83,12 +83,20 @@ def _show(show_progress: Optional[bool], total: int) -> bool:
 class Encoder(ABC):
     """Embeds person crops; subclasses implement ``_forward`` for one runtime.
 
-    Runtimes that can apply the normalisation themselves (inside their graph)
-    override ``_forward_uint8`` and receive the resized uint8 BGR batch instead.
+    A runtime that applies the normalisation itself (inside its graph) sets
+    ``takes_uint8`` and implements ``_forward_uint8`` on the resized uint8 BGR
+    batch. A runtime that can run several batches at once (one per session or
+    inference stream; ``_forward`` must then be thread-safe) sets
+    ``concurrent_batches``: whole batches are then decoded, normalised and run
+    by that many workers side by side, with no barrier between them.
     """
 
-    #: decode/resize threads per encoder; the network gets the cores while they wait on I/O
+    #: decode/resize threads per encoder in the one-batch-at-a-time pipeline
     decode_workers: int = 2
+    #: the runtime normalises inside its graph: it gets uint8 BGR (B, H, W, 3)
+    takes_uint8: bool = False
+    #: batches the runtime can run at the same time
+    concurrent_batches: int = 1
 
     def __init__(self, spec: EncoderSpec, weights: Path, weights_sha256: str, device: str = "cpu") -> None:
         self.spec = spec
@@ -147,74 +155,132 @@ class Encoder(ABC):
         return self._run(images, batch_size, show_progress, strict=strict)
 
     # -- machinery ------------------------------------------------------------------
-    def _load_resized(self, item: ImageLike) -> np.ndarray:
-        return resize_to_spec(load_image(item), self.preprocess_spec)
-
     def _load_into(
-        self, images: Sequence[ImageLike], positions: range, out: np.ndarray, first: int
+        self, images: Sequence[ImageLike], rows: range, first: int, out: np.ndarray, out_f: Optional[np.ndarray]
     ) -> list[tuple[int, ImageReadError]]:
-        """Decode and resize ``images[positions]`` into ``out[pos - first]``; return the failures."""
+        """Decode and resize ``images[rows]`` into ``out[row - first]`` (uint8), normalise them into
+        ``out_f`` when given, and return the failures (their rows hold garbage)."""
         failed: list[tuple[int, ImageReadError]] = []
-        for pos in positions:
+        spec = self.preprocess_spec
+        for pos in rows:
             try:
-                out[pos - first] = self._load_resized(images[pos])
+                out[pos - first] = resize_to_spec(load_image(images[pos]), spec)
             except ImageReadError as exc:
                 failed.append((pos, exc))
+        if out_f is not None and len(rows):
+            a, b = rows.start - first, rows.stop - first
+            normalize_batch(out[a:b], spec, out=out_f[a:b])
         return failed
 
-    def _submit_batch(
-        self, pool: ThreadPoolExecutor, images: Sequence[ImageLike], start: int, end: int, workers: int
-    ) -> tuple[int, int, np.ndarray, list[Future]]:
+    def _new_batch(self, n: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
         spec = self.preprocess_spec
-        out = np.empty((end - start, spec.height, spec.width, 3), dtype=np.uint8)
-        # one task per worker, not per image: futures cost more than decoding a small crop
-        step = max(1, -(-(end - start) // workers))
-        futures = [
-            pool.submit(self._load_into, images, range(s, min(s + step, end)), out, start)
-            for s in range(start, end, step)
-        ]
-        return start, end, out, futures
+        out = np.empty((n, spec.height, spec.width, 3), dtype=np.uint8)
+        out_f = None if self.takes_uint8 else np.empty((n, 3, spec.height, spec.width), dtype=np.float32)
+        return out, out_f
+
+    def _finish(
+        self, start: int, end: int, out: np.ndarray, out_f: Optional[np.ndarray],
+        failed: list[tuple[int, ImageReadError]], strict: bool,
+    ) -> tuple[list[int], Optional[np.ndarray], list[tuple[int, str]]]:
+        """Drop the failed rows, run the network; returns (positions, features or None, failures)."""
+        failed.sort(key=lambda f: f[0])
+        if failed and strict:
+            raise failed[0][1]
+        batch = out if self.takes_uint8 else out_f
+        assert batch is not None
+        if failed:
+            bad = {pos for pos, _ in failed}
+            ok = [p for p in range(start, end) if p not in bad]
+            batch = batch[[p - start for p in ok]]
+        else:
+            ok = list(range(start, end))
+        feats = None
+        if ok:
+            feats = self._forward_uint8(batch) if self.takes_uint8 else self._forward(batch)
+        return ok, feats, [(pos, str(exc)) for pos, exc in failed]
+
+    def _encode_batch(
+        self, images: Sequence[ImageLike], start: int, end: int, strict: bool
+    ) -> tuple[list[int], Optional[np.ndarray], list[tuple[int, str]]]:
+        """Decode, normalise and run one whole batch in the calling thread."""
+        out, out_f = self._new_batch(end - start)
+        failed = self._load_into(images, range(start, end), start, out, out_f)
+        return self._finish(start, end, out, out_f, failed, strict)
 
     def _batches(
         self, images: Sequence[ImageLike], batch_size: int, strict: bool
-    ) -> Iterator[tuple[list[int], np.ndarray, list[tuple[int, str]]]]:
-        """Decode and resize batches on a thread pool, up to two batches ahead of the network.
+    ) -> Iterator[tuple[list[int], Optional[np.ndarray], list[tuple[int, str]]]]:
+        """Yield (positions, features, failures) per batch, in input order."""
+        if self.concurrent_batches > 1:
+            yield from self._batches_concurrent(images, batch_size, strict)
+        else:
+            yield from self._batches_prefetched(images, batch_size, strict)
 
-        Yields (positions that decoded, uint8 BGR batch (B, H, W, 3), failures).
-        """
+    def _batches_concurrent(
+        self, images: Sequence[ImageLike], batch_size: int, strict: bool
+    ) -> Iterator[tuple[list[int], Optional[np.ndarray], list[tuple[int, str]]]]:
+        """Whole batches on ``concurrent_batches`` workers, one more queued so none waits."""
+        n = len(images)
+        workers = self.concurrent_batches
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reid-batch") as pool:
+            pending: deque[Future] = deque()
+            starts = iter(range(0, n, batch_size))
+
+            def submit() -> None:
+                s = next(starts, None)
+                if s is not None:
+                    pending.append(pool.submit(self._encode_batch, images, s, min(s + batch_size, n), strict))
+
+            for _ in range(workers + 1):
+                submit()
+            try:
+                while pending:
+                    result = pending.popleft().result()
+                    submit()
+                    yield result
+            finally:
+                for f in pending:
+                    f.cancel()
+
+    def _batches_prefetched(
+        self, images: Sequence[ImageLike], batch_size: int, strict: bool
+    ) -> Iterator[tuple[list[int], Optional[np.ndarray], list[tuple[int, str]]]]:
+        """The network runs here, one batch at a time; a thread pool decodes, resizes and
+        normalises up to two batches ahead (one task per worker per batch: a future per
+        small crop would cost more than decoding it)."""
         n = len(images)
         workers = max(1, min(self.decode_workers, default_threads()))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reid-decode") as pool:
-            pending: deque[tuple[int, int, np.ndarray, list[Future]]] = deque()
+            pending: deque[tuple[int, int, np.ndarray, Optional[np.ndarray], list[Future]]] = deque()
             starts = iter(range(0, n, batch_size))
+
+            def submit() -> None:
+                s = next(starts, None)
+                if s is None:
+                    return
+                e = min(s + batch_size, n)
+                out, out_f = self._new_batch(e - s)
+                step = max(1, -(-(e - s) // workers))
+                futures = [
+                    pool.submit(self._load_into, images, range(a, min(a + step, e)), s, out, out_f)
+                    for a in range(s, e, step)
+                ]
+                pending.append((s, e, out, out_f, futures))
+
             for _ in range(2):  # the current batch and the next one
-                s = next(starts, None)
-                if s is not None:
-                    pending.append(self._submit_batch(pool, images, s, min(s + batch_size, n), workers))
-            while pending:
-                start, end, out, futures = pending.popleft()
-                s = next(starts, None)
-                if s is not None:
-                    pending.append(self._submit_batch(pool, images, s, min(s + batch_size, n), workers))
-                failed: list[tuple[int, ImageReadError]] = []
-                try:
+                submit()
+            try:
+                while pending:
+                    start, end, out, out_f, futures = pending.popleft()
+                    submit()
+                    failed: list[tuple[int, ImageReadError]] = []
                     for fut in futures:
                         failed.extend(fut.result())
-                    if failed and strict:
-                        raise min(failed, key=lambda f: f[0])[1]
-                except BaseException:
-                    for _, _, _, rest in pending:
-                        for f in rest:
-                            f.cancel()
-                    raise
-                if failed:
-                    bad = {pos for pos, _ in failed}
-                    ok = [p for p in range(start, end) if p not in bad]
-                    batch = out[[p - start for p in ok]]
-                else:
-                    ok = list(range(start, end))
-                    batch = out
-                yield ok, batch, [(pos, str(exc)) for pos, exc in sorted(failed, key=lambda f: f[0])]
+                    yield self._finish(start, end, out, out_f, failed, strict)
+            finally:
+                for _, _, _, _, rest in pending:
+                    for f in rest:
+                        f.cancel()
 
     def _run(
         self, images: Sequence[ImageLike], batch_size: int, show_progress: Optional[bool], strict: bool
@@ -231,9 +297,9 @@ class Encoder(ABC):
         failures_all: list[tuple[int, str]] = []
         bar = tqdm(total=n, unit="img", desc=f"encode {self.name}", disable=not _show(show_progress, n))
         try:
-            for ok, batch, failures in self._batches(images, batch_size, strict):
-                if len(ok):
-                    feats = np.asarray(self._forward_uint8(batch), dtype=np.float32)
+            for ok, feats, failures in self._batches(images, batch_size, strict):
+                if ok:
+                    feats = np.asarray(feats, dtype=np.float32)
                     if feats.ndim != 2 or feats.shape[0] != len(ok):
                         raise InvalidInputError(
                             f"encoder {self.name}: model returned shape {feats.shape}, expected ({len(ok)}, D)"

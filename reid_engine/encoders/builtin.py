@@ -23,11 +23,11 @@ OMZ_BGR = PreprocessSpec(height=256, width=128, color="BGR", scale=1.0, mean=(0.
 VIT_RGB = PreprocessSpec(height=256, width=128, color="RGB", scale=1 / 255.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 #: fastest first for an exported OSNet on the CPU (measured; see docs/encoders.md)
-EXPORTED_ORDER = ("openvino", "onnxruntime")
+EXPORTED_ORDER = ("onnxruntime", "openvino")
 #: a torchreid model: exported in memory and run there when it reproduces torch, else torch
-TORCHREID_ORDER = ("openvino", "onnxruntime", "torch")
+TORCHREID_ORDER = ("onnxruntime", "openvino", "torch")
 #: the ViT family on the CPU
-VIT_ORDER = ("torch", "openvino", "onnxruntime")
+VIT_ORDER = ("openvino", "onnxruntime", "torch")
 
 TORCH_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar")
 
@@ -52,13 +52,14 @@ def build_torchreid(
     precision: str = "auto",
     channels_last: Optional[bool] = None,
     trust_pickle: bool = False,
+    streams: Optional[int] = None,
 ) -> Encoder:
     """A torchreid checkpoint, loaded strictly, on the fastest runtime that reproduces it."""
     from .torchreid_models import build_torchreid_encoder
 
     return build_torchreid_encoder(
         spec, weights, sha, device, runtime=runtime, threads=threads, precision=precision,
-        channels_last=channels_last, trust_pickle=trust_pickle,
+        channels_last=channels_last, trust_pickle=trust_pickle, streams=streams,
     )
 
 
@@ -72,13 +73,14 @@ def build_transformer(
     precision: str = "auto",
     channels_last: Optional[bool] = None,
     trust_pickle: bool = False,
+    streams: Optional[int] = None,
 ) -> Encoder:
     """A ViT ReID checkpoint, loaded strictly."""
     from .transformer import build_vit_encoder
 
     return build_vit_encoder(
         spec, weights, sha, device, runtime=runtime, threads=threads, precision=precision,
-        channels_last=channels_last, trust_pickle=trust_pickle,
+        channels_last=channels_last, trust_pickle=trust_pickle, streams=streams,
     )
 
 

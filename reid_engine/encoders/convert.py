@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import InvalidInputError, WeightsError
 from .fold import trace_layers
+from .torch_runtime import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,9 @@ def onnx_to_torchreid(onnx_path: Union[str, Path], arch: str = "osnet_x0_25") ->
     model = build_torchreid_model(arch)
     modules = dict(model.named_modules())
     expected = model.state_dict()
-    calls = [c for c in trace_layers(model, torch.zeros(1, 3, h, w)) if isinstance(modules[c.layer], nn.Conv2d)]
+    with torch_threads(1):
+        traced = trace_layers(model, torch.zeros(1, 3, h, w))
+    calls = [c for c in traced if isinstance(modules[c.layer], nn.Conv2d)]
     conv_nodes = [n for n in graph.node if n.op_type == "Conv"]
     if len(conv_nodes) != len(calls):
         raise WeightsError(
@@ -196,7 +199,7 @@ def verify_conversion(
     expected = session.run(None, {inp.name: x})[0].reshape(n, -1)
     model = build_torchreid_model(arch)
     model.load_state_dict(state, strict=True)
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(1):
         got = model(torch.from_numpy(x)).numpy()
     return agreement(expected, got)
 

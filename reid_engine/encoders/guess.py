@@ -25,21 +25,26 @@ def _signature(state: dict, drop_prefixes: tuple[str, ...] = ("classifier.",)) -
     )
 
 
-def _factories() -> dict[str, Callable[[], nn.Module]]:
+def _factories(keys: frozenset) -> dict[str, Callable[[], nn.Module]]:
+    """Model builders worth comparing with a checkpoint that has these keys (imports only what is needed)."""
+    if any(k.startswith("base.blocks.") for k in keys):
+        from .transformer import VIT_CONFIGS, build_vit_reid
+
+        return {n: functools.partial(build_vit_reid, n) for n in VIT_CONFIGS}
     from .builtin import OSNET_ARCHS
     from .torchreid_models import build_torchreid_model
-    from .transformer import VIT_CONFIGS, build_vit_reid
 
-    out: dict[str, Callable[[], nn.Module]] = {a: functools.partial(build_torchreid_model, a) for a in OSNET_ARCHS}
-    out.update({n: functools.partial(build_vit_reid, n) for n in VIT_CONFIGS})
-    return out
+    return {a: functools.partial(build_torchreid_model, a) for a in OSNET_ARCHS}
 
 
-@functools.lru_cache(maxsize=None)
-def _model_signature(name: str) -> Signature:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        model = _factories()[name]()
-    return _signature(model.state_dict())
+_SIGNATURES: dict[str, Signature] = {}
+
+
+def _model_signature(name: str, make: Callable[[], nn.Module]) -> Signature:
+    if name not in _SIGNATURES:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            _SIGNATURES[name] = _signature(make().state_dict())
+    return _SIGNATURES[name]
 
 
 def guess_torch_encoder(weights: Path) -> Optional[str]:
@@ -49,7 +54,7 @@ def guess_torch_encoder(weights: Path) -> Optional[str]:
     except WeightsError as exc:
         log.debug("%s: cannot inspect (%s)", weights, exc)
         return None
-    for name in _factories():
-        if _model_signature(name) == sig:
+    for name, make in _factories(frozenset(k for k, _ in sig)).items():
+        if _model_signature(name, make) == sig:
             return name
     return None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 from pathlib import Path
 from typing import Optional, Union
 
@@ -13,6 +14,9 @@ from .base import Encoder, EncoderSpec, default_threads
 from .runtimes import pick_exported_runtime
 
 log = logging.getLogger(__name__)
+
+#: models up to this size get one session per core (weights are duplicated per session)
+SMALL_MODEL_BYTES = 64 << 20
 
 
 class OnnxEncoder(Encoder):
@@ -26,32 +30,50 @@ class OnnxEncoder(Encoder):
         device: str = "cpu",
         threads: Optional[int] = None,
         model: Optional[bytes] = None,
+        streams: Optional[int] = None,
     ) -> None:
-        """``model``: serialized ONNX bytes to run instead of reading ``weights`` (weights still names the source)."""
+        """``model``: serialized ONNX bytes to run instead of reading ``weights`` (weights still names the source).
+
+        ``streams``: sessions that run whole batches side by side, each with
+        ``threads / streams`` threads. Default: one single-threaded session per core
+        for models up to 64 MB (no barrier between threads at every layer; measured
+        faster than one session using every core), one session for larger models.
+        """
         super().__init__(spec, weights, weights_sha256, device)
         import onnxruntime as ort
 
         self.runtime = "onnxruntime"
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or default_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # idle workers sleep instead of spinning, leaving the cores to the decode threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         elif device != "cpu":
             log.info("%s: ONNX Runtime has no CUDA provider here; running on the CPU", weights.name)
             self.device = "cpu"
+        n_threads = int(threads or default_threads())
+        if streams is None:
+            size = len(model) if model is not None else (weights.stat().st_size if weights.is_file() else 0)
+            small = size <= SMALL_MODEL_BYTES and providers[0] == "CPUExecutionProvider"
+            streams = n_threads if small else 1
+        self.streams = max(1, min(int(streams), n_threads))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, n_threads // self.streams)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle workers sleep instead of spinning, leaving the cores to the decode threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             source = model if model is not None else str(weights)
-            self.session = ort.InferenceSession(source, sess_options=opts, providers=providers)
+            self.sessions = [ort.InferenceSession(source, sess_options=opts, providers=providers) for _ in range(self.streams)]
+            self.session = self.sessions[0]
         except Exception as exc:  # onnxruntime raises its own exception types
             raise WeightsError(f"{weights}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
+        self.concurrent_batches = self.streams
+        self._idle: "queue.SimpleQueue" = queue.SimpleQueue()
+        for session in self.sessions:
+            self._idle.put(session)
         shape = list(inp.shape)
         if len(shape) != 4:
             raise WeightsError(f"{weights}: expected a 4-d image input (N, 3, H, W), got {shape}")
@@ -73,14 +95,16 @@ class OnnxEncoder(Encoder):
         self.dim = int(dim)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        if self.fixed_batch and batch.shape[0] != self.fixed_batch:
-            step = self.fixed_batch
-            outs = [self._forward_exact(batch[i : i + step]) for i in range(0, batch.shape[0], step)]
-            return np.concatenate(outs)
-        return self._forward_exact(batch)
+        session = self._idle.get()  # thread-safe: concurrent batches each take their own session
+        try:
+            step = self.fixed_batch or batch.shape[0]
+            outs = [self._run_session(session, batch[i : i + step]) for i in range(0, batch.shape[0], step)]
+        finally:
+            self._idle.put(session)
+        return np.concatenate(outs)
 
-    def _forward_exact(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+    def _run_session(self, session, batch: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+        out = session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
         return out.reshape(out.shape[0], -1)
 
 
@@ -91,11 +115,12 @@ def build_onnx(
     device: str,
     threads: Optional[int] = None,
     runtime: Union[str, None] = None,
+    streams: Optional[int] = None,
 ) -> Encoder:
     """Build an encoder for an .onnx file: ONNX Runtime, or OpenVINO when asked or when auto picks it."""
     chosen = pick_exported_runtime(spec, device, runtime)
     if chosen == "openvino":
         from .openvino_runtime import OpenVinoEncoder
 
-        return OpenVinoEncoder(spec, weights, sha, device, threads=threads)
-    return OnnxEncoder(spec, weights, sha, device, threads=threads)
+        return OpenVinoEncoder(spec, weights, sha, device, threads=threads, streams=streams)
+    return OnnxEncoder(spec, weights, sha, device, threads=threads, streams=streams)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 from pathlib import Path
 from typing import Optional, Union
 
@@ -31,8 +32,13 @@ class OpenVinoEncoder(Encoder):
         threads: Optional[int] = None,
         model: Optional[bytes] = None,
         embed_preprocessing: bool = True,
+        streams: Optional[int] = None,
     ) -> None:
-        """``model``: serialized ONNX bytes to run instead of reading ``weights`` (weights still names the source)."""
+        """``model``: serialized ONNX bytes to run instead of reading ``weights`` (weights still names the source).
+
+        ``streams``: inference streams that run whole batches side by side (default 1: one
+        request using every thread); ``threads``: total CPU threads (default all cores).
+        """
         super().__init__(spec, weights, weights_sha256, device)
         import openvino as ov
 
@@ -65,28 +71,37 @@ class OpenVinoEncoder(Encoder):
             ov_model.reshape({inp.get_any_name(): ov.PartialShape([-1, 3, h, w])})
         except Exception:
             log.debug("%s: batch dimension is fixed", weights.name)
-        self.uint8_input = False
+        self.takes_uint8 = False
         if embed_preprocessing:
             try:
                 ov_model = self._embed_preprocessing(ov_model)
-                self.uint8_input = True
+                self.takes_uint8 = True
             except Exception as exc:  # an exotic graph: normalise in NumPy instead
                 log.debug("%s: cannot embed preprocessing (%s)", weights.name, exc)
         if device != "cpu":  # OpenVINO's GPU plug-in drives Intel GPUs, not CUDA devices
             log.info("%s: OpenVINO runs on the CPU (device %s not used)", weights.name, device)
             self.device = "cpu"
-        config = {
-            "INFERENCE_NUM_THREADS": int(threads or default_threads()),
-            # one synchronous request per batch: all threads on it, not split into streams
-            "PERFORMANCE_HINT": "LATENCY",
+        n_threads = int(threads or default_threads())
+        self.streams = max(1, min(int(streams or 1), n_threads))
+        config: dict = {
+            "INFERENCE_NUM_THREADS": n_threads,
             # keep fp32 even on CPUs with bf16 units, so embeddings match the source model
             "INFERENCE_PRECISION_HINT": "f32",
             # pinned threads stall when another process holds their core (a shared machine)
             "ENABLE_CPU_PINNING": False,
         }
+        if self.streams == 1:
+            config["PERFORMANCE_HINT"] = "LATENCY"  # one request per batch with every thread on it
+        else:
+            config["NUM_STREAMS"] = self.streams  # whole batches run side by side, threads split
         self.compiled = core.compile_model(ov_model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        self.dynamic = self.compiled.inputs[0].get_partial_shape()[0].is_dynamic
+        self.concurrent_batches = self.streams
+        self._idle: "queue.SimpleQueue" = queue.SimpleQueue()
+        for _ in range(self.streams):
+            self._idle.put(self.compiled.create_infer_request())
+        batch_dim = self.compiled.inputs[0].get_partial_shape()[0]
+        self.dynamic = batch_dim.is_dynamic
+        self.fixed_batch = 0 if self.dynamic else batch_dim.get_length()
         out = self._forward_uint8(np.zeros((1, h, w, 3), np.uint8))
         self.dim = int(out.shape[1])
 
@@ -113,22 +128,26 @@ class OpenVinoEncoder(Encoder):
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch)
-        if self.dynamic:
-            res = self.request.infer({0: batch})
-            return np.asarray(res[self.compiled.outputs[0]]).reshape(batch.shape[0], -1)
-        outs = []
-        for i in range(batch.shape[0]):
-            res = self.request.infer({0: batch[i : i + 1]})
-            outs.append(np.asarray(res[self.compiled.outputs[0]]).reshape(1, -1))
-        return np.concatenate(outs)
+        n = batch.shape[0]
+        step = n if self.dynamic else self.fixed_batch
+        slices = [batch[i : i + step] for i in range(0, n, step)]
+        if slices[-1].shape[0] < step:  # a fixed batch size: pad the last slice
+            pad = np.zeros((step - slices[-1].shape[0],) + batch.shape[1:], batch.dtype)
+            slices[-1] = np.concatenate([slices[-1], pad])
+        request = self._idle.get()  # thread-safe: concurrent batches each take their own request
+        try:
+            outs = [np.asarray(request.infer({0: s})[self.compiled.outputs[0]]) for s in slices]
+        finally:
+            self._idle.put(request)
+        return np.concatenate([o.reshape(o.shape[0], -1) for o in outs])[:n]
 
     def _forward_uint8(self, batch: np.ndarray) -> np.ndarray:
-        if self.uint8_input:
+        if self.takes_uint8:
             return self._infer(batch)
         return super()._forward_uint8(batch)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        if self.uint8_input:
+        if self.takes_uint8:
             raise InvalidInputError(f"encoder {self.name}: this OpenVINO model takes uint8 BGR batches")
         return self._infer(np.asarray(batch, dtype=np.float32))
 
@@ -140,7 +159,8 @@ def build_openvino(
     device: str,
     threads: Optional[int] = None,
     runtime: Union[str, None] = None,
+    streams: Optional[int] = None,
 ) -> OpenVinoEncoder:
     """Build an OpenVINO encoder (``runtime`` may only be None, "auto" or "openvino")."""
     candidate_runtimes(dataclasses.replace(spec, runtimes=("openvino",)), device, runtime)  # rejects other pins
-    return OpenVinoEncoder(spec, weights, sha, device, threads=threads)
+    return OpenVinoEncoder(spec, weights, sha, device, threads=threads, streams=streams)

@@ -7,6 +7,8 @@ Both halves together equal ``images.preprocess`` (tested).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import cv2
 import numpy as np
 
@@ -39,11 +41,15 @@ def channel_affine(spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray, list[i
     return a, b, src
 
 
-def normalize_batch(batch_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """uint8 BGR (B, H, W, 3) -> float32 (B, 3, H, W): colour order, scale, mean and std applied."""
+def normalize_batch(batch_bgr: np.ndarray, spec: PreprocessSpec, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """uint8 BGR (B, H, W, 3) -> float32 (B, 3, H, W): colour order, scale, mean and std applied.
+
+    ``out``: a float32 (B, 3, H, W) array to write into (e.g. a slice of a larger batch).
+    """
     a, b, src = channel_affine(spec)
     n, h, w = batch_bgr.shape[:3]
-    out = np.empty((n, 3, h, w), dtype=np.float32)
+    if out is None:
+        out = np.empty((n, 3, h, w), dtype=np.float32)
     for c in range(3):
         # one fused pass per channel: uint8 -> float32 multiply straight into the output plane
         np.multiply(batch_bgr[..., src[c]], a[c], out=out[:, c], dtype=np.float32)

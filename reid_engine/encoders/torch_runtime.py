@@ -9,13 +9,14 @@ of them (OpenMP threads wait at every layer for a core another process holds).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
-import time
 import logging
+import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 from ..errors import InvalidInputError
 from .base import Encoder, EncoderSpec, default_threads
 from .fold import fold_batchnorm
-from .preprocessing import channel_affine
+from .preprocessing import channel_affine, normalize_batch
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,19 @@ def agrees(a: np.ndarray, b: np.ndarray) -> bool:
     return diff < MAX_ABS_DIFF and cos > MIN_COSINE
 
 
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (None: unchanged), then restore the previous count."""
+    previous = torch.get_num_threads()
+    if n and n != previous:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
 class TorchEncoder(Encoder):
     """Runs an ``nn.Module`` that maps a normalised (B, 3, H, W) batch to (B, D) features."""
 
@@ -96,6 +110,7 @@ class TorchEncoder(Encoder):
         self.runtime = "torch"
         self.torch_device = torch.device(device)
         on_gpu = self.torch_device.type == "cuda"
+        self.takes_uint8 = on_gpu  # on a GPU: upload uint8 (a quarter of the bytes), normalise there
         self.autocast_dtype = _DTYPES.get(precision) if precision != "auto" else (torch.float16 if on_gpu else None)
         if self.autocast_dtype is not None and not on_gpu:
             log.warning("%s: %s autocast on the CPU changes embeddings beyond the fp32 tolerance", spec.name, precision)
@@ -107,7 +122,8 @@ class TorchEncoder(Encoder):
         h, w = self.preprocess_spec.height, self.preprocess_spec.width
         example = torch.from_numpy(self._normalise_numpy(probe_images(h, w, n=2)))
         if fold:
-            module = self._folded(module, example)
+            with torch_threads(self.threads or 1):
+                module = self._folded(module, example)
         self.module = module.to(self.torch_device)
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
@@ -115,17 +131,33 @@ class TorchEncoder(Encoder):
         self._scale = torch.from_numpy(a).view(1, 3, 1, 1).to(self.torch_device)
         self._shift = torch.from_numpy(b).view(1, 3, 1, 1).to(self.torch_device)
         self._src = src
-        self.dim = int(self._forward(example.numpy()).shape[1])
+        with torch_threads(self.threads or 1):
+            self.dim = int(self._forward(example.numpy()).shape[1])
+        if precision == "auto" and self.autocast_dtype is not None:
+            self._check_autocast(example.numpy())
         if self.threads is None and not on_gpu:
             self.threads = self._tune_threads()
 
+    def _check_autocast(self, example: np.ndarray) -> None:
+        """Keep automatic fp16 only if it reproduces fp32 within the project tolerance."""
+        reduced = self._forward(example)
+        dtype, self.autocast_dtype = self.autocast_dtype, None
+        full = self._forward(example)
+        if agrees(full, reduced):
+            self.autocast_dtype = dtype
+        else:
+            diff, _ = agreement(full, reduced)
+            log.info("%s: %s autocast differs from fp32 by %.2g; running fp32", self.name, dtype, diff)
+
     def _tune_threads(self) -> int:
-        """The faster of one thread and all cores on a probe batch (best of three runs each)."""
-        h, w = self.preprocess_spec.height, self.preprocess_spec.width
-        x = self._normalise_numpy(probe_images(h, w, n=8))
+        """The faster of one thread and all cores on a probe batch (best of two runs each)."""
         options = sorted({1, default_threads()})
+        if len(options) == 1:
+            return options[0]
+        h, w = self.preprocess_spec.height, self.preprocess_spec.width
+        x = self._normalise_numpy(probe_images(h, w, n=4))
         best: dict[int, float] = {}
-        for _ in range(3):
+        for _ in range(2):
             for n in options:
                 self.threads = n
                 t0 = time.perf_counter()
@@ -136,21 +168,18 @@ class TorchEncoder(Encoder):
         return chosen
 
     def _normalise_numpy(self, batch_u8: np.ndarray) -> np.ndarray:
-        from .preprocessing import normalize_batch
-
         return normalize_batch(batch_u8, self.preprocess_spec)
 
     def _folded(self, module: nn.Module, example: torch.Tensor) -> nn.Module:
         """The module with batch norm folded, if that leaves its output unchanged."""
-        with torch.inference_mode():
-            reference = module(example).float().numpy()
-        folded, count = fold_batchnorm(module, example)
+        folded, count = fold_batchnorm(module, example[:1])
         if count == 0:
             return module
         with torch.inference_mode():
+            reference = module(example).float().numpy()
             got = folded(example).float().numpy()
         if not agrees(reference, got):
-            diff, cos = agreement(reference, got)
+            diff, _ = agreement(reference, got)
             log.warning("%s: batch-norm folding changed the output (max diff %.2g); running unfolded", self.name, diff)
             return module
         log.debug("%s: folded %d batch norms", self.name, count)
@@ -159,17 +188,7 @@ class TorchEncoder(Encoder):
     def _run_module(self, x: torch.Tensor) -> np.ndarray:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        previous = torch.get_num_threads()
-        if self.threads and self.torch_device.type == "cpu" and self.threads != previous:
-            torch.set_num_threads(self.threads)
-        try:
-            return self._run_module_inner(x)
-        finally:
-            if torch.get_num_threads() != previous:
-                torch.set_num_threads(previous)
-
-    def _run_module_inner(self, x: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():
+        with torch_threads(self.threads if self.torch_device.type == "cpu" else None), torch.inference_mode():
             if self.autocast_dtype is not None:
                 with torch.autocast(self.torch_device.type, dtype=self.autocast_dtype):
                     out = self.module(x)
@@ -183,9 +202,8 @@ class TorchEncoder(Encoder):
         return self._run_module(x)
 
     def _forward_uint8(self, batch: np.ndarray) -> np.ndarray:
-        if self.torch_device.type == "cpu":  # NumPy's fused per-channel pass is the fastest on a CPU
+        if not self.takes_uint8:  # the CPU: NumPy's fused per-channel pass, in the decode workers
             return super()._forward_uint8(batch)
-        # on a GPU: upload uint8 (a quarter of the bytes) and normalise there
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.torch_device, non_blocking=True)
         x = x.permute(0, 3, 1, 2)[:, self._src].float()
         return self._run_module(x * self._scale + self._shift)
@@ -196,7 +214,7 @@ def export_onnx(module: nn.Module, height: int, width: int) -> bytes:
     example = torch.zeros(2, 3, height, width)
     buf = io.BytesIO()
     module = copy.deepcopy(module).eval().to("cpu", memory_format=torch.contiguous_format).float()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch_threads(1):  # tracing runs the model once: tiny work per layer
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,

@@ -10,10 +10,10 @@ from torch import nn
 
 from ..errors import UnknownEncoderError
 from .base import Encoder, EncoderSpec
-from .builtin import OSNET_ARCHS  # noqa: F401  re-exported for callers of this module
-from .checkpoints import load_strict, read_state_dict
+from .checkpoints import build_and_load, read_state_dict
 
 log = logging.getLogger(__name__)
+
 
 def _torchreid_models():  # type: ignore[no-untyped-def]
     with warnings.catch_warnings():  # torchreid warns at import that its Cython metrics are missing
@@ -38,9 +38,8 @@ def build_torchreid_model(arch: str) -> nn.Module:
 
 def load_torchreid_model(arch: str, weights: Path, trust_pickle: bool = False) -> nn.Module:
     """Build ``arch`` and load a torchreid checkpoint into it strictly."""
-    model = build_torchreid_model(arch)
-    load_strict(model, read_state_dict(weights, trust_pickle=trust_pickle), str(weights))
-    return model
+    state = read_state_dict(weights, trust_pickle=trust_pickle)
+    return build_and_load(lambda: build_torchreid_model(arch), state, str(weights))
 
 
 def build_torchreid_encoder(
@@ -53,6 +52,7 @@ def build_torchreid_encoder(
     precision: str = "auto",
     channels_last: Optional[bool] = None,
     trust_pickle: bool = False,
+    streams: Optional[int] = None,
 ) -> Encoder:
     """Builder for the registered torchreid encoders (the spec name is the architecture)."""
     from .autoselect import build_from_torch
@@ -68,4 +68,5 @@ def build_torchreid_encoder(
         threads=threads,
         precision=precision,
         channels_last=channels_last,
+        streams=streams,
     )

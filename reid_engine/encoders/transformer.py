@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import UnknownEncoderError
 from .base import Encoder, EncoderSpec
-from .checkpoints import load_strict, read_state_dict
+from .checkpoints import build_and_load, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -178,12 +178,13 @@ def build_vit_encoder(
     precision: str = "auto",
     channels_last: Optional[bool] = None,
     trust_pickle: bool = False,
+    streams: Optional[int] = None,
 ) -> Encoder:
     """Builder for the registered transformer encoders: the checkpoint must fill every parameter."""
     from .autoselect import build_from_torch
 
-    model = build_vit_reid(spec.name)
-    load_strict(model, read_state_dict(weights, trust_pickle=trust_pickle), str(weights))
+    state = read_state_dict(weights, trust_pickle=trust_pickle)
+    model = build_and_load(lambda: build_vit_reid(spec.name), state, str(weights))
     return build_from_torch(
         spec,
         weights,
@@ -194,4 +195,5 @@ def build_vit_encoder(
         threads=threads,
         precision=precision,
         channels_last=channels_last,
+        streams=streams,
     )
