@@ -144,7 +144,7 @@ def test_sweep_prints_a_table_and_json(tmp_path: Path, monkeypatch):
     ],
 )
 def test_dev_sets_with_onnx_osnet(shared: Path, osnet_onnx: Path, tmp_path: Path, target, args, expected):
-    res = invoke(str(shared / target), "--weights", str(osnet_onnx), *args, "--json",
+    res = invoke(str(shared / target), "--weights", str(osnet_onnx), *args, "--rerank", "none", "--json",
                  "--cache-dir", str(tmp_path / "c"))
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
