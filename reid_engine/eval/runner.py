@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ..engine import DEFAULT_RERANK
 from ..errors import InvalidInputError
 from .cache import EmbeddingCache, cached_embeddings, default_cache_dir, hash_files
 from .datasets import Split
@@ -287,7 +288,7 @@ def run_queries(
     result = evaluate_ranked(ranked, max_rank=max_rank, clothes_changing=split.clothes_changing, **labels)
     exact = k_eff >= n_indexed and not exclude_same_camera
     settings = {
-        "rerank": rerank,
+        "rerank": rerank if rerank is not None else DEFAULT_RERANK,
         "fusion": fusion,
         "k": k_eff,
         "exact": exact,
