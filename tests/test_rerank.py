@@ -98,6 +98,38 @@ def test_sparse_kr_agrees_with_torchreid_dense(torchreid_re_ranking, seed, k1, k
     assert (np.diff(dist, axis=1) >= 0).all()
 
 
+@pytest.mark.parametrize("nq,block", [(60, 16), (60, 37), (0, 50), (250, 64)])
+def test_symmetric_neighbour_pass_matches_knn_search(nq, block):
+    # The one-pass neighbour lists serve rows and columns of each block; with
+    # small blocks both sides, the mixed query/gallery boundary and ragged
+    # last blocks are exercised.
+    from reid_engine.rerank import kreciprocal
+    x, _ = clustered(50, 5, 48, 1.3, seed=5)
+    idx, sims, mins, qg = kreciprocal._self_neighbours(x, nq, 21, block=block)
+    ref_sims, ref, ref_min = knn_search(x, x, 21, return_min=True)
+    np.testing.assert_array_equal(idx, ref)
+    np.testing.assert_allclose(sims, ref_sims, atol=1e-6)
+    np.testing.assert_allclose(mins, ref_min, atol=1e-6)
+    np.testing.assert_allclose(qg, x[:nq] @ x[nq:].T, atol=1e-6)
+
+
+@pytest.mark.parametrize("keep_qg_bytes", [1 << 30, 0])
+def test_sparse_kr_with_small_blocks_agrees_with_torchreid(torchreid_re_ranking, monkeypatch,
+                                                           keep_qg_bytes):
+    from reid_engine.rerank import kreciprocal
+    monkeypatch.setattr(kreciprocal, "SELF_BLOCK", 24)
+    monkeypatch.setattr(kreciprocal, "QG_MAX_BYTES", keep_qg_bytes)
+    x, pid = clustered(50, 5, 48, 1.3, 4)
+    qf, gf, q_pid, g_pid = split(x, pid, 60, 104)
+    ref = torchreid_re_ranking(euclid(qf, gf), euclid(qf, qf), euclid(gf, gf), 20, 6, 0.3)
+    for k in (5, 30, len(gf)):  # heap, partition and full-sort selection of the top k
+        dist, pos = k_reciprocal_rerank(qf, gf, k, block_size=7)
+        ref_order = np.argsort(ref, axis=1, kind="stable")[:, :k]
+        assert (np.sort(pos, 1) == np.sort(ref_order, 1)).all(axis=1).mean() >= 0.99
+        np.testing.assert_allclose(dist, np.take_along_axis(ref, pos, 1), atol=1e-5)
+        assert (np.diff(dist, axis=1) >= 0).all()
+
+
 def test_kr_changes_the_ranking_and_beats_plain_cosine():
     # Guard against a re-ranker that silently returns the cosine order.
     x, pid = clustered(50, 6, 48, 1.4, seed=7)

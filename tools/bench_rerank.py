@@ -13,7 +13,7 @@ Prints ONE JSON line:
     python tools/bench_rerank.py --part a --no-torchreid
 
 Peak memory is the growth of the process's maximum resident set size
-(ru_maxrss) over its resident size once the inputs are loaded.
+(VmHWM) over its resident size once the inputs are loaded.
 """
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def rss_now() -> int:
 
 
 def peak_rss() -> int:
+    """This process's resident high-water mark (VmHWM).
+
+    Unlike ru_maxrss, VmHWM belongs to the process's own address space, so a
+    worker does not inherit the peak of the parent that spawned it.
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -12,7 +12,9 @@ step only touches top-k neighbour lists and sparse rows:
    with it (an inverted index over V's columns), blended with the original
    distance; every other gallery row keeps ``(1 - lambda) + lambda * d``.
 
-Memory is O((Q+G) * k1 * k2) besides the features. Distances are squared
+Memory is O((Q+G) * k1 * k2) besides the features and, when it fits in
+``QG_MAX_BYTES``, the Q x G similarity matrix that step 1 computes anyway
+(kept for the original-distance term of step 4). Distances are squared
 Euclidean on L2-normalised features (``2 - 2 cos``), which is what the
 textbook version computes from Euclidean input distances.
 
@@ -22,7 +24,9 @@ gallery rows only, for galleries too large for exact neighbour lists.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
+import faiss
 import numpy as np
 import scipy.sparse as sp
 
@@ -35,6 +39,99 @@ log = logging.getLogger(__name__)
 ROW_BLOCK = 2048
 #: Upper bound on (query, support column, gallery row) triples joined at once.
 TRIPLE_BUDGET = 2_000_000
+
+
+#: Rows of each square block of the symmetric neighbour pass (float32 block of 16 MB).
+SELF_BLOCK = 2048
+#: The query x gallery similarities of the neighbour pass are kept for the final
+#: blend when they fit in this many bytes; otherwise each query block recomputes them.
+QG_MAX_BYTES = 512 * 2**20
+
+
+def _self_neighbours(feats: np.ndarray, nq: int, k: int, block: int | None = None,
+                     keep_qg: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Top-``k`` inner-product neighbours of every row among all rows, in one symmetric pass.
+
+    Each square block ``feats[Ri] @ feats[Rj].T`` with i <= j is computed once
+    and serves both its rows (a FAISS heap per row) and its columns (entries
+    above the column row's current k-th best, pushed with their ids), so the
+    BLAS work is half of the full product. Returns ``(idx, sims, min_sims, qg)``:
+    (n, k) int64 neighbours by descending similarity and those similarities, each row's smallest
+    similarity, and the (nq, n - nq) float32 similarities of the first ``nq``
+    rows (queries) to the others (gallery), which the pass computes anyway
+    (None unless ``keep_qg``).
+    """
+    n = len(feats)
+    block = SELF_BLOCK if block is None else block
+    bounds = sorted(set(list(range(0, nq, block)) + list(range(nq, n, block)) + [n]))
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    vals = np.empty((n, k), np.float32)
+    idx = np.empty((n, k), np.int64)
+    mins = np.full(n, np.inf, np.float32)
+    qg = np.empty((nq, n - nq), np.float32) if keep_qg else None
+    heap = faiss.float_minheap_array_t()  # a min-heap keeps the k largest values
+    heap.k, heap.nh = k, n
+    heap.val, heap.ids = faiss.swig_ptr(vals), faiss.swig_ptr(idx)
+    heap.heapify()
+    # Diagonal blocks first, so every row's heap holds a good threshold early.
+    order = [(a, a) for a in range(len(spans))]
+    order += [(a, b) for a in range(len(spans)) for b in range(a + 1, len(spans))]
+
+    def absorb(a: int, b: int, s: np.ndarray) -> None:
+        (r0, r1), (c0, c1) = spans[a], spans[b]
+        heap.addn(c1 - c0, faiss.swig_ptr(s), c0, r0, r1 - r0)
+        np.minimum(mins[r0:r1], s.min(axis=1), out=mins[r0:r1])
+        if qg is not None and r1 <= nq < c1:
+            qg[r0:r1, c0 - nq:c1 - nq] = s
+        if a == b:
+            return
+        np.minimum(mins[c0:c1], s.min(axis=0), out=mins[c0:c1])
+        # Column side: only entries that beat the column row's current k-th best.
+        rr, cc = _true_cells(s > vals[c0:c1, 0][None, :])
+        if len(rr) == 0:
+            return
+        srt = np.argsort(cc, kind="stable")
+        rr, cc = rr[srt], cc[srt]
+        counts = np.bincount(cc, minlength=c1 - c0)
+        width = int(counts.max())
+        pos = np.arange(len(cc)) - np.repeat(np.cumsum(counts) - counts, counts)
+        pv = np.full((c1 - c0, width), -np.inf, np.float32)
+        pi = np.full((c1 - c0, width), -1, np.int64)
+        pv[cc, pos] = s[rr, cc]
+        pi[cc, pos] = rr + r0
+        heap.addn_with_ids(width, faiss.swig_ptr(pv), faiss.swig_ptr(pi), width, c0, c1 - c0)
+
+    # One helper thread folds block t into the heaps while BLAS computes block
+    # t + 1; blocks are folded in order, so the result is that of a serial loop.
+    # Two block buffers, alternated: fresh 16 MB arrays per block would be
+    # page-faulted in again every time.
+    size = max(r1 - r0 for r0, r1 in spans) ** 2
+    bufs = (np.empty(size, np.float32), np.empty(size, np.float32))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for t, (a, b) in enumerate(order):
+            (r0, r1), (c0, c1) = spans[a], spans[b]
+            s = bufs[t % 2][:(r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
+            np.matmul(feats[r0:r1], feats[c0:c1].T, out=s)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(absorb, a, b, s)
+        if pending is not None:
+            pending.result()
+    heap.reorder()
+    return idx, vals, mins, qg
+
+
+def _true_cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-D bool mask that is almost all False, scanning 8 cells at a time."""
+    flat = mask.reshape(-1)
+    if flat.size % 8:
+        return np.nonzero(mask)
+    words = np.flatnonzero(flat.view(np.uint64))
+    cells = (words[:, None] * 8 + np.arange(8)).ravel()
+    cells = cells[flat[cells]]
+    return np.divmod(cells, mask.shape[1])
 
 
 def _reciprocal_mask(nn: np.ndarray, width: int) -> np.ndarray:
@@ -54,33 +151,56 @@ def _expanded_pairs(nn: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
     n = len(nn)
     width = min(k1 + 1, nn.shape[1])
     half = min(int(np.around(k1 / 2.0)) + 1, width)
-    recip = _reciprocal_mask(nn, width)
-    recip_half = _reciprocal_mask(nn, half)
-    keys = []
-    for r0 in range(0, n, ROW_BLOCK):
-        fwd = nn[r0:r0 + ROW_BLOCK, :width]  # (b, w)
-        rec = recip[r0:r0 + ROW_BLOCK]  # R(i, k1) as a mask over fwd
-        rows = np.arange(r0, r0 + len(fwd), dtype=np.int64)
-        cand_nn = nn[fwd, :half]  # (b, w, h): first neighbours of each member c
-        cand_rec = recip_half[fwd]  # R(c, k1/2) as a mask over cand_nn
-        in_set = ((cand_nn[..., None] == fwd[:, None, None, :]) & rec[:, None, None, :]).any(axis=3)
-        overlap = (in_set & cand_rec).sum(axis=2)
-        size = cand_rec.sum(axis=2)
-        grow = rec & (overlap > (2.0 / 3.0) * size)
-        base_i, base_r = np.nonzero(rec)
-        keys.append(rows[base_i] * n + fwd[base_i, base_r])
-        gi, gr, gs = np.nonzero(grow[:, :, None] & cand_rec)
-        keys.append(rows[gi] * n + cand_nn[gi, gr, gs])
-    uniq = np.unique(np.concatenate(keys))
-    return uniq // n, uniq % n
+
+    def members(w: int) -> sp.csr_matrix:
+        # R(i, w - 1) as a 0/1 sparse row per i (neighbours that have i in their first w)
+        rec = _reciprocal_mask(nn, w)
+        counts = rec.sum(axis=1)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        return sp.csr_matrix((np.ones(int(indptr[-1]), np.float32), nn[:, :w][rec], indptr),
+                             shape=(n, n))
+
+    full = members(width)  # R(i, k1)
+    part = members(half)   # R(c, k1/2)
+    # |R(c, k1/2) & R(i, k1)| for every member c of R(i, k1); c joins when that
+    # exceeds two thirds of |R(c, k1/2)|.
+    shared = (full @ part.T).multiply(full).tocsr()
+    shared.eliminate_zeros()
+    size = np.diff(part.indptr)
+    fr = np.repeat(np.arange(n), np.diff(full.indptr))
+    look = sp.csr_matrix((shared.data, shared.indices, shared.indptr), shape=(n, n))
+    got = np.asarray(look[fr, full.indices]).ravel()
+    grow = got > (2.0 / 3.0) * size[full.indices]
+    grown = sp.csr_matrix((np.ones(int(grow.sum()), np.float32), (fr[grow], full.indices[grow])),
+                          shape=(n, n))
+    union = (full + grown @ part).tocsr()
+    union.sort_indices()
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(union.indptr))
+    return rows, union.indices.astype(np.int64)
+
+
+def _pair_sims(feats: np.ndarray, nn: np.ndarray, nn_sims: np.ndarray, rows: np.ndarray,
+               cols: np.ndarray) -> np.ndarray:
+    """feats[rows] . feats[cols], read from the neighbour lists where the pair is in them."""
+    n, w = nn.shape
+    slot = sp.csr_matrix((np.arange(1, n * w + 1, dtype=np.float64), nn.ravel(),
+                          np.arange(0, n * w + 1, w)), shape=(n, n))
+    pos = np.asarray(slot[rows, cols]).ravel().astype(np.int64)
+    out = nn_sims.ravel()[np.maximum(pos - 1, 0)]
+    miss = np.flatnonzero(pos == 0)
+    if len(miss):
+        out[miss] = row_dots(feats, feats, rows[miss], cols[miss])
+    return out
 
 
 def _encoding(feats: np.ndarray, nn: np.ndarray, row_scale: np.ndarray,
-              k1: int, k2: int) -> sp.csr_matrix:
+              k1: int, k2: int, nn_sims: np.ndarray | None = None) -> sp.csr_matrix:
     """Sparse k-reciprocal encoding V of every row, averaged over its k2 nearest rows."""
     n = len(feats)
     rows, cols = _expanded_pairs(nn, k1)
-    dist = np.maximum(2.0 - 2.0 * row_dots(feats, feats, rows, cols), 0.0) / row_scale[rows]
+    sims = row_dots(feats, feats, rows, cols) if nn_sims is None else \
+        _pair_sims(feats, nn, nn_sims, rows, cols)
+    dist = np.maximum(2.0 - 2.0 * sims, 0.0) / row_scale[rows]
     weight = np.exp(-dist).astype(np.float32)
     totals = np.bincount(rows, weights=weight, minlength=n)
     v = sp.csr_matrix(((weight / totals[rows]).astype(np.float32), (rows, cols)), shape=(n, n))
@@ -114,10 +234,12 @@ def _rerank_exact(qf: np.ndarray, gf: np.ndarray, k: int, k1: int, k2: int,
     nq, ng = len(qf), len(gf)
     feats = np.concatenate([qf, gf])
     n = len(feats)
-    _, nn, min_sims = knn_search(feats, feats, min(max(k1 + 1, k2), n), return_min=True)
+    keep_qg = nq * ng * 4 <= QG_MAX_BYTES
+    nn, nn_sims, min_sims, qg = _self_neighbours(feats, nq, min(max(k1 + 1, k2), n),
+                                                 keep_qg=keep_qg)
     row_scale = np.maximum(2.0 - 2.0 * min_sims.astype(np.float64), 1e-12)
-    v = _encoding(feats, nn, row_scale, k1, k2)
-    del nn
+    v = _encoding(feats, nn, row_scale, k1, k2, nn_sims)
+    del nn, nn_sims
     # Inverted index: for each support column, the gallery rows using it.
     inv = v[nq:].T.tocsr()
     inv_len = np.diff(inv.indptr)
@@ -127,7 +249,11 @@ def _rerank_exact(qf: np.ndarray, gf: np.ndarray, k: int, k1: int, k2: int,
 
     out_d = np.empty((nq, k), np.float32)
     out_p = np.empty((nq, k), np.int64)
-    for q0, q1 in _query_blocks(support_counts, block_size):
+    scale32 = row_scale.astype(np.float32)
+    lam, rest = np.float32(lambda_value), np.float32(1.0 - lambda_value)
+
+    def finish(span: tuple[int, int]) -> None:
+        q0, q1 = span
         blk = vq[q0:q1]
         b = q1 - q0
         ent_row = np.repeat(np.arange(b), np.diff(blk.indptr))
@@ -136,30 +262,53 @@ def _rerank_exact(qf: np.ndarray, gf: np.ndarray, k: int, k1: int, k2: int,
         starts = np.repeat(inv.indptr[blk.indices] - (np.cumsum(lengths) - lengths), lengths)
         flat = starts + np.arange(total)
         shared = np.minimum(np.repeat(blk.data, lengths), inv.data[flat])
-        overlap = sp.csr_matrix((shared, (np.repeat(ent_row, lengths), inv.indices[flat])),
-                                shape=(b, ng))  # duplicates are summed
-        overlap.sum_duplicates()
-        o_row = np.repeat(np.arange(b), np.diff(overlap.indptr))
-        o_dist = np.maximum(
-            2.0 - 2.0 * row_dots(feats, gf, o_row + q0, overlap.indices), 0.0) / row_scale[o_row + q0]
-        jaccard = 1.0 - overlap.data / (2.0 - overlap.data)
-        cand_final = ((1.0 - lambda_value) * jaccard + lambda_value * o_dist).astype(np.float32)
+        # Sum of minima per (query, gallery row), accumulated densely over the block.
+        overlap = np.bincount(np.repeat(ent_row * ng, lengths) + inv.indices[flat],
+                              weights=shared, minlength=b * ng).reshape(b, ng)
+        # final = lambda * original + (1 - lambda) * jaccard: the original term
+        # max(2 - 2 cos, 0) / row_scale from the first pass's similarities, and
+        # jaccard = 1 for gallery rows sharing no support with the query ...
+        coef = (lam / scale32[q0:q1])[:, None]
+        sims = qg[q0:q1] if qg is not None else qf[q0:q1] @ gf.T
+        final = sims * (np.float32(-2.0) * coef)
+        final += np.float32(2.0) * coef
+        np.maximum(final, np.float32(0.0), out=final)
+        final += rest
+        # ... and (1 - lambda) * (1 - o / (2 - o)) where the overlap o is positive.
+        hit = np.flatnonzero(overlap)
+        o = overlap.ravel()[hit]
+        del overlap
+        final.ravel()[hit] -= (rest * (o / (2.0 - o))).astype(np.float32)
+        del sims
+        out_d[q0:q1], out_p[q0:q1] = _smallest(final, k)
 
-        n_cand = np.diff(overlap.indptr)
-        list_len = min(ng, k + int(n_cand.max(initial=0)))
-        list_sims, list_idx = knn_search(qf[q0:q1], gf, list_len)
-        for r in range(b):
-            c0, c1 = overlap.indptr[r], overlap.indptr[r + 1]
-            cand = overlap.indices[c0:c1]
-            rest = ~np.isin(list_idx[r], cand, assume_unique=True)
-            rest_idx = list_idx[r][rest][:k]
-            rest_dist = np.maximum(2.0 - 2.0 * list_sims[r][rest][:k].astype(np.float64), 0.0)
-            rest_final = (1.0 - lambda_value) + lambda_value * rest_dist / row_scale[q0 + r]
-            all_idx = np.concatenate([cand, rest_idx])
-            all_final = np.concatenate([cand_final[c0:c1], rest_final.astype(np.float32)])
-            order = np.argsort(all_final, kind="stable")[:k]
-            out_d[q0 + r], out_p[q0 + r] = all_final[order], all_idx[order]
+    # Query blocks are independent; two threads overlap their numpy work.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(finish, _query_blocks(support_counts, block_size)))
     return out_d, out_p
+
+
+def _smallest(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` smallest entries of each row, ascending, and their column numbers."""
+    nr, nc = values.shape
+    if k >= nc:
+        idx = np.argsort(values, axis=1, kind="stable")
+    elif 8 * k <= nc:  # a max-heap per row: one streaming pass, most entries rejected at once
+        vals = np.empty((nr, k), np.float32)
+        idx = np.empty((nr, k), np.int64)
+        heap = faiss.float_maxheap_array_t()
+        heap.k, heap.nh = k, nr
+        heap.val, heap.ids = faiss.swig_ptr(vals), faiss.swig_ptr(idx)
+        heap.heapify()
+        heap.addn(nc, faiss.swig_ptr(values), 0, 0, nr)
+        heap.reorder()
+        return vals, idx
+    else:
+        idx = np.argpartition(values, k - 1, axis=1)[:, :k]
+        part = np.take_along_axis(values, idx, 1)
+        order = np.argsort(part, axis=1, kind="stable")
+        idx = np.take_along_axis(idx, order, 1)
+    return np.take_along_axis(values, idx, 1), idx.astype(np.int64, copy=False)
 
 
 def k_reciprocal_rerank(
