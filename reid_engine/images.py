@@ -6,7 +6,7 @@ grayscale, alpha, 16-bit and palette images are converted on read.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -19,7 +19,7 @@ ImageLike = Union[str, Path, np.ndarray]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
-_INTERPOLATIONS = {
+INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
     "linear": cv2.INTER_LINEAR,
     "bilinear": cv2.INTER_LINEAR,
@@ -44,9 +44,9 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if self.color not in ("RGB", "BGR"):
             raise InvalidInputError(f"colour order {self.color!r}: expected 'RGB' or 'BGR'")
-        if self.interpolation not in _INTERPOLATIONS:
+        if self.interpolation not in INTERPOLATIONS:
             raise InvalidInputError(
-                f"interpolation {self.interpolation!r}: expected one of {sorted(_INTERPOLATIONS)}"
+                f"interpolation {self.interpolation!r}: expected one of {sorted(INTERPOLATIONS)}"
             )
         if self.height <= 0 or self.width <= 0:
             raise InvalidInputError(f"input size {self.height}x{self.width}: expected positive sizes")
@@ -141,7 +141,7 @@ def load_image(image: ImageLike) -> np.ndarray:
 
 def preprocess(img_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 BGR (H, W, 3) -> float32 (3, height, width) ready for the network."""
-    img = cv2.resize(img_bgr, (spec.width, spec.height), interpolation=_INTERPOLATIONS[spec.interpolation])
+    img = cv2.resize(img_bgr, (spec.width, spec.height), interpolation=INTERPOLATIONS[spec.interpolation])
     if spec.color == "RGB":
         img = img[:, :, ::-1]
     x = img.astype(np.float32)

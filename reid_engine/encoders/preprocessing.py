@@ -12,23 +12,14 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from ..images import PreprocessSpec
-
-_CV2_INTERPOLATION = {
-    "nearest": cv2.INTER_NEAREST,
-    "linear": cv2.INTER_LINEAR,
-    "bilinear": cv2.INTER_LINEAR,
-    "cubic": cv2.INTER_CUBIC,
-    "bicubic": cv2.INTER_CUBIC,
-    "area": cv2.INTER_AREA,
-}
+from ..images import INTERPOLATIONS, PreprocessSpec
 
 
 def resize_to_spec(img_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 BGR (h, w, 3) -> uint8 BGR (height, width, 3) as the spec asks."""
     if img_bgr.shape[0] == spec.height and img_bgr.shape[1] == spec.width:
         return img_bgr
-    return cv2.resize(img_bgr, (spec.width, spec.height), interpolation=_CV2_INTERPOLATION[spec.interpolation])
+    return cv2.resize(img_bgr, (spec.width, spec.height), interpolation=INTERPOLATIONS[spec.interpolation])
 
 
 def channel_affine(spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray, list[int]]:
