@@ -199,3 +199,18 @@ def test_parallel_streams_give_the_same_embeddings(pku, osnet_onnx, runtime):
     two = create_encoder("osnet_x0_25_msmt17.onnx", osnet_onnx, runtime=runtime, streams=2, threads=2)
     assert (one.streams, two.streams) == (1, 2)
     np.testing.assert_allclose(two.encode(files, batch_size=7), one.encode(files, batch_size=5), atol=1e-5)
+
+
+def test_declared_torch_options_match_the_real_builders():
+    """The lazy torch builders declare their options; they must be exactly what the implementations take."""
+    import inspect
+
+    from reid_engine.encoders.builtin import TORCH_OPTIONS
+    from reid_engine.encoders.registry import encoder_options, get_spec
+    from reid_engine.encoders.torchreid_models import build_torchreid_encoder
+    from reid_engine.encoders.transformer import build_vit_encoder
+
+    for impl, name in ((build_torchreid_encoder, "osnet_x0_25"), (build_vit_encoder, "transreid_vit_s16")):
+        params = list(inspect.signature(impl).parameters)[4:]
+        assert tuple(params) == TORCH_OPTIONS
+        assert encoder_options(get_spec(name)) == list(TORCH_OPTIONS)

@@ -40,6 +40,8 @@ class EncoderSpec:
     description: str = ""
     #: runtimes the model can execute on, fastest first on a CPU (measured); empty = only ``runtime``
     runtimes: tuple[str, ...] = ()
+    #: keyword options ``create_encoder`` passes to the builder; None = read them from the builder's signature
+    options: Optional[tuple[str, ...]] = None
 
 
 @dataclass

@@ -6,8 +6,9 @@ package stays cheap. ``runtimes`` orders are measured on a 2-core CPU
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable
 
 from ..images import PreprocessSpec
 from .base import Encoder, EncoderSpec
@@ -42,46 +43,24 @@ OSNET_ARCHS: dict[str, int] = {
 }
 
 
-def build_torchreid(
-    spec: EncoderSpec,
-    weights: Path,
-    sha: str,
-    device: str,
-    runtime: Optional[str] = None,
-    threads: Optional[int] = None,
-    precision: str = "auto",
-    channels_last: Optional[bool] = None,
-    trust_pickle: bool = False,
-    streams: Optional[int] = None,
-) -> Encoder:
-    """A torchreid checkpoint, loaded strictly, on the fastest runtime that reproduces it."""
-    from .torchreid_models import build_torchreid_encoder
-
-    return build_torchreid_encoder(
-        spec, weights, sha, device, runtime=runtime, threads=threads, precision=precision,
-        channels_last=channels_last, trust_pickle=trust_pickle, streams=streams,
-    )
+#: options of the torch-defined families (see ``torchreid_models.build_torchreid_encoder``)
+TORCH_OPTIONS = ("runtime", "threads", "precision", "channels_last", "trust_pickle", "streams")
 
 
-def build_transformer(
-    spec: EncoderSpec,
-    weights: Path,
-    sha: str,
-    device: str,
-    runtime: Optional[str] = None,
-    threads: Optional[int] = None,
-    precision: str = "auto",
-    channels_last: Optional[bool] = None,
-    trust_pickle: bool = False,
-    streams: Optional[int] = None,
-) -> Encoder:
-    """A ViT ReID checkpoint, loaded strictly."""
-    from .transformer import build_vit_encoder
+def _lazy_builder(module: str, attr: str) -> Callable[..., Encoder]:
+    """A builder that imports its torch-defined implementation only when called."""
 
-    return build_vit_encoder(
-        spec, weights, sha, device, runtime=runtime, threads=threads, precision=precision,
-        channels_last=channels_last, trust_pickle=trust_pickle, streams=streams,
-    )
+    def build(spec: EncoderSpec, weights: Path, sha: str, device: str, **options: Any) -> Encoder:
+        return getattr(importlib.import_module(module, __package__), attr)(spec, weights, sha, device, **options)
+
+    build.__doc__ = f"Builds with {module.lstrip('.')}.{attr} (imported on first use)."
+    return build
+
+
+#: a torchreid checkpoint, loaded strictly, on the fastest runtime that reproduces it
+build_torchreid = _lazy_builder(".torchreid_models", "build_torchreid_encoder")
+#: a ViT ReID checkpoint, loaded strictly
+build_transformer = _lazy_builder(".transformer", "build_vit_encoder")
 
 
 register_encoder(
@@ -141,6 +120,7 @@ for _arch, _dim in OSNET_ARCHS.items():
             runtime="torch",
             preprocess=IMAGENET_RGB,
             builder=build_torchreid,
+            options=TORCH_OPTIONS,
             dim=_dim,
             weights_suffixes=TORCH_SUFFIXES,
             description=f"torchreid {_arch} from a torchreid checkpoint (no weights bundled)",
@@ -157,6 +137,7 @@ for _name, _dim, _what in (
             runtime="torch",
             preprocess=VIT_RGB,
             builder=build_transformer,
+            options=TORCH_OPTIONS,
             dim=_dim,
             weights_suffixes=TORCH_SUFFIXES,
             description=f"TransReID-style {_what}, stride-12 patches, BN-neck feature (bring your own checkpoint)",

@@ -105,6 +105,8 @@ def create_encoder(
 
 def encoder_options(spec: EncoderSpec) -> Optional[list[str]]:
     """The keyword options ``create_encoder`` accepts for this spec (e.g. runtime, threads); None = any."""
+    if spec.options is not None:
+        return list(spec.options)
     params = list(inspect.signature(spec.builder).parameters.values())[4:]  # after spec, weights, sha, device
     if any(p.kind == p.VAR_KEYWORD for p in params):
         return None
