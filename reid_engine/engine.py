@@ -28,7 +28,7 @@ from .index.store import IndexStore, SqlHook
 from .index.vectors import l2_normalize
 from .ingest.crops import CropItem, parse_time
 from .rerank import RerankConfig, get_preset, rerank_search
-from .results import Hit, QueryResult
+from .results import Hit, QueryResult, check_queries
 
 if TYPE_CHECKING:
     from .ingest.pipeline import IngestReport
@@ -387,16 +387,8 @@ class Engine:
         cfg = resolve_rerank(rerank)
         fcfg = attr_fusion.resolve_fusion(fusion)
         rule = self._attribute_rule(attributes, attribute_threshold)
-        q = l2_normalize(np.atleast_2d(features))
-        if q.shape[1] != self.store.manifest.dim:
-            raise InvalidInputError(f"query features of dimension {q.shape[1]}: the index holds {self.store.manifest.dim}")
-        if k < 1:
-            raise InvalidInputError(f"k {k}: expected a positive integer")
+        q, labels, qcams = check_queries(features, self.store.manifest.dim, k, query_labels, query_cameras)
         n = len(q)
-        labels = list(query_labels) if query_labels is not None else [f"<features {i}>" for i in range(n)]
-        qcams = list(query_cameras) if query_cameras is not None else [None] * n
-        if len(labels) != n or len(qcams) != n:
-            raise InvalidInputError(f"{n} queries but {len(labels)} labels and {len(qcams)} cameras")
         qattrs = self._query_attributes(fcfg, query_attributes, q) if fcfg is not None else None
         pool = k if fcfg is None else max(k, FUSION_POOL)
         groups: dict[Optional[str], list[int]] = {}

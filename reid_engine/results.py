@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .errors import InvalidInputError
+from .index.vectors import l2_normalize
 
 
 @dataclass
@@ -60,3 +65,24 @@ class QueryResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": self.query, "camera": self.camera, "hits": [h.to_dict() for h in self.hits]}
+
+
+def check_queries(
+    features: np.ndarray,
+    dim: int,
+    k: int,
+    labels: Optional[Sequence[str]] = None,
+    cameras: Optional[Sequence[Optional[str]]] = None,
+) -> tuple[np.ndarray, list[str], list[Optional[str]]]:
+    """Validated query inputs: L2-normalised (N, dim) features, N labels and N cameras (None when unknown)."""
+    q = l2_normalize(np.atleast_2d(np.asarray(features, np.float32)))
+    if q.shape[1] != dim:
+        raise InvalidInputError(f"query features of dimension {q.shape[1]}: the index holds {dim}")
+    if k < 1:
+        raise InvalidInputError(f"k {k}: expected a positive integer")
+    n = len(q)
+    names = list(labels) if labels is not None else [f"<features {i}>" for i in range(n)]
+    cams = list(cameras) if cameras is not None else [None] * n
+    if len(names) != n or len(cams) != n:
+        raise InvalidInputError(f"{n} queries but {len(names)} labels and {len(cams)} cameras")
+    return q, names, cams

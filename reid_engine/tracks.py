@@ -16,9 +16,8 @@ import sqlalchemy as sa
 
 from .errors import InvalidInputError
 from .index import db
-from .index.vectors import l2_normalize
 from .ingest.crops import parse_time
-from .results import Hit
+from .results import Hit, check_queries
 
 if TYPE_CHECKING:
     from .index.store import IndexStore
@@ -169,16 +168,8 @@ def search_tracks(
     exclude_same_camera: bool = False,
 ) -> list[TrackResult]:
     """Rank the index's tracks for each query feature row; filters as in ``Engine.query``."""
-    q = l2_normalize(np.atleast_2d(np.asarray(features, np.float32)))
-    if q.shape[1] != store.manifest.dim:
-        raise InvalidInputError(f"query features of dimension {q.shape[1]}: the index holds {store.manifest.dim}")
-    if k < 1:
-        raise InvalidInputError(f"k {k}: expected a positive integer")
+    q, labels, qcams = check_queries(features, store.manifest.dim, k, query_labels, query_cameras)
     n = len(q)
-    labels = list(query_labels) if query_labels is not None else [f"<features {i}>" for i in range(n)]
-    qcams = list(query_cameras) if query_cameras is not None else [None] * n
-    if len(labels) != n or len(qcams) != n:
-        raise InvalidInputError(f"{n} queries but {len(labels)} labels and {len(qcams)} cameras")
     if exclude_same_camera and any(c is None for c in qcams):
         raise InvalidInputError("a query's camera is unknown, so it cannot be excluded; pass the query camera")
     table = load_tracks(store)
