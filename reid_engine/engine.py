@@ -23,11 +23,12 @@ from .encoders import Encoder, create_encoder, get_spec
 from .encoders.registry import default_weights_path
 from .errors import EncoderMismatchError, ImageReadError, InvalidInputError, WeightsError
 from .images import ImageLike, file_sha256
-from .index import db, neighbours
+from .index import db
+from .index.backend import SearchFilter, SearchParams
 from .index.store import IndexStore, SqlHook
 from .index.vectors import l2_normalize
 from .ingest.crops import CropItem, parse_time
-from .rerank import RerankConfig, get_preset, rerank_search
+from .rerank.base import Candidates, Pipeline, RerankContext, get_pipeline, list_hooks
 from .results import Hit, QueryResult, check_queries
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 INDEXES_ENV = "REID_ENGINE_INDEXES"
 #: re-ranking used when a query does not name one
 DEFAULT_RERANK = "default"
+#: answers are re-ranked within the candidate pool a preset asks for this many hits; beyond it the
+#: cosine order follows, so a top-k answer is a prefix of any longer one (k never changes the head)
+RERANK_K = 100
 PathLike = Union[str, Path]
 
 
@@ -49,7 +53,11 @@ def indexes_home() -> Path:
 
 def resolve_index_path(name_or_path: PathLike) -> Path:
     """A bare name (no folder part) means ``indexes/<name>``; anything else is a path."""
+    if not isinstance(name_or_path, (str, Path)):
+        raise InvalidInputError(f"index {name_or_path!r}: expected a folder path or an index name")
     text = str(name_or_path)
+    if not text.strip() or "\x00" in text:
+        raise InvalidInputError(f"index path {text!r}: expected a folder path or an index name")
     p = Path(text).expanduser()
     if p.is_absolute() or len(p.parts) > 1 or text.startswith(".") or p.exists():
         return p
@@ -73,46 +81,82 @@ class AddReport:
         )
 
 
+#: longest text the crop table keeps per column (PostgreSQL enforces these lengths)
+_TEXT_LIMITS = {"pid": 64, "camera": 128, "track": 128}
+_INT32 = 2**31 - 1
+
+
 def _row_from_meta(item: CropItem, sha: str) -> dict[str, Any]:
-    """Validate a crop's metadata into a SQL row; unknown keys go to ``extra``."""
+    """Validate a crop's metadata into a SQL row with every column; unknown keys go to ``extra``."""
+    import json  # local: this module's import block is shared with the query-path work
+    import math
+
+    from .errors import printable
+
     meta = dict(item.meta)
-    path = str(item.path) if item.image is not None else str(Path(item.path).resolve())
-    row: dict[str, Any] = {"path": path, "sha256": sha}
+    raw_path = str(item.path) if item.image is not None else str(Path(item.path).resolve())
+    path = printable(raw_path)  # undecodable file-name bytes cannot be stored as text: kept escaped
+    row: dict[str, Any] = dict.fromkeys(db.CROP_FIELDS)
+    row.update(path=path, sha256=sha)
+
+    def bad(what: str) -> InvalidInputError:
+        return InvalidInputError(f"{path}: {what}")
+
     box = meta.pop("box", None)
     if box is not None:
-        if len(box) != 4:
-            raise InvalidInputError(f"{item.path}: box {box!r}: expected (x, y, w, h)")
-        row.update(box_x=float(box[0]), box_y=float(box[1]), box_w=float(box[2]), box_h=float(box[3]))
+        try:
+            x, y, w, h = (float(v) for v in box)
+        except (TypeError, ValueError):
+            raise bad(f"box {box!r}: expected (x, y, w, h)") from None
+        row.update(box_x=x, box_y=y, box_w=w, box_h=h)
     for key in ("pid", "camera", "track", "source"):
-        if meta.get(key) is not None:
-            row[key] = str(meta.pop(key))
-        else:
-            meta.pop(key, None)
-    if meta.get("frame") is not None:
-        row["frame"] = int(meta.pop("frame"))
-    if meta.get("timestamp") is not None:
-        row["timestamp"] = parse_time(meta.pop("timestamp"))
+        value = meta.pop(key, None)
+        if value is not None and str(value) != "":
+            text = printable(str(value))
+            if len(text) > _TEXT_LIMITS.get(key, 1 << 20):
+                raise bad(f"{key} {text[:20]!r}...: longer than {_TEXT_LIMITS[key]} characters")
+            row[key] = text
+    frame = meta.pop("frame", None)
+    if frame is not None and frame != "":
+        try:
+            row["frame"] = int(frame)
+        except (TypeError, ValueError, OverflowError):
+            raise bad(f"frame {frame!r}: expected an integer") from None
+        if not -_INT32 <= row["frame"] <= _INT32:
+            raise bad(f"frame {frame!r}: expected a 32-bit integer")
+    ts = meta.pop("timestamp", None)
+    if ts is not None:
+        row["timestamp"] = parse_time(ts)
     for key in ("box_x", "box_y", "box_w", "box_h"):
-        if meta.get(key) is not None:
-            row[key] = float(meta.pop(key))
-    extra = {k: v for k, v in meta.items() if v is not None}
-    extra.update(meta.pop("extra", None) or {})
-    extra.pop("extra", None)
+        value = meta.pop(key, None)
+        if value is not None:
+            try:
+                row[key] = float(value)
+            except (TypeError, ValueError):
+                raise bad(f"{key} {value!r}: expected a number") from None
+    for key in ("box_x", "box_y", "box_w", "box_h"):
+        if row[key] is not None and not math.isfinite(row[key]):
+            raise bad(f"{key} {row[key]!r}: expected a finite number")
+    extra = {k: v for k, v in meta.items() if v is not None and k != "extra"}
+    extra.update(meta.get("extra") or {})
+    if raw_path != path:
+        extra["path_bytes"] = os.fsencode(raw_path).hex()  # the exact file name, for tools that need it
+    if extra:
+        try:
+            json.dumps(extra)
+        except (TypeError, ValueError) as exc:
+            raise bad(f"metadata {sorted(extra)} cannot be stored ({exc})") from None
     row["extra"] = extra or None
     return row
 
 
-def resolve_rerank(rerank: Union[None, str, RerankConfig]) -> RerankConfig:
-    """A preset name, a config, or None (the default preset) -> a config."""
-    if rerank is None:
-        return get_preset(DEFAULT_RERANK)
-    if isinstance(rerank, RerankConfig):
+def resolve_pipeline(rerank: Union[None, str, Pipeline]) -> Pipeline:
+    """A preset name, a pipeline, or None (the default preset) -> a pipeline."""
+    from . import rerank as _presets  # noqa: F401  (registers the presets)
+
+    if isinstance(rerank, Pipeline):
         return rerank
-    return get_preset(str(rerank))
-
-
-def _nfc_params(cfg: RerankConfig) -> Optional[dict[str, Any]]:
-    return {"k1": cfg.nfc_k1, "k2": cfg.nfc_k2, "weight": cfg.nfc_weight} if cfg.nfc else None
+    return get_pipeline(DEFAULT_RERANK if rerank is None else str(rerank))
 
 
 def _describe_mismatch(built: dict[str, Any], asked: dict[str, Any]) -> list[str]:
@@ -124,9 +168,6 @@ def _describe_mismatch(built: dict[str, Any], asked: dict[str, Any]) -> list[str
                 b, a = str(b)[:12], str(a)[:12]
             diffs.append(f"{key}: index has {b!r}, got {a!r}")
     return diffs
-
-
-_PLAIN = RerankConfig()
 
 
 class Engine:
@@ -147,23 +188,34 @@ class Engine:
         path: PathLike,
         encoder: Optional[str] = None,
         weights: Optional[PathLike] = None,
-        factory: str = "Flat",
+        factory: Optional[str] = None,
         db_url: Optional[str] = None,
         device: Optional[str] = None,
         annotators: Sequence[str] = (),
-        rerank: Union[None, str, RerankConfig] = None,
+        backend: str = "faiss",
+        backend_options: Optional[dict[str, Any]] = None,
+        hooks: Optional[Sequence[str]] = None,
+        search_params: Optional[dict[str, Any]] = None,
     ) -> "Engine":
         """Create a new empty index at ``path`` (or ``indexes/<name>``).
 
         ``annotators`` names per-crop models (see ``reid_engine.annotators``) run on every crop added.
-        ``rerank`` (default: the default preset) decides which gallery NFC vectors are kept at index time.
+        ``backend`` names the vector backend ("faiss", or "milvus" with ``backend_options={"uri": ...}``);
+        ``factory`` overrides its automatic index type (e.g. "Flat", "IVF1024,Flat").
+        ``hooks`` (default: every registered one) name the index-time state kept for re-ranking;
+        ``search_params`` are stored default search parameters (nprobe, exact, refine).
         """
         enc = create_encoder(encoder, weights, device)
         for name in annotators:
             create_annotator(name, device)  # fail early on unknown names
+        from . import rerank as _presets  # noqa: F401  (registers the presets and their hooks)
+
+        if search_params:
+            SearchParams(**search_params)  # validates
         store = IndexStore.create(
             resolve_index_path(path), enc.describe(), enc.dim, factory, db_url, annotators,
-            nfc=_nfc_params(resolve_rerank(rerank)),
+            backend=backend, backend_options=backend_options,
+            hooks=list_hooks() if hooks is None else list(hooks), search=search_params,
         )
         return cls(store, enc, device)
 
@@ -203,6 +255,14 @@ class Engine:
 
     def close(self) -> None:
         self.store.close()
+
+    def refresh(self) -> bool:
+        """See changes other processes committed since the last call; True when there were some."""
+        return self.store.refresh()
+
+    def compact(self) -> dict[str, Any]:
+        """Merge the index's segments and drop removed vectors now (it also happens automatically)."""
+        return self.store.compact()
 
     def __enter__(self) -> "Engine":
         return self
@@ -265,8 +325,24 @@ class Engine:
         Unreadable images are skipped and reported, or raise with ``strict``.
         ``sql_hook`` runs inside each block's transaction (see ``IndexStore.add``).
         """
+        from .errors import one_line  # local: this module's import block is shared with the query-path work
+
         t0 = time.perf_counter()
-        crops = [it if isinstance(it, CropItem) else CropItem(Path(it)) for it in items]
+        for name, value in (("commit_every", commit_every), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise InvalidInputError(f"{name} {value!r}: expected a positive integer")
+        if isinstance(items, (str, bytes, Path, CropItem)):
+            raise InvalidInputError(
+                f"items {str(items)[:80]!r}: expected a list of crops or image paths (use scan_source for a folder)"
+            )
+        crops = []
+        for it in items:
+            if isinstance(it, CropItem):
+                crops.append(it)
+            elif isinstance(it, (str, Path)) and str(it) != "":
+                crops.append(CropItem(Path(it)))
+            else:
+                raise InvalidInputError(f"crop {it!r}: expected a CropItem or an image file path")
         report = AddReport()
         hashed: list[tuple[CropItem, str]] = []
         quiet = not (show_progress or (show_progress is None and len(crops) > 2000 and sys.stderr.isatty()))
@@ -275,7 +351,7 @@ class Engine:
             try:
                 hashed.append((it, it.sha256()))
             except OSError as exc:
-                reason = f"{it.path}: cannot read ({exc.strerror or exc})"
+                reason = one_line(f"{it.path}: cannot read ({exc.strerror or exc})")
                 if strict:
                     raise ImageReadError(reason) from None
                 log.warning("skipping %s", reason)
@@ -365,32 +441,47 @@ class Engine:
         cameras: Optional[Sequence[str]] = None,
         exclude_cameras: Optional[Sequence[str]] = None,
         sources: Optional[Sequence[str]] = None,
+        tracks: Optional[Sequence[str]] = None,
         time_from: Union[None, str, float] = None,
         time_to: Union[None, str, float] = None,
         exclude_same_camera: bool = False,
-        rerank: Union[None, str, RerankConfig] = None,
+        rerank: Union[None, str, Pipeline] = None,
         fusion: Union[None, str, FusionConfig] = None,
         query_attributes: Union[None, np.ndarray, Sequence[Optional[dict[str, Any]]]] = None,
         attributes: Union[None, str, Sequence[str], AttributeQuery] = None,
         attribute_threshold: float = DEFAULT_THRESHOLD,
+        same_person: bool = False,
+        search_params: Union[None, dict[str, Any], SearchParams] = None,
     ) -> list[QueryResult]:
         """Rank the gallery for precomputed query features (see ``query`` for the filters).
 
-        ``rerank``: a preset name (``reid_engine.rerank.PRESETS``), a ``RerankConfig``,
-        or None for the default preset; "none" is the plain FAISS cosine ranking.
+        Two stages: the vector backend returns the top candidates by cosine (filters
+        applied inside the search), then the re-ranking preset re-scores them.
+        ``rerank``: a preset name (``reid_engine.rerank.list_pipelines()``), a
+        ``Pipeline``, or None for the default; "none" is the plain cosine ranking.
+        Each query's answer is the same whether it is sent alone or with others;
+        ``same_person=True`` instead treats all the queries as one person and
+        returns one pooled list.
         ``fusion``: None or "appearance" (embedding only), "attributes", "clothes-change"
         or a ``FusionConfig``; it re-scores the top max(k, FUSION_POOL) re-ranked
         candidates and needs ``query_attributes`` ((N, WIDTH) vectors or the stored
         dicts). Hit distances are then the fused distances.
         ``attributes``: only crops whose stored attributes match every term.
+        ``search_params``: per-query nprobe / exact / refine over the index's defaults.
         """
-        cfg = resolve_rerank(rerank)
+        self.store.refresh()
+        pipe = resolve_pipeline(rerank)
         fcfg = attr_fusion.resolve_fusion(fusion)
+        params = self.store.search_params(search_params)
         rule = self._attribute_rule(attributes, attribute_threshold)
         q, labels, qcams = check_queries(features, self.store.manifest.dim, k, query_labels, query_cameras)
-        n = len(q)
+        k = min(int(k), max(1, self.store.count))
         qattrs = self._query_attributes(fcfg, query_attributes, q) if fcfg is not None else None
-        pool = k if fcfg is None else max(k, FUSION_POOL)
+        if same_person and len(q) > 1:
+            labels = [" + ".join(labels)]
+            known = {c for c in qcams if c is not None}
+            qcams = [known.pop() if len(known) == 1 else None]
+        n = len(labels)
         groups: dict[Optional[str], list[int]] = {}
         if exclude_same_camera:
             for i, c in enumerate(qcams):
@@ -402,60 +493,50 @@ class Engine:
         else:
             groups[None] = list(range(n))
         base = dict(
-            cameras=cameras,
-            exclude_cameras=list(exclude_cameras or []),
-            sources=sources,
+            cameras=None if cameras is None else tuple(str(c) for c in cameras),
+            exclude_cameras=tuple(str(c) for c in exclude_cameras or ()),
+            sources=None if sources is None else tuple(str(x) for x in sources),
+            tracks=None if tracks is None else tuple(str(x) for x in tracks),
             time_from=parse_time(time_from),
             time_to=parse_time(time_to),
         )
+        allowed = self._attribute_ids(rule) if rule is not None else None
+        pool = pipe.pool_size(min(k, RERANK_K))
+        if fcfg is not None:
+            pool = max(pool, FUSION_POOL)
         sims = np.full((n, k), -np.inf, np.float32)
         ids = np.full((n, k), -1, np.int64)
         for cam, members in groups.items():
-            f = dict(base)
-            if cam is not None:
-                f["exclude_cameras"] = f["exclude_cameras"] + [cam]
-            where = db.filter_clause(**f)
-            allowed = None if where is None else self.store.ids_where(where)
-            if rule is not None:
-                allowed = self._attribute_ids(rule, allowed)
+            extra = base["exclude_cameras"] + ((cam,) if cam is not None else ())
+            where = SearchFilter(ids=allowed, **{**base, "exclude_cameras": extra})
             if allowed is not None and len(allowed) == 0 or self.store.count == 0:
                 continue
-            if cfg == _PLAIN:
-                s, i = self.store.search(q[members], pool, allowed)
-            else:
-                s, i = self._rerank(q[members], pool, allowed, cfg)
+            qm = q if same_person else q[members]
+            first = l2_normalize(qm.mean(axis=0, keepdims=True)) if same_person else qm
+            s, i = self.store.search(first, max(k, pool), where, params)
+            ctx = RerankContext(
+                gallery=self.store, k=k, query_cameras=[qcams[m] for m in members], query_tracks=[None] * len(members),
+                same_person=same_person and len(q) > 1, where=where,
+                query_attributes=None if qattrs is None else qattrs[members],
+            )
+            head = pipe.run(qm, Candidates.sorted(i[:, :pool], s[:, :pool]), ctx)
             if fcfg is not None:
-                s, i = self._fuse(s, i, qattrs[members], k, fcfg)  # type: ignore[index]
-            sims[members, : s.shape[1]] = s
-            ids[members, : i.shape[1]] = i
+                fs, fi = self._fuse(head.scores, head.ids, qattrs[members], head.ids.shape[1], fcfg)  # type: ignore[index]
+                head = Candidates.sorted(fi, fs)
+            top_i = np.concatenate([head.ids, i[:, pool:]], axis=1)[:, :k]
+            top_s = np.concatenate([head.scores, s[:, pool:]], axis=1)[:, :k]
+            sims[members, : top_s.shape[1]] = top_s
+            ids[members, : top_i.shape[1]] = top_i
         rows = self.store.rows(ids[ids >= 0].tolist())
         results = []
         for qi in range(n):
             hits = []
-            for s, i in zip(sims[qi], ids[qi]):
-                if i < 0:
+            for sc, i in zip(sims[qi], ids[qi]):
+                if i < 0 or int(i) not in rows:
                     continue
-                hits.append(Hit.from_row(len(hits) + 1, float(1.0 - s), rows[int(i)]))
+                hits.append(Hit.from_row(len(hits) + 1, float(1.0 - sc), rows[int(i)]))
             results.append(QueryResult(labels[qi], hits, None if qcams[qi] is None else str(qcams[qi])))
         return results
-
-    def _rerank(
-        self, q: np.ndarray, k: int, allowed: Optional[np.ndarray], cfg: RerankConfig
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Re-ranked (similarities, ids) over the whole gallery or the allowed crops."""
-        ids, feats = self.store.gallery()
-        nb = self.store.neighbours if cfg.nfc else None
-        if not neighbours.matches(nb, cfg.nfc_k1, cfg.nfc_k2, cfg.nfc_weight):
-            nb = None  # stored for other NFC parameters: rerank_search computes them
-        cent = nb.centralized if nb is not None else None
-        state = nb.state if nb is not None else None
-        if allowed is not None:
-            rows = np.searchsorted(ids, allowed)
-            ids, feats = ids[rows], feats[rows]
-            cent = cent[rows] if cent is not None else None
-            state = None  # neighbour lists are row numbers of the whole gallery
-        dist, pos = rerank_search(q, feats, k, cfg, gallery_centralized=cent, gallery_state=state)
-        return 1.0 - dist, ids[pos]
 
     # -- attributes ------------------------------------------------------------------------
     def _require_attributes(self, what: str) -> None:
@@ -483,11 +564,10 @@ class Engine:
         self._require_attributes("attribute search")
         return rule
 
-    def _attribute_ids(self, rule: AttributeQuery, allowed: Optional[np.ndarray]) -> np.ndarray:
-        """Crop ids whose attributes match ``rule``, within ``allowed`` when given."""
+    def _attribute_ids(self, rule: AttributeQuery) -> np.ndarray:
+        """Crop ids whose attributes match ``rule``."""
         table = self._gallery_attributes()
-        ids = table.ids[rule.matches(table.matrix)]
-        return ids if allowed is None else np.intersect1d(ids, allowed)
+        return table.ids[rule.matches(table.matrix)]
 
     def _query_attributes(self, fcfg: FusionConfig, given: Any, q: np.ndarray) -> np.ndarray:
         """Validated (N, WIDTH) query attributes, smoothed over the query batch when the mode says so."""

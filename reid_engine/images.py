@@ -6,18 +6,25 @@ grayscale, alpha, 16-bit and palette images are converted on read.
 from __future__ import annotations
 
 import hashlib
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import cv2
 import numpy as np
 
-from .errors import ImageReadError, InvalidInputError
+from .errors import ImageReadError, ImageTooLargeError, InvalidInputError
 
 ImageLike = Union[str, Path, np.ndarray]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+#: environment variable holding the largest accepted image, in pixels (width x height)
+MAX_PIXELS_ENV = "REID_ENGINE_MAX_PIXELS"
+#: default pixel limit: a 40-megapixel photo decodes to 120 MB; person crops are far smaller
+DEFAULT_MAX_PIXELS = 40_000_000
 
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
@@ -109,14 +116,133 @@ def to_bgr_uint8(img: np.ndarray, name: str = "array") -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def max_pixels() -> int:
+    """The largest image accepted, in pixels: $REID_ENGINE_MAX_PIXELS, else ``DEFAULT_MAX_PIXELS``."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except (ValueError, OverflowError):
+        value = 0
+    if value < 1:
+        raise InvalidInputError(f"{MAX_PIXELS_ENV}={text!r}: expected a positive number of pixels")
+    return value
+
+
+def _jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            if pos + 9 > len(data):
+                return None
+            h, w = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return w, h
+        if marker == 0xDA or length < 2:  # scan data before any frame header: give up
+            return None
+        pos += 2 + length
+    return None
+
+
+def _pnm_size(data: bytes) -> Optional[tuple[int, int]]:
+    tokens: list[bytes] = []
+    for line in data[2:4096].splitlines():
+        tokens.extend(line.split(b"#", 1)[0].split())
+        if len(tokens) >= 2:
+            break
+    try:
+        return int(tokens[0]), int(tokens[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _webp_size(data: bytes) -> Optional[tuple[int, int]]:
+    kind = data[12:16]
+    if kind == b"VP8X" and len(data) >= 30:
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return w, h
+    if kind == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 " and len(data) >= 30:
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    return None
+
+
+def _tiff_size(data: bytes) -> Optional[tuple[int, int]]:
+    end = "<" if data[:2] == b"II" else ">"
+    try:
+        (offset,) = struct.unpack(end + "I", data[4:8])
+        (n,) = struct.unpack(end + "H", data[offset : offset + 2])
+        size: dict[int, int] = {}
+        for i in range(n):
+            tag, typ, _, value = struct.unpack(end + "HHI4s", data[offset + 2 + 12 * i : offset + 14 + 12 * i])
+            if tag in (256, 257):
+                size[tag] = struct.unpack(end + ("H" if typ == 3 else "I"), value[: 2 if typ == 3 else 4])[0]
+        return size[256], size[257]
+    except (struct.error, KeyError):
+        return None
+
+
+def image_size(data: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) announced by an encoded image's header, without decoding; None when unknown."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_size(data)
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(w), abs(h)
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return _tiff_size(data)
+    if data[:1] == b"P" and data[1:2] in b"123456" and len(data) > 2:
+        return _pnm_size(data)
+    return None
+
+
+def check_image_size(width: int, height: int, name: str) -> None:
+    """Refuse an image larger than ``max_pixels()`` before it is decoded."""
+    limit = max_pixels()
+    if int(width) * int(height) > limit:
+        raise ImageTooLargeError(
+            f"{name}: image of {width}x{height} pixels is larger than the limit of {limit} pixels "
+            f"(set {MAX_PIXELS_ENV} to accept it)"
+        )
+
+
 def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes (PNG, JPEG, ...) to uint8 BGR."""
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if buf.size == 0:
+    """Decode encoded image bytes (PNG, JPEG, ...) to uint8 BGR; refuses images above the pixel limit."""
+    if len(data) == 0:
         raise ImageReadError(f"{name}: empty file, expected an image")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    size = image_size(data)
+    if size is not None:
+        check_image_size(size[0], size[1], name)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. OpenCV's own size limit, or a decoder failing mid-file
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "decoder error"
+        raise ImageReadError(f"{name}: not a readable image ({reason})") from None
     if img is None:
         raise ImageReadError(f"{name}: not a readable image (corrupt or unsupported format)")
+    if size is None:  # a format whose header was not parsed: check after decoding
+        check_image_size(img.shape[1], img.shape[0], name)
     return to_bgr_uint8(img, name)
 
 
@@ -127,6 +253,8 @@ def read_image(path: Union[str, Path]) -> np.ndarray:
         data = p.read_bytes()
     except FileNotFoundError:
         raise ImageReadError(f"{p}: no such image file") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{p}: is a folder, expected an image file") from None
     except OSError as exc:
         raise ImageReadError(f"{p}: cannot read ({exc.strerror or exc})") from None
     return decode_image(data, str(p))
@@ -136,6 +264,10 @@ def load_image(image: ImageLike) -> np.ndarray:
     """Path or array -> uint8 BGR array."""
     if isinstance(image, np.ndarray):
         return to_bgr_uint8(image)
+    if isinstance(image, bytes):
+        image = os.fsdecode(image)
+    if not isinstance(image, (str, Path)) or str(image) == "":
+        raise InvalidInputError(f"image {image!r}: expected an image file path or a BGR array")
     return read_image(image)
 
 

@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, printable
 from .index.vectors import l2_normalize
 
 
@@ -75,14 +75,36 @@ def check_queries(
     cameras: Optional[Sequence[Optional[str]]] = None,
 ) -> tuple[np.ndarray, list[str], list[Optional[str]]]:
     """Validated query inputs: L2-normalised (N, dim) features, N labels and N cameras (None when unknown)."""
-    q = l2_normalize(np.atleast_2d(np.asarray(features, np.float32)))
-    if q.shape[1] != dim:
-        raise InvalidInputError(f"query features of dimension {q.shape[1]}: the index holds {dim}")
-    if k < 1:
-        raise InvalidInputError(f"k {k}: expected a positive integer")
+    check_k(k)
+    try:
+        arr = np.atleast_2d(np.asarray(features, np.float32))
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"query features of type {type(features).__name__}: expected an (N, {dim}) array") from None
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise InvalidInputError(
+            f"query features of dimension {arr.shape[-1]} (shape {arr.shape}): the index holds {dim}, expected (N, {dim})"
+        )
+    if not np.isfinite(arr).all():
+        raise InvalidInputError("query features hold NaN or infinite values")
+    q = l2_normalize(arr)
     n = len(q)
-    names = list(labels) if labels is not None else [f"<features {i}>" for i in range(n)]
+    # labels are shown and serialised: undecodable file-name bytes are escaped
+    names = [printable(str(x)) for x in labels] if labels is not None else [f"<features {i}>" for i in range(n)]
     cams = list(cameras) if cameras is not None else [None] * n
     if len(names) != n or len(cams) != n:
         raise InvalidInputError(f"{n} queries but {len(names)} labels and {len(cams)} cameras")
     return q, names, cams
+
+
+def check_k(k: object) -> int:
+    """``k`` as a positive int; refuses floats, text and booleans rather than rounding them."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise InvalidInputError(f"k {k!r}: expected a positive integer")
+    if k < 1:
+        raise InvalidInputError(f"k {k}: expected a positive integer")
+    return int(k)
+
+
+def clip_k(k: object, gallery_size: int) -> int:
+    """A validated ``k`` no larger than the gallery (at least 1), so no k-sized array is ever made."""
+    return min(check_k(k), max(1, int(gallery_size)))

@@ -1,150 +1,246 @@
-"""Re-ranking presets on the real development sets: prints a Rank-1 / mAP table.
+"""Re-ranking presets on the six development protocols, one query per call, with leave-one-set-out selection.
 
-Computes (and caches) L2-normalised features of the three query/gallery
-protocols in ``shared/data`` with OSNet x0.25 (ONNX) and, when asked, the
-OpenVINO model person-reidentification-retail-0277, then scores every preset
-of ``reid_engine.rerank.PRESETS`` (plus the peer methods) on each set.
+Computes (and caches) L2-normalised features of pku cam 01->02, pku cam 02->01,
+PETS set A, PETS set B, viper and caviar4reid with OSNet x0.25 (ONNX) and
+retail-0277 (OpenVINO) through ``reid_engine.encoders.create_encoder`` (the
+encoders ``reid-engine eval`` uses). Each gallery goes into a ``MemoryGallery``
+(the index hooks run as in an index) and every query is answered alone by the
+engine's two-stage path: cosine top ``pipeline.pool_size(k)``, then the
+pipeline, with k = the gallery size (a full ranking, as ``reid-engine eval``
+asks). Scores follow torchreid's ``evaluate_rank`` (Rank-1, Rank-5, mAP).
 
-    python tools/rerank_devsets.py                       # OSNet ONNX, all presets
-    python tools/rerank_devsets.py --model retail-0277   # OpenVINO features
-    python tools/rerank_devsets.py --presets none,nfc,default --markdown
+The free parameters of the default are chosen by leave-one-set-out: for each
+set, the grid point that scores best on the other five sets x two encoders
+(objective: mAP + (Rank-1 + Rank-5) / 2 gains over cosine, minus a penalty
+for every loss past the targets of issue #14), then scored on the held-out
+set. The peers run as published, on the full query and gallery sets:
+torchreid ``re_ranking`` (k1=20, k2=6, lambda=0.3) and Pose2ID NFC (k1=k2=2).
 
-Tools are never imported by the package; this one needs onnxruntime / openvino,
-opencv-python-headless and torchreid (for ``evaluate_rank``).
+    python tools/rerank_devsets.py                  # held-out table, both encoders
+    python tools/rerank_devsets.py --markdown       # the same as markdown (docs/rerank.md)
+    python tools/rerank_devsets.py --presets none,default,nfc,kr,qe --no-select   # presets only
+    python tools/rerank_devsets.py --one-call       # also check: all queries in one call == one per call
+
+Tools are never imported by the package; this one needs onnxruntime, openvino and torchreid.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_engine.assets import shared_path  # noqa: E402
-from reid_engine.rerank import PRESETS, get_preset, rerank_search  # noqa: E402
+from reid_engine.rerank import MemoryGallery, Pipeline, get_pipeline, rerank_search  # noqa: E402
+from reid_engine.rerank.config import PRESETS  # noqa: E402
+from reid_engine.rerank.presets import DEFAULT_CAMERA, DEFAULT_CENTRALIZE, default_pipeline  # noqa: E402
 
 log = logging.getLogger("rerank_devsets")
 
-SETS = {
-    "pku_reid_dev": ("data/pku_reid_dev", "protocol_cross_camera.csv"),
-    "pets09_setA": ("data/pets09_s2l1", "protocol_setA_frames697-742.csv"),
-    "pets09_setB": ("data/pets09_s2l1", "protocol_setB_frames232-280.csv"),
+PROTOCOLS = {
+    "pku": "data/pku_reid_dev/protocol_cross_camera.csv",
+    "petsA": "data/pets09_s2l1/protocol_setA_frames697-742.csv",
+    "petsB": "data/pets09_s2l1/protocol_setB_frames232-280.csv",
+    "viper": "data/viper/protocol_cross_camera.csv",
+    "caviar": "data/caviar4reid/protocol_cross_camera.csv",
 }
-MODELS = ("osnet-onnx", "retail-0277")
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+#: set name -> (protocol, swap query and gallery roles)
+SETS = {
+    "pku_01to02": ("pku", False),
+    "pku_02to01": ("pku", True),
+    "pets_A": ("petsA", False),
+    "pets_B": ("petsB", False),
+    "viper": ("viper", False),
+    "caviar4reid": ("caviar", False),
+}
+MULTI_SHOT = ("pku_01to02", "pku_02to01", "pets_A", "pets_B", "caviar4reid")
+ENCODERS = {
+    "osnet": "weights/osnet/osnet_x0_25_msmt17.onnx",
+    "retail0277": "weights/intel/person-reidentification-retail-0277/FP16/person-reidentification-retail-0277.xml",
+}
+#: the grid of the default's free parameters (Centralize); alpha 0 is plain cosine
+GRID = {"k1": (2, 4), "alpha": (0.0, 0.15, 0.3), "margin": (0.15, 0.2)}
 
 
-def _read_rows(set_name: str) -> tuple[Path, list[dict[str, str]]]:
-    folder, protocol = SETS[set_name]
-    root = shared_path(folder)
-    with open(root / protocol, newline="") as fh:
-        return root, list(csv.DictReader(fh))
+def _features(protocol: str, encoder: str, cache: Path) -> tuple[np.ndarray, list[dict[str, str]]]:
+    path = shared_path(PROTOCOLS[protocol])
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    f = cache / f"{protocol}__{encoder}.npz"
+    if f.exists():
+        with np.load(f) as z:
+            if list(z["files"]) == [r["file"] for r in rows]:
+                feats = z["feats"]
+                return feats / np.linalg.norm(feats, axis=1, keepdims=True), rows
+    from reid_engine.encoders import create_encoder
+
+    enc = create_encoder(weights=shared_path(ENCODERS[encoder]))
+    log.info("encoding %d crops of %s with %s (%s)", len(rows), protocol, enc.name, enc.runtime)
+    feats = enc.encode([path.parent / r["file"] for r in rows], batch_size=32).astype(np.float32)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(f, feats=feats, files=np.array([r["file"] for r in rows]))
+    return feats / np.linalg.norm(feats, axis=1, keepdims=True), rows
 
 
-def _encode_osnet_onnx(paths: list[Path], batch_size: int = 32) -> np.ndarray:
-    import cv2
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(shared_path("weights/osnet/osnet_x0_25_msmt17.onnx")),
-                                providers=["CPUExecutionProvider"])
-
-    def prep(p: Path) -> np.ndarray:
-        im = cv2.imread(str(p))[:, :, ::-1]
-        im = cv2.resize(im, (128, 256), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
-        return ((im - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
-
-    out = []
-    for i in range(0, len(paths), batch_size):
-        batch = np.stack([prep(p) for p in paths[i:i + batch_size]])
-        out.append(sess.run(None, {"images": batch})[0])
-    return np.concatenate(out).astype(np.float32)
-
-
-def _encode_retail_0277(paths: list[Path]) -> np.ndarray:
-    import cv2
-    import openvino as ov
-
-    xml = shared_path("weights/intel/person-reidentification-retail-0277/FP16/"
-                      "person-reidentification-retail-0277.xml")
-    compiled = ov.Core().compile_model(str(xml), "CPU")
-    out = []
-    for p in paths:
-        im = cv2.resize(cv2.imread(str(p)), (128, 256), interpolation=cv2.INTER_LINEAR)
-        x = im.astype(np.float32).transpose(2, 0, 1)[None]
-        out.append(np.asarray(compiled([x])[compiled.output(0)]).reshape(-1))
-    return np.stack(out).astype(np.float32)
-
-
-def load_features(set_name: str, model: str, cache_dir: Path) -> dict[str, np.ndarray]:
-    """Query/gallery features and labels of one set, from the cache or computed."""
-    cache = cache_dir / f"{set_name}__{model}.npz"
-    if cache.exists():
-        return dict(np.load(cache))
-    root, rows = _read_rows(set_name)
-    paths = [root / r["file"] for r in rows]
-    log.info("encoding %d crops of %s with %s", len(paths), set_name, model)
-    feats = _encode_osnet_onnx(paths) if model == "osnet-onnx" else _encode_retail_0277(paths)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+def load_set(name: str, encoder: str, cache: Path) -> dict[str, Any]:
+    """Query/gallery features and labels of one development set."""
+    protocol, swap = SETS[name]
+    x, rows = _features(protocol, encoder, cache)
     role = np.array([r["role"] for r in rows])
     pid = np.array([int(r["pid"]) for r in rows])
-    cam = np.array([int(r["camid"]) for r in rows])
+    cam = np.array([str(r["camid"]) for r in rows])
     q, g = role == "query", role == "gallery"
-    data = {"qf": feats[q], "gf": feats[g], "q_pid": pid[q], "g_pid": pid[g],
-            "q_cam": cam[q], "g_cam": cam[g]}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **data)
-    return data
+    if swap:
+        q, g = g, q
+    return {"qf": x[q], "gf": x[g], "q_pid": pid[q], "g_pid": pid[g], "q_cam": cam[q], "g_cam": cam[g]}
 
 
-def evaluate(dist_sorted: np.ndarray, pos: np.ndarray, data: dict[str, np.ndarray]) -> tuple[float, float]:
-    """Rank-1 and mAP (%) of full rankings, with torchreid's evaluate_rank protocol."""
+def build_gallery(data: dict[str, Any], block: int = 128) -> MemoryGallery:
+    """The gallery in a MemoryGallery, added in blocks (the hooks update incrementally, as in an index)."""
+    gal = MemoryGallery(data["gf"].shape[1])
+    n = len(data["gf"])
+    for s in range(0, n, block):
+        gal.add(np.arange(s, min(n, s + block)), data["gf"][s:s + block], {"camera": data["g_cam"][s:s + block]})
+    return gal
+
+
+def evaluate(order: np.ndarray, data: dict[str, Any]) -> tuple[float, float, float]:
+    """Rank-1, Rank-5, mAP (%) of full rankings (gallery positions), torchreid's evaluate_rank."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torchreid.reid.metrics import evaluate_rank
-    q, g = pos.shape
-    # evaluate_rank sorts a distance matrix: give each gallery row its rank position.
+    q, g = order.shape
     distmat = np.empty((q, g), np.float32)
-    np.put_along_axis(distmat, pos, np.broadcast_to(np.arange(g, dtype=np.float32), (q, g)), axis=1)
-    cmc, m_ap = evaluate_rank(distmat, data["q_pid"], data["g_pid"], data["q_cam"], data["g_cam"],
+    np.put_along_axis(distmat, order, np.broadcast_to(np.arange(g, dtype=np.float32), (q, g)), axis=1)
+    all_c = {c: i for i, c in enumerate(sorted(set(data["q_cam"]) | set(data["g_cam"])))}
+    cmc, m_ap = evaluate_rank(distmat, data["q_pid"], data["g_pid"],
+                              np.array([all_c[c] for c in data["q_cam"]]), np.array([all_c[c] for c in data["g_cam"]]),
                               max_rank=10, use_metric_cuhk03=False)
-    return 100.0 * float(cmc[0]), 100.0 * float(m_ap)
+    return 100.0 * float(cmc[0]), 100.0 * float(cmc[4]), 100.0 * float(m_ap)
 
 
-def score(data: dict[str, np.ndarray], preset: str) -> tuple[float, float]:
-    cfg = get_preset(preset)
-    g = len(data["gf"])
-    dist, pos = rerank_search(data["qf"], data["gf"], g, cfg)
-    return evaluate(dist, pos, data)
+def rank_pipeline(gal: MemoryGallery, data: dict[str, Any], pipeline: Pipeline, one_call: bool = False) -> np.ndarray:
+    """Full ranked gallery positions per query through the two-stage path (one query per call by default)."""
+    qf, cams = data["qf"], list(data["q_cam"])
+    g = gal.count
+    if one_call:
+        return gal.query(pipeline, qf, g, query_cameras=cams).ids
+    return np.concatenate([gal.query(pipeline, qf[i:i + 1], g, query_cameras=cams[i:i + 1]).ids
+                           for i in range(len(qf))])
+
+
+def peer_scores(data: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
+    """The peers on the full query and gallery sets: torchreid k-reciprocal and Pose2ID NFC."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchreid.reid.utils import re_ranking
+    qf, gf = data["qf"].astype(np.float64), data["gf"].astype(np.float64)
+    d = re_ranking(2 - 2 * qf @ gf.T, 2 - 2 * qf @ qf.T, 2 - 2 * gf @ gf.T, k1=20, k2=6, lambda_value=0.3)
+    out = {"kr (torchreid)": evaluate(np.argsort(d, axis=1, kind="stable"), data)}
+    _, pos = rerank_search(data["qf"], data["gf"], len(gf), PRESETS["nfc"])
+    out["NFC (Pose2ID)"] = evaluate(pos, data)
+    return out
+
+
+def grid_points() -> list[dict[str, float]]:
+    pts = [dict(zip(GRID, v)) for v in itertools.product(*GRID.values())]
+    seen, out = set(), []
+    for p in pts:  # alpha 0 is cosine whatever the rest: keep one
+        key = (0.0,) if p["alpha"] == 0 else tuple(p.values())
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def pipeline_for(point: dict[str, float]) -> Pipeline:
+    cen = dict(DEFAULT_CENTRALIZE, **point)
+    return default_pipeline(DEFAULT_CAMERA, cen, name="default@" + ",".join(f"{k}={v}" for k, v in point.items()))
+
+
+def objective(scores: list[tuple[float, float, float]], bases: list[tuple[float, float, float]]) -> float:
+    """Gains over cosine (mAP + (R1 + R5) / 2), minus 5 x every loss past the targets (R1 -0.5, R5 -1, mAP 0)."""
+    total = 0.0
+    for (r1, r5, m), (b1, b5, bm) in zip(scores, bases):
+        total += (m - bm) + 0.5 * (r1 - b1) + 0.5 * (r5 - b5)
+        total -= 5.0 * (max(0.0, (b1 - 0.5) - r1) + max(0.0, (b5 - 1.0) - r5) + max(0.0, bm - m))
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=MODELS, default="osnet-onnx")
+    ap.add_argument("--encoders", default=",".join(ENCODERS))
     ap.add_argument("--sets", default=",".join(SETS))
-    ap.add_argument("--presets", default=",".join(PRESETS))
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/reid_rerank_feats"))
-    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--presets", default="none,default,nfc,kr,qe")
+    ap.add_argument("--no-select", action="store_true", help="skip the leave-one-set-out selection")
+    ap.add_argument("--one-call", action="store_true", help="check that all queries in one call give the same lists")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/reid_rerank_devsets"))
+    ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sets = args.sets.split(",")
-    presets = args.presets.split(",")
-    datas = {s: load_features(s, args.model, args.cache) for s in sets}
-    results = {p: [score(datas[s], p) for s in sets] for p in presets}
-    if args.markdown:
-        print(f"| preset ({args.model}) | " + " | ".join(f"{s} R1 / mAP" for s in sets) + " |")
-        print("|---" * (len(sets) + 1) + "|")
-        for p in presets:
-            print(f"| `{p}` | " + " | ".join(f"{r:.1f} / {m:.1f}" for r, m in results[p]) + " |")
-    else:
-        print(f"{'preset':<14}" + "".join(f"{s:>22}" for s in sets))
-        for p in presets:
-            print(f"{p:<14}" + "".join(f"{r:>11.1f}{m:>11.1f}" for r, m in results[p]))
+    encoders, sets = args.encoders.split(","), args.sets.split(",")
+    pairs = [(s, e) for e in encoders for s in sets]
+    datas = {p: load_set(p[0], p[1], args.cache) for p in pairs}
+    gals = {p: build_gallery(datas[p]) for p in pairs}
+    presets = {name: get_pipeline(name) for name in args.presets.split(",")}
+    res: dict[str, dict[tuple[str, str], tuple[float, float, float]]] = {}
+    for name, pipe in presets.items():
+        res[name] = {p: evaluate(rank_pipeline(gals[p], datas[p], pipe), datas[p]) for p in pairs}
+        log.info("preset %s done", name)
+    peers = {p: peer_scores(datas[p]) for p in pairs}
+    for peer in ("kr (torchreid)", "NFC (Pose2ID)"):
+        res[peer] = {p: peers[p][peer] for p in pairs}
+    base = res["none"] if "none" in res else {p: evaluate(rank_pipeline(gals[p], datas[p], get_pipeline("none")),
+                                                           datas[p]) for p in pairs}
+    if args.one_call:
+        pipe = presets.get("default", get_pipeline("default"))
+        for p in pairs:
+            same = np.array_equal(rank_pipeline(gals[p], datas[p], pipe),
+                                  rank_pipeline(gals[p], datas[p], pipe, one_call=True))
+            print(f"one call == one query per call, {p[0]} {p[1]}: {same}")
+
+    rows_out = list(res)
+    if not args.no_select:
+        points = grid_points()
+        grid = {}
+        for i, pt in enumerate(points):
+            pipe = pipeline_for(pt)
+            grid[i] = {p: evaluate(rank_pipeline(gals[p], datas[p], pipe), datas[p]) for p in pairs}
+            log.info("grid %d/%d %s", i + 1, len(points), pt)
+        held, chosen = {}, {}
+        for s in sets:
+            train = [p for p in pairs if p[0] != s]
+            best = max(grid, key=lambda i: (objective([grid[i][p] for p in train], [base[p] for p in train]), -i))
+            chosen[s] = points[best]
+            for p in pairs:
+                if p[0] == s:
+                    held[p] = grid[best][p]
+        all_best = max(grid, key=lambda i: (objective([grid[i][p] for p in pairs], [base[p] for p in pairs]), -i))
+        res["default (held-out)"] = held
+        rows_out.append("default (held-out)")
+        print("parameters chosen per held-out set:")
+        for s in sets:
+            print(f"  without {s}: {chosen[s]}")
+        print(f"  on all sets (ship this): {points[all_best]}")
+
+    for enc in encoders:
+        print(f"\n{enc}: Rank-1 / Rank-5 / mAP %, one query per call")
+        head = ["method"] + sets
+        if args.markdown:
+            print("| " + " | ".join(head) + " |")
+            print("|---" * len(head) + "|")
+        for name in rows_out:
+            cells = [" / ".join(f"{v:.1f}" for v in res[name][(s, enc)]) for s in sets]
+            print(("| " + " | ".join([f"`{name}`"] + cells) + " |") if args.markdown
+                  else f"{name:<22}" + "".join(f"{c:>20}" for c in cells))
     return 0
 
 

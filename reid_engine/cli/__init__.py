@@ -8,16 +8,21 @@ from typing import Any
 import click
 
 from ..errors import ReidEngineError
+from ..service.errors import RequestError, message_of, outcome_of
 
 
 class ReidGroup(click.Group):
-    """A click group that turns library errors into one-line messages and exit code 1."""
+    """A click group that turns library errors into one-line messages with the exit code of the service's error map."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except RequestError as exc:
+            raise click.UsageError(message_of(exc), ctx=click.get_current_context(silent=True) or ctx) from None
         except ReidEngineError as exc:
-            raise click.ClickException(str(exc)) from None
+            err = click.ClickException(message_of(exc))
+            err.exit_code = outcome_of(exc).exit_code
+            raise err from None
 
 
 @click.group(cls=ReidGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,7 +1,6 @@
-"""Core commands: index, query, info, remove, encoders."""
+"""Core commands: index, query, info, remove, encoders, serve: each builds a service request, runs it, formats it."""
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from datetime import datetime, timezone
@@ -12,12 +11,10 @@ import click
 
 from ..encoders import DEFAULT_ENCODER, list_encoders
 from ..encoders.registry import default_weights_path
-from ..engine import Engine, resolve_index_path
-from ..attributes import ANNOTATOR_NAME as ATTRIBUTES, FUSION_MODES, AttributesNotIndexedError, vocabulary_help
+from ..attributes import FUSION_MODES, vocabulary_help
 from ..attributes.search import DEFAULT_THRESHOLD
-from ..errors import InvalidInputError
-from ..ingest import scan_source
 from ..ingest.crops import PATTERNS
+from .. import service as svc
 from ..results import QueryResult
 from . import main
 
@@ -104,38 +101,24 @@ def index_cmd(
     device: Optional[str], as_json: bool,
 ) -> None:
     """Index the person crops of SOURCE (a folder, a CSV manifest or one image), adding to the index if it exists."""
-    items = scan_source(source, glob=glob_pattern, pattern=pattern, camera=camera, role=role, source_name=source_name)
-    if not items:
-        raise InvalidInputError(f"{source}: no images found (glob {glob_pattern!r})")
-    engine = Engine.open_or_create(
-        index_path, encoder=encoder, weights=weights, factory=factory, db_url=db_url, device=device,
-        annotators=[ATTRIBUTES] if with_attributes else [],
+    req = svc.IndexRequest(
+        source=source, index=index_path, encoder=encoder, weights=weights, factory=factory, db_url=db_url,
+        glob=glob_pattern, pattern=pattern, camera=camera, role=role, source_name=source_name, strict=strict,
+        batch_size=batch_size, commit_every=commit_every, attributes=with_attributes, device=device,
     )
-    if with_attributes and ATTRIBUTES not in engine.store.manifest.annotators:
-        engine.close()
-        raise AttributesNotIndexedError(
-            f"{engine.path}: this index was built without attributes; "
-            "--attributes needs a new index (rebuild it with --attributes)"
-        )
-    with engine:
-        report = engine.add(items, strict=strict, batch_size=batch_size, show_progress=_progress(), commit_every=commit_every)
-        total = engine.store.count
+    doc = svc.run_index(req, show_progress=_progress())
     if as_json:
-        click.echo(json.dumps({
-            "index": str(engine.path), "added": report.added, "duplicates": report.duplicates,
-            "failed": [{"path": p, "reason": r} for p, r in report.failed], "total": total,
-            "seconds": round(report.seconds, 3),
-        }))
+        click.echo(json.dumps({k: doc[k] for k in ("index", "added", "duplicates", "failed", "total", "seconds")}))
     else:
-        click.echo(f"{engine.path}: {report.summary()}; {total} crops in the index")
-        for path, reason in report.failed[:10]:
-            click.echo(f"  unreadable: {reason}", err=True)
+        click.echo(f"{doc['index']}: {doc['summary']}; {doc['total']} crops in the index")
+        for failure in doc["failed"][:10]:
+            click.echo(f"  unreadable: {failure['reason']}", err=True)
 
 
 @main.command("query")
 @click.argument("images", nargs=-1, required=False, type=click.Path(path_type=Path))
 @index_option
-@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Hits per query.")
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, svc.K_MAX), help="Hits per query.")
 @click.option("--camera", "cameras", multiple=True, help="Only gallery crops from this camera (repeatable).")
 @click.option("--exclude-camera", "exclude_cameras", multiple=True, help="Leave out this camera (repeatable).")
 @click.option("--exclude-same-camera", is_flag=True, help="Leave out the query's own camera.")
@@ -172,33 +155,14 @@ def query_cmd(
 
     With --attr and no IMAGES, list the crops whose attributes match (e.g. --attr male --attr backpack).
     """
-    if not images and not attr_terms:
-        raise click.UsageError("give query IMAGES, or --attr terms to search by attributes alone")
-    if by_track and (fusion is not None or attr_terms):
-        raise click.UsageError("--fusion and --attr apply to crop queries, not to --tracks")
-    with Engine.open(index_path, weights=weights, device=device) as engine:
-        if by_track and rerank not in (None, "none"):
-            raise click.UsageError("--rerank applies to crop queries, not to --tracks")
-        filters: dict[str, Any] = dict(
-            cameras=list(cameras) or None, exclude_cameras=list(exclude_cameras) or None,
-            sources=list(sources) or None, time_from=time_from, time_to=time_to,
-        )
-        if not images:
-            if fusion is not None or exclude_same_camera or rerank is not None:
-                raise click.UsageError("--fusion, --rerank and --exclude-same-camera need query IMAGES")
-            results = [engine.find(list(attr_terms), k, threshold=attr_threshold, **filters)]
-        else:
-            if by_track:
-                search = engine.query_tracks
-            else:
-                search = functools.partial(engine.query, rerank=rerank, fusion=fusion)
-                if attr_terms:
-                    filters.update(attributes=list(attr_terms), attribute_threshold=attr_threshold)
-            results = search(
-                [str(p) for p in images], k,
-                query_cameras=[query_camera] * len(images) if query_camera is not None else None,
-                exclude_same_camera=exclude_same_camera, **filters,
-            )
+    req = svc.QueryRequest(
+        images=tuple(str(p) for p in images), k=k,
+        filters=svc.Filters.build(cameras, exclude_cameras, sources, time_from, time_to),
+        exclude_same_camera=exclude_same_camera, query_camera=query_camera, rerank=rerank, fusion=fusion,
+        attributes=attr_terms, attribute_threshold=attr_threshold, by_track=by_track,
+    )
+    with svc.open_engine(index_path, weights=weights, device=device) as engine:
+        results = svc.run_query(engine, req)
         index_str = str(engine.path)
     written: dict[str, list[str]] = {}
     if save_crops is not None or render_dir is not None:
@@ -215,7 +179,7 @@ def query_cmd(
         if by_track:
             _print_track_results(results)
         else:
-            _print_results(results)
+            _print_results(results)  # type: ignore[arg-type]
         for what, files in written.items():
             click.echo(f"wrote {len(files)} {'crops' if what == 'crops' else 'rendered frames'}", err=True)
 
@@ -225,8 +189,8 @@ def query_cmd(
 @click.option("--json", "as_json", is_flag=True)
 def info_cmd(index_path: str, as_json: bool) -> None:
     """Counts, cameras, encoder and storage of an index."""
-    with Engine.open(index_path) as engine:
-        stats = engine.stats()
+    with svc.open_engine(index_path) as engine:
+        stats = svc.run_info(engine)
     if as_json:
         click.echo(json.dumps(stats))
         return
@@ -246,15 +210,13 @@ def info_cmd(index_path: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def remove_cmd(index_path: str, ids: tuple[int, ...], cameras: tuple[str, ...], sources: tuple[str, ...], as_json: bool) -> None:
     """Remove crops by id, camera or source (criteria combine with AND)."""
-    if not (ids or cameras or sources):
-        raise click.UsageError("say what to remove: --id, --camera or --source")
-    with Engine.open(index_path) as engine:
-        n = engine.remove(ids=list(ids) or None, cameras=list(cameras) or None, sources=list(sources) or None)
-        total = engine.store.count
+    req = svc.RemoveRequest(ids=ids, cameras=cameras, sources=sources)
+    with svc.open_engine(index_path) as engine:
+        doc = svc.run_remove(engine, req)
     if as_json:
-        click.echo(json.dumps({"removed": n, "total": total}))
+        click.echo(json.dumps(doc))
     else:
-        click.echo(f"removed {n} crops; {total} left")
+        click.echo(f"removed {doc['removed']} crops; {doc['total']} left")
 
 
 @main.command("encoders")
@@ -277,3 +239,49 @@ def encoders_cmd(as_json: bool) -> None:
         mark = "*" if r["default"] else " "
         weights = "weights: shared" if r["weights_available"] else ("weights: missing" if r["default_weights"] else "weights: yours")
         click.echo(f"{mark} {r['name']:<48} {r['runtime']:<12} {r['input']:<12} {weights:<16} {r['description']}")
+
+
+@main.command("compact")
+@index_option
+@click.option("--json", "as_json", is_flag=True)
+def compact_cmd(index_path: str, as_json: bool) -> None:
+    """Drop removed crops from the vector files and merge segments."""
+    with svc.open_engine(index_path) as engine:
+        doc = svc.run_compact(engine)
+    if as_json:
+        click.echo(json.dumps(doc))
+    else:
+        click.echo(f"{doc['index']}: compacted; {doc['crops']} crops, generation {doc['generation']}")
+
+
+@main.command("serve")
+@index_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it to the network).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token", default=None, envvar="REID_ENGINE_TOKEN", show_envvar=True,
+              help="Bearer token that enables the write endpoints (POST/DELETE /crops); without it they are off.")
+@click.option("--cors", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Allow cross-origin requests from this origin (repeatable; default: none).")
+@click.option("--max-upload-mb", default=10.0, show_default=True, type=click.FloatRange(0.01, 1024),
+              help="Largest accepted image upload.")
+@click.option("--max-pixels", default=40_000_000, show_default=True, type=click.IntRange(1),
+              help="Largest accepted image, in pixels (read from the header before decoding).")
+@weights_option
+@device_option
+def serve_cmd(
+    index_path: str, host: str, port: int, token: Optional[str], cors_origins: tuple[str, ...],
+    max_upload_mb: float, max_pixels: int, weights: Optional[Path], device: Optional[str],
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs) and the web page for one index."""
+    import uvicorn
+
+    from ..http import ServeConfig, create_app
+
+    config = ServeConfig(
+        index=index_path, token=token or None, cors_origins=tuple(cors_origins),
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, weights=weights, device=device,
+    )
+    app = create_app(config)
+    writes = "on (bearer token)" if config.token else "off (no --token)"
+    click.echo(f"serving {app.state.engine_path} at http://{host}:{port}/  (API docs /docs; writes {writes})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -577,12 +578,18 @@ def _read_csv(path: Path, opts: ReadOptions) -> Split:
     source = _csv_file(path)
     if source is None:
         raise InvalidInputError(f"{path}: expected a .csv file or a folder with {MANIFEST_NAME}")
-    with open(source, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None:
-            raise InvalidInputError(f"{source}: empty CSV file")
-        cols = _find_columns(reader.fieldnames, source)
-        rows = list(reader)
+    try:
+        with open(source, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None:
+                raise InvalidInputError(f"{source}: empty CSV file")
+            cols = _find_columns(reader.fieldnames, source)
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{source}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from None
+    except (OSError, csv.Error) as exc:
+        raise InvalidInputError(f"{source}: cannot read the CSV file ({exc})") from None
+    rows = [r for r in rows if any(isinstance(v, str) and v.strip() for k, v in r.items() if k is not None)]
     if not rows:
         raise InvalidInputError(f"{source}: no rows")
     known = {c for c in cols.values() if c}
@@ -647,6 +654,11 @@ def _read_csv(path: Path, opts: ReadOptions) -> Split:
         query = [s for s, r in zip(samples, roles) if r == "query"]
         gallery = [s for s, r in zip(samples, roles) if r == "gallery"]
         protocol = None
+        for what, chosen in (("query", query), ("gallery", gallery)):
+            if not chosen:
+                found = Counter((r.get(cols["role"]) or "").strip().lower() for r in rows)  # type: ignore[arg-type]
+                seen = ", ".join(f"{k or '(empty)'!r} ({n})" for k, n in sorted(found.items()))
+                raise InvalidInputError(f"{source}: no row has role {what!r}; roles found: {seen}")
     else:
         query, gallery = _select_by_camera(samples, opts, cam_codes, source)
         protocol = _camera_rule_suffix(opts)

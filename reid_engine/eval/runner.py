@@ -140,8 +140,8 @@ def _search(
 ) -> list[list[tuple[int, float]]]:
     """Rank the gallery for every query through the engine: per query, (crop id, distance) best first.
 
-    All queries go in one call (batch-dependent re-ranking sees the whole query
-    set) unless the answer would be very large; then they go in chunks.
+    Answers do not depend on which queries share a call, so they go in large
+    calls (chunked only when the answer would be very large).
     """
     n = len(features)
     step = n if n * k <= MAX_HITS_PER_CALL else max(1, MAX_HITS_PER_CALL // k)
@@ -403,14 +403,16 @@ def sweep(
 ) -> list[dict[str, Any]]:
     """Score every (re-ranking preset, fusion mode) pair on one index and one set of embeddings.
 
-    ``reranks=None`` takes every preset of ``reid_engine.rerank.PRESETS``.
+    ``reranks=None`` takes every registered preset (``reid_engine.rerank.base.list_pipelines``).
     Returns one row per setting (metrics in percent, query seconds); see
     :func:`format_sweep_table`.
     """
     if reranks is None:
-        from ..rerank import PRESETS  # written beside the engine; imported on use
+        from ..engine import resolve_pipeline
+        from ..rerank.base import list_pipelines
 
-        reranks = sorted(PRESETS)
+        resolve_pipeline(None)  # registers the presets
+        reranks = list_pipelines()
     attrs = _fusion_needs_attributes(list(fusions))
     factory = engine_factory or default_engine_factory(encoder, weights, device, _annotators_for(attrs))
     rows: list[dict[str, Any]] = []

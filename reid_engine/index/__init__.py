@@ -1,4 +1,4 @@
-"""The on-disk index: FAISS vectors, SQL rows and a manifest."""
+"""The on-disk index: a vector backend, SQL rows, index-time hook state and a manifest."""
 from __future__ import annotations
 
 from .manifest import Manifest

@@ -1,11 +1,18 @@
 """SQL metadata: one row per crop, plus a small key/value table, via SQLAlchemy Core."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Iterable, Optional, Sequence
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+from ..errors import DatabaseUnavailableError, DatabaseURLError, IndexCorruptError, InvalidInputError
+
+#: crop ids are signed 64-bit integers (the vector backends' id type)
+MAX_ID = 2**63 - 1
 
 metadata = sa.MetaData()
 
@@ -90,14 +97,64 @@ ingest_detections = sa.Table(
 CROP_FIELDS = ("pid", "camera", "timestamp", "frame", "box_x", "box_y", "box_w", "box_h", "track", "source", "extra")
 
 
-def connect(url: str) -> Engine:
-    """An SQLAlchemy engine for ``url`` with the schema created."""
+def connect(url: str, wal: bool = False) -> Engine:
+    """An SQLAlchemy engine for ``url`` with the schema created.
+
+    ``wal`` (when creating a SQLite index) switches the file to write-ahead
+    logging, so readers never wait for a writer; the mode is kept in the file.
+    """
+    shown = _shown_url(url)
     kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30}
-    eng = sa.create_engine(url, **kwargs)
-    metadata.create_all(eng)
+    try:
+        eng = sa.create_engine(url, **kwargs)
+    except sa.exc.NoSuchModuleError:
+        raise DatabaseURLError(
+            f"{shown}: unknown database dialect or driver; expected e.g. sqlite:///FILE or postgresql+psycopg://..."
+        ) from None
+    except ImportError as exc:
+        raise DatabaseURLError(
+            f"{shown}: the database driver {exc.name or exc} is not installed (pip install it, or use another URL)"
+        ) from None
+    except (sa.exc.ArgumentError, ValueError, TypeError) as exc:
+        raise DatabaseURLError(f"{shown}: not a valid database URL ({short_error(exc)})") from None
+    try:
+        if wal and eng.dialect.name == "sqlite":
+            with eng.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        metadata.create_all(eng)
+    except sa.exc.DatabaseError as exc:
+        eng.dispose()
+        reason = short_error(exc)
+        if eng.dialect.name == "sqlite" and ("not a database" in reason or "malformed" in reason):
+            raise IndexCorruptError(f"{shown}: not a readable SQLite database ({reason})") from None
+        raise DatabaseUnavailableError(f"{shown}: cannot use the database ({reason})") from None
+    except sa.exc.SQLAlchemyError as exc:
+        eng.dispose()
+        raise DatabaseUnavailableError(f"{shown}: cannot use the database ({short_error(exc)})") from None
     return eng
+
+
+def _shown_url(url: str) -> str:
+    """A database URL fit for a message: the password hidden."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable: shown as given, it holds no recognisable password
+        return str(url)
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of a database error's own message, without SQLAlchemy's decoration."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[list[Any]]:
+    """Consecutive slices of at most ``size`` items (for IN clauses)."""
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
 
 
 def get_meta(conn: Connection, key: str) -> Optional[str]:
@@ -129,13 +186,22 @@ def known_sha256(conn: Connection, hashes: Sequence[str], chunk: int = 500) -> s
 
 
 def insert_rows(conn: Connection, rows: Iterable[dict[str, Any]]) -> int:
-    rows = list(rows)
+    """Insert crop rows; every row gets every column (a key missing from the first row of an
+    executemany batch would otherwise be stored as NULL for the whole batch)."""
     now = time.time()
+    names = [c.name for c in crops.columns]
+    full = []
     for r in rows:
-        r.setdefault("added_at", now)
-    if rows:
-        conn.execute(crops.insert(), rows)
-    return len(rows)
+        unknown = set(r) - set(names)
+        if unknown:
+            raise InvalidInputError(f"crop row {r.get('path')!r}: unknown column(s) {', '.join(sorted(unknown))}")
+        row = {n: r.get(n) for n in names}
+        if row["added_at"] is None:
+            row["added_at"] = now
+        full.append(row)
+    if full:
+        conn.execute(crops.insert(), full)
+    return len(full)
 
 
 def filter_clause(
@@ -148,27 +214,66 @@ def filter_clause(
     pids: Optional[Sequence[str]] = None,
     tracks: Optional[Sequence[str]] = None,
 ) -> Optional[sa.ColumnElement[bool]]:
-    """A WHERE clause for the given filters; None when no filter is set."""
+    """A WHERE clause for the given filters; None when no filter is set.
+
+    Raises InvalidInputError for ids that are not integers of 64 bits, a bare string
+    where a list is expected, and times that are not finite numbers.
+    """
     parts: list[sa.ColumnElement[bool]] = []
     if ids is not None:
-        parts.append(crops.c.id.in_([int(i) for i in ids]))
+        parts.append(crops.c.id.in_(check_ids(ids)))
     if cameras is not None:
-        parts.append(crops.c.camera.in_([str(c) for c in cameras]))
+        parts.append(crops.c.camera.in_(_texts("cameras", cameras)))
     if exclude_cameras:
-        parts.append(sa.or_(crops.c.camera.is_(None), crops.c.camera.not_in([str(c) for c in exclude_cameras])))
+        parts.append(sa.or_(crops.c.camera.is_(None), crops.c.camera.not_in(_texts("exclude_cameras", exclude_cameras))))
     if sources is not None:
-        parts.append(crops.c.source.in_([str(s) for s in sources]))
+        parts.append(crops.c.source.in_(_texts("sources", sources)))
     if time_from is not None:
-        parts.append(crops.c.timestamp >= float(time_from))
+        parts.append(crops.c.timestamp >= _finite("time_from", time_from))
     if time_to is not None:
-        parts.append(crops.c.timestamp <= float(time_to))
+        parts.append(crops.c.timestamp <= _finite("time_to", time_to))
     if pids is not None:
-        parts.append(crops.c.pid.in_([str(p) for p in pids]))
+        parts.append(crops.c.pid.in_(_texts("pids", pids)))
     if tracks is not None:
-        parts.append(crops.c.track.in_([str(t) for t in tracks]))
+        parts.append(crops.c.track.in_(_texts("tracks", tracks)))
     if not parts:
         return None
     return sa.and_(*parts)
+
+
+def check_ids(ids: Any) -> list[int]:
+    """Crop ids as a list of Python ints; refuses non-integers and values beyond 64 bits."""
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise InvalidInputError(f"ids {ids!r}: expected a list of integer crop ids")
+    out = []
+    for i in ids:
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise InvalidInputError(f"crop id {i!r}: expected an integer")
+        if not -MAX_ID - 1 <= int(i) <= MAX_ID:
+            raise InvalidInputError(f"crop id {i}: out of range (crop ids are 64-bit integers)")
+        out.append(int(i))
+    return out
+
+
+def _texts(what: str, values: Any) -> list[str]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise InvalidInputError(f"{what} {values!r}: expected a list of values, e.g. [{values!r}]")
+    out = []
+    for v in values:
+        if v is None:
+            raise InvalidInputError(f"{what}: None is not a value to filter on")
+        out.append(str(v))
+    return out
+
+
+def _finite(what: str, value: Any) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{what} {value!r}: expected epoch seconds or an ISO-8601 time") from None
+    if not math.isfinite(x):
+        raise InvalidInputError(f"{what} {value!r}: expected a finite time")
+    return x
 
 
 def select_ids(conn: Connection, where: Optional[sa.ColumnElement[bool]]) -> list[int]:

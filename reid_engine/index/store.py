@@ -1,63 +1,68 @@
-"""The on-disk index: FAISS vectors + SQL rows + manifest, kept in step.
+"""The on-disk index: a vector backend + SQL rows + index-time hook state, kept in step.
 
-Every change is one commit: the new vectors are written to a new
-generation-numbered file, then the SQL transaction that changes the rows also
-records that generation. The SQL commit is the single commit point, so a crash
-anywhere leaves the previous generation (file and rows) intact, and stray newer
-files are removed on the next open.
+Every change is one commit (see docs/architecture.md): the backend and the
+hooks write new immutable files for the next generation, then one SQL
+transaction changes the rows and records the generation and the new state.
+That SQL commit is the single commit point: a crash anywhere leaves the last
+committed state, and the next writer removes what the crash left behind.
+
+Opening never writes. Readers pick up newer generations on their next query
+(``refresh``); writers hold the index's write lock (``index/lock.py``).
 """
 from __future__ import annotations
 
+import json
 import logging
-import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
-import faiss
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..errors import IndexCorruptError, IndexNotFoundError, InvalidInputError
-from . import db, neighbours, vectors
-from .manifest import Manifest, read_manifest, write_manifest
-from .neighbours import GalleryNeighbours
+from ..errors import IndexCorruptError, IndexNotFoundError, InvalidInputError, ReidEngineError
+from . import db
+from .backend import Changes, SearchFilter, SearchParams, VectorBackend, fields_of, get_backend
+from .lock import WriteLock
+from .manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
-_VEC_RE = re.compile(r"^(?:vectors-(\d+)\.faiss|nfc-(\d+)\.npz)(\.tmp)?$")
 DEFAULT_DB_URL = "sqlite:///{index}/crops.db"
 #: called inside an add's transaction with (connection, new ids, rows, features)
 SqlHook = Callable[[Connection, list[int], Sequence[dict[str, Any]], np.ndarray], None]
 
 
 def _after_vectors_written() -> None:
-    """Hook between writing the vector file and the SQL commit (tests simulate crashes here)."""
+    """Hook between writing the new files and the SQL commit (tests simulate crashes here)."""
+
+
+def _hooks_registry() -> Any:
+    from ..rerank import base as rerank_base
+
+    return rerank_base
 
 
 class IndexStore:
-    """One index folder: vectors, rows and manifest, always consistent with each other."""
+    """One index folder: vectors (through a backend), rows and hook state, always consistent."""
 
-    def __init__(self, folder: Path, manifest: Manifest, sql: sa.engine.Engine, index: faiss.Index, generation: int):
+    def __init__(self, folder: Path, manifest: Manifest, sql: sa.engine.Engine, backend: VectorBackend):
         self.folder = folder
         self.manifest = manifest
         self.sql = sql
-        self.index = index
-        self.generation = generation
-        self._gpu_index: Optional[faiss.Index] = None
-        self._neighbours: Optional[GalleryNeighbours] = None
+        self.backend = backend
+        self.generation = -1
+        self.committed: dict[str, Any] = {}
+        self.lock = WriteLock(folder, sql)
+        self._hook_objects = {name: _hooks_registry().get_hook(name) for name in manifest.hooks}
+        self._hook_cache: dict[str, tuple[int, Any]] = {}
 
     # -- opening ----------------------------------------------------------------------
     @staticmethod
     def resolve_db_url(folder: Path, template: str) -> str:
         return template.replace("{index}", str(folder.resolve()))
-
-    def vectors_path(self, generation: int) -> Path:
-        return self.folder / f"vectors-{generation:06d}.faiss"
-
-    def neighbours_path(self, generation: int) -> Path:
-        return self.folder / f"nfc-{generation:06d}.npz"
 
     @classmethod
     def create(
@@ -65,181 +70,212 @@ class IndexStore:
         folder: Path,
         encoder_info: dict[str, Any],
         dim: int,
-        factory: str = "Flat",
+        factory: Optional[str] = None,
         db_url: Optional[str] = None,
         annotators: Sequence[str] = (),
-        nfc: Optional[dict[str, Any]] = None,
+        backend: str = "faiss",
+        backend_options: Optional[dict[str, Any]] = None,
+        hooks: Sequence[str] = (),
+        search: Optional[dict[str, Any]] = None,
     ) -> "IndexStore":
         """Make a new empty index folder.
 
-        ``nfc`` ({"k1", "k2", "weight"}) keeps NFC-centralized gallery vectors up to date at index time.
+        ``factory`` overrides the backend's automatic index type (e.g. "Flat", "IVF1024,Flat");
+        ``hooks`` name the index-time state kept for re-ranking (``rerank.base.IndexHook``).
         """
         folder = Path(folder)
-        if (folder / "manifest.json").exists():
+        if (folder / MANIFEST_NAME).exists():
             raise InvalidInputError(f"{folder}: an index already exists here")
-        index = vectors.create_index(dim, factory)  # validates the factory before touching disk
-        folder.mkdir(parents=True, exist_ok=True)
+        if folder.exists() and not folder.is_dir():
+            raise InvalidInputError(f"{folder}: is a file, not an index folder")
+        backend_cls = get_backend(backend)
+        options = {**backend_cls.default_options(int(dim)), **(backend_options or {})}
+        if factory:
+            options["factory"] = factory
+        if dim <= 0:
+            raise InvalidInputError(f"dimension {dim}: expected a positive integer")
+        for name in hooks:
+            _hooks_registry().get_hook(name)  # unknown names fail before anything is written
         now = time.time()
         manifest = Manifest(
-            encoder=encoder_info,
-            dim=int(dim),
-            factory=factory,
-            db_url=db_url or DEFAULT_DB_URL,
-            annotators=list(annotators),
-            nfc=dict(nfc) if nfc else None,
-            created_at=now,
-            updated_at=now,
+            encoder=encoder_info, dim=int(dim), factory=factory or "auto", db_url=db_url or DEFAULT_DB_URL,
+            annotators=list(annotators), backend=backend, backend_options=options, hooks=list(hooks),
+            search=dict(search or {}), created_at=now, updated_at=now,
         )
-        sql = db.connect(cls.resolve_db_url(folder, manifest.db_url))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidInputError(f"{folder}: cannot create an index folder there (a file is in the way)") from None
+        sql = db.connect(cls.resolve_db_url(folder, manifest.db_url), wal=True)
+        be = backend_cls(folder, int(dim), options)  # validates options before anything is written
+        store = cls(folder, manifest, sql, be)
         with sql.begin() as conn:
             if db.count_rows(conn) or db.get_meta(conn, "generation") is not None:
-                raise InvalidInputError(f"{manifest.db_url}: the database already holds an index")
-            store = cls(folder, manifest, sql, index, 0)
-            vectors.write_atomic(index, store.vectors_path(0))
-            if manifest.nfc:
-                store._neighbours = neighbours.build(
-                    np.zeros(0, np.int64), np.zeros((0, dim), np.float32), **manifest.nfc
+                raise InvalidInputError(
+                    f"{cls.resolve_db_url(folder, manifest.db_url)}: the database already holds an index; "
+                    "remove it or pass another --db-url"
                 )
-                neighbours.save(store.neighbours_path(0), store._neighbours)
+            state = {"backend": be.empty_state(), "hooks": {n: h.empty_state() for n, h in store._hook_objects.items()}}
             db.set_meta(conn, "generation", "0")
+            db.set_meta(conn, "state", json.dumps(state))
             db.set_meta(conn, "dim", str(dim))
-        store._write_manifest()
+        write_manifest(folder, manifest)
+        store._load(0, state)
         return store
 
     @classmethod
     def open(cls, folder: Path) -> "IndexStore":
-        """Open an index folder, checking that vectors, rows and manifest agree."""
+        """Open an index folder read-only (writes take the write lock later)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise IndexNotFoundError(f"{folder}: no such index folder")
         manifest = read_manifest(folder)
         sql = db.connect(cls.resolve_db_url(folder, manifest.db_url))
-        with sql.connect() as conn:
-            gen_text = db.get_meta(conn, "generation")
-            if gen_text is None:
-                raise IndexCorruptError(f"{folder}: the database has no index generation (wrong database URL?)")
-            generation = int(gen_text)
-            ids_sql = np.asarray(db.all_ids(conn), dtype=np.int64)
-        store = cls(folder, manifest, sql, faiss.IndexIDMap2(faiss.IndexFlatIP(1)), generation)
-        path = store.vectors_path(generation)
-        if not path.is_file():
-            raise IndexCorruptError(f"{folder}: vector file {path.name} for generation {generation} is missing")
-        store.index = vectors.read(path)
-        if manifest.nfc and not store.neighbours_path(generation).is_file():
-            raise IndexCorruptError(f"{folder}: neighbour file {store.neighbours_path(generation).name} is missing")
-        store._check(ids_sql)
-        store._remove_stray_files()
-        if manifest.generation != generation:  # crashed after the commit, before the manifest
-            store._write_manifest()
+        backend = get_backend(manifest.backend)(folder, manifest.dim, manifest.backend_options)
+        store = cls(folder, manifest, sql, backend)
+        gen, state = store._read_committed()
+        store._load(gen, state)
+        store._check()
         return store
 
-    def _check(self, ids_sql: np.ndarray) -> None:
-        if self.index.d != self.manifest.dim:
+    def _read_committed(self) -> tuple[int, dict[str, Any]]:
+        """The committed (generation, state), read in one transaction."""
+        try:
+            with self.sql.connect() as conn:
+                gen_text = db.get_meta(conn, "generation")
+                state_text = db.get_meta(conn, "state")
+        except sa.exc.SQLAlchemyError as exc:
+            raise IndexCorruptError(f"{self.folder}: cannot read the index database ({db.short_error(exc)})") from None
+        if gen_text is None or state_text is None:
             raise IndexCorruptError(
-                f"{self.folder}: vectors have dimension {self.index.d}, the manifest says {self.manifest.dim}"
+                f"{self.folder}: the database holds no committed index state (wrong --db-url, or an index "
+                "made by an older reid-engine: rebuild it)"
             )
-        ids_vec = np.sort(vectors.index_ids(self.index))
-        if len(ids_vec) != len(ids_sql) or not np.array_equal(ids_vec, ids_sql):
-            only_vec = np.setdiff1d(ids_vec, ids_sql)
-            only_sql = np.setdiff1d(ids_sql, ids_vec)
-            raise IndexCorruptError(
-                f"{self.folder}: vectors and rows disagree: {len(ids_vec)} vectors, {len(ids_sql)} rows; "
-                f"ids only in vectors {only_vec[:5].tolist()}{'...' if len(only_vec) > 5 else ''}, "
-                f"ids only in rows {only_sql[:5].tolist()}{'...' if len(only_sql) > 5 else ''}"
-            )
+        try:
+            gen = int(gen_text)
+            state = json.loads(state_text)
+            if not isinstance(state, dict) or "backend" not in state:
+                raise ValueError("not a state object")
+        except ValueError as exc:
+            raise IndexCorruptError(f"{self.folder}: the committed index state is damaged ({exc})") from None
+        return gen, state
 
-    def _remove_stray_files(self) -> None:
-        for p in self.folder.iterdir():
-            m = _VEC_RE.match(p.name)
-            if m and (m.group(3) or int(m.group(1) or m.group(2)) != self.generation):
-                log.info("removing stray file %s", p.name)
-                p.unlink(missing_ok=True)
+    def _load(self, generation: int, state: dict[str, Any]) -> None:
+        self.backend.load(state["backend"])
+        self.generation = generation
+        self.committed = state
 
-    def _write_manifest(self) -> None:
+    def _check(self) -> None:
         with self.sql.connect() as conn:
-            self.manifest.counts = {
-                "crops": db.count_rows(conn),
-                "cameras": len(db.distinct_values(conn, "camera")),
-                "tracks": len(db.distinct_values(conn, "track")),
-                "sources": len(db.distinct_values(conn, "source")),
-            }
-        self.manifest.generation = self.generation
-        self.manifest.updated_at = time.time()
-        write_manifest(self.folder, self.manifest)
+            n_rows = db.count_rows(conn)
+        if n_rows != self.backend.count:
+            raise IndexCorruptError(
+                f"{self.folder}: vectors and rows disagree: {self.backend.count} vectors, {n_rows} rows "
+                f"(generation {self.generation})"
+            )
 
-    # -- changes ----------------------------------------------------------------------
-    @property
-    def neighbours(self) -> Optional[GalleryNeighbours]:
-        """The committed gallery NFC data (None when the index keeps none), loaded on first use."""
-        if self.manifest.nfc and self._neighbours is None:
-            nb = neighbours.load(self.neighbours_path(self.generation))
-            if len(nb.ids) != self.count or not np.array_equal(nb.ids, self.gallery()[0]):
-                raise IndexCorruptError(f"{self.folder}: neighbour file and vectors hold different crops")
-            self._neighbours = nb
-        return self._neighbours
+    def refresh(self) -> bool:
+        """Load a generation committed by another process since; True when it changed."""
+        with self.sql.connect() as conn:
+            current = db.get_meta(conn, "generation")
+        if current is not None and current != str(self.generation):
+            gen, state = self._read_committed()
+            self._load(gen, state)
+            log.debug("%s: now at generation %d", self.folder, gen)
+            return True
+        return False
 
-    def gallery(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids ascending, vectors) of the whole gallery; a zero-copy view for Flat indexes."""
-        ids = vectors.index_ids(self.index)
-        inner = faiss.downcast_index(self.index.index)
-        if isinstance(inner, faiss.IndexFlat) and (len(ids) < 2 or np.all(ids[1:] > ids[:-1])):
-            n, d = inner.ntotal, inner.d
-            if n == 0:
-                return ids, np.zeros((0, d), np.float32)
-            flat = faiss.rev_swig_ptr(inner.get_xb(), n * d)
-            return ids, np.asarray(flat).reshape(n, d)
-        order = np.sort(ids)
-        return order, self.vectors(order)
+    # -- writing ------------------------------------------------------------------------
+    @contextmanager
+    def writing(self, timeout: Optional[float] = None) -> Iterator["IndexStore"]:
+        """Hold the index's write lock (re-entrant); on first entry catch up and clean up after crashed writers."""
+        first = not self.lock.held
+        self.lock.acquire(timeout)
+        try:
+            if first:
+                self.refresh()
+                self._cleanup()
+            yield self
+        finally:
+            self.lock.release()
 
-    def _next_neighbours(self, added_ids: Optional[list[int]]) -> Optional[GalleryNeighbours]:
-        """Gallery NFC data after a change: extended for appended rows, rebuilt otherwise."""
-        if not self.manifest.nfc:
-            return None
-        prev = self.neighbours
-        ids, feats = self.gallery()
-        n_new = len(added_ids or [])
-        if prev is not None and added_ids is not None and np.array_equal(ids[: len(ids) - n_new], prev.ids):
-            return neighbours.extend(prev, feats[: len(ids) - n_new], ids[len(ids) - n_new :], feats[len(ids) - n_new :])
-        log.info("rebuilding gallery neighbour data for %d crops", len(ids))
-        return neighbours.build(ids, feats, **self.manifest.nfc)
+    def _cleanup(self) -> None:
+        try:
+            self.backend.cleanup(self.committed["backend"])
+        except ReidEngineError:
+            raise
+        except Exception as exc:  # cleanup is best effort: the committed state is intact
+            log.warning("%s: cleanup after an earlier writer failed: %s", self.folder, exc)
+        keep = {f for n, h in self._hook_objects.items() for f in h.files(self.committed["hooks"].get(n, {}))}
+        prefixes = tuple(f"hook-{n}-" for n in self._hook_objects)
+        now = time.time()
+        for p in self.folder.iterdir():
+            if p.name.startswith(prefixes) and p.name not in keep and now - p.stat().st_mtime > 60:
+                p.unlink(missing_ok=True)
 
     def _commit(
         self,
+        changes: Changes,
         sql_work: Callable[[Connection], None],
-        mutate: Callable[[faiss.Index], None],
-        added_ids: Optional[list[int]] = None,
     ) -> None:
-        """Apply one change to rows and vectors (and neighbour data) as a single atomic commit."""
+        """Apply one change to rows, vectors and hook state as a single atomic commit."""
+        with self.writing():
+            new_gen = self.generation + 1
+            backend_state = self.backend.prepare(new_gen, changes)
+            try:
+                hook_states = {
+                    name: hook.prepare(
+                        self.folder, new_gen, self.committed["hooks"].get(name) or hook.empty_state(), self,
+                        changes.add_ids, changes.add_vectors if changes.add_vectors is not None
+                        else np.zeros((0, self.manifest.dim), np.float32),
+                        changes.add_fields, changes.remove_ids,
+                    )
+                    for name, hook in self._hook_objects.items()
+                }
+                state = {"backend": backend_state, "hooks": hook_states}
+                with self.sql.begin() as conn:
+                    current = db.get_meta(conn, "generation")
+                    if current != str(self.generation):
+                        raise IndexCorruptError(
+                            f"{self.folder}: changed by another writer (generation {current}, expected {self.generation})"
+                        )
+                    sql_work(conn)
+                    _after_vectors_written()
+                    db.set_meta(conn, "generation", str(new_gen))
+                    db.set_meta(conn, "state", json.dumps(state))
+            except BaseException:
+                self.backend.discard(backend_state)
+                raise
+            self._load(new_gen, state)
+            self._maybe_compact(force=False)
+
+    def _maybe_compact(self, force: bool) -> bool:
         new_gen = self.generation + 1
-        path = self.vectors_path(new_gen)
-        new_nb: Optional[GalleryNeighbours] = None
-        _ = self.neighbours  # load the committed neighbour data before the vectors change
+        backend_state = self.backend.compact(new_gen, force=force)
+        hook_states = {
+            name: hook.compact(self.folder, new_gen, self.committed["hooks"].get(name) or hook.empty_state(), self)
+            for name, hook in self._hook_objects.items()
+        } if (force or backend_state is not None) else self.committed["hooks"]
+        if backend_state is None and hook_states == self.committed["hooks"]:
+            return False
+        state = {"backend": backend_state if backend_state is not None else self.committed["backend"], "hooks": hook_states}
         try:
             with self.sql.begin() as conn:
-                current = db.get_meta(conn, "generation")
-                if current != str(self.generation):
-                    raise IndexCorruptError(
-                        f"{self.folder}: changed by another writer (generation {current}, expected {self.generation})"
-                    )
-                sql_work(conn)
-                mutate(self.index)
-                vectors.write_atomic(self.index, path)
-                new_nb = self._next_neighbours(added_ids)
-                if new_nb is not None:
-                    neighbours.save(self.neighbours_path(new_gen), new_nb)
-                _after_vectors_written()
                 db.set_meta(conn, "generation", str(new_gen))
+                db.set_meta(conn, "state", json.dumps(state))
         except BaseException:
-            # the in-memory vectors may hold the failed change: go back to the committed file
-            self.index = vectors.read(self.vectors_path(self.generation))
+            if backend_state is not None:
+                self.backend.discard(backend_state)
             raise
-        old = (self.vectors_path(self.generation), self.neighbours_path(self.generation))
-        self.generation = new_gen
-        self._gpu_index = None
-        self._neighbours = new_nb
-        for p in old:
-            p.unlink(missing_ok=True)
-        self._write_manifest()
+        self._load(new_gen, state)
+        return True
+
+    def compact(self) -> dict[str, Any]:
+        """Merge segments and drop removed vectors now; returns ``describe()`` after."""
+        with self.writing():
+            self._maybe_compact(force=True)
+            self.backend.cleanup(self.committed["backend"], grace_seconds=60.0)
+        return self.backend.describe()
 
     def add(
         self,
@@ -257,35 +293,101 @@ class IndexStore:
             raise InvalidInputError(f"features of shape {feats.shape}: expected (N, {self.manifest.dim})")
         if len(rows) != len(feats):
             raise InvalidInputError(f"{len(feats)} vectors but {len(rows)} metadata rows")
+        if not np.isfinite(feats).all():
+            raise InvalidInputError("features hold NaN or infinite values")
         if not len(rows):
             return []
-        ids: list[int] = []
+        with self.writing():
+            with self.sql.connect() as conn:
+                # ids are never reused: a removed id may still be a tombstone in the backend
+                start = max(db.next_id(conn), int(db.get_meta(conn, "next_id") or 0))
+            ids = list(range(start, start + len(rows)))
+            full = [{**r, "id": i} for r, i in zip(rows, ids)]
+            changes = Changes(
+                add_ids=np.asarray(ids, np.int64), add_vectors=feats, add_fields=fields_of(full),
+            )
 
-        def sql_work(conn: Connection) -> None:
-            start = db.next_id(conn)
-            ids.extend(range(start, start + len(rows)))
-            db.insert_rows(conn, [{**r, "id": i} for r, i in zip(rows, ids)])
-            if sql_hook is not None:
-                sql_hook(conn, ids, rows, feats)
+            def sql_work(conn: Connection) -> None:
+                db.insert_rows(conn, full)
+                db.set_meta(conn, "next_id", str(ids[-1] + 1))
+                if sql_hook is not None:
+                    sql_hook(conn, ids, rows, feats)
 
-        self._commit(sql_work, lambda index: vectors.add_vectors(index, feats, ids), added_ids=ids)
+            self._commit(changes, sql_work)
         return ids
 
     def remove(self, where: Optional[sa.ColumnElement[bool]]) -> int:
         """Remove the crops matching a filter clause; returns how many went."""
         if where is None:
             raise InvalidInputError("remove needs a filter (ids, cameras or sources)")
-        with self.sql.connect() as conn:
-            ids = db.select_ids(conn, where)
-        if not ids:
-            return 0
-        self._commit(lambda conn: db.delete_ids(conn, ids), lambda index: vectors.remove_vectors(index, ids))
+        with self.writing():
+            with self.sql.connect() as conn:
+                ids = db.select_ids(conn, where)
+            if not ids:
+                return 0
+            self._commit(Changes(remove_ids=np.asarray(ids, np.int64)), lambda conn: db.delete_ids(conn, ids))
         return len(ids)
 
-    # -- reading ----------------------------------------------------------------------
+    def set_manifest(self, **changes: Any) -> None:
+        """Change static manifest facts (e.g. search defaults) under the write lock."""
+        with self.writing():
+            for k, v in changes.items():
+                setattr(self.manifest, k, v)
+            self.manifest.updated_at = time.time()
+            write_manifest(self.folder, self.manifest)
+
+    # -- reading (also the rerank.base.GalleryView protocol) -----------------------------
     @property
     def count(self) -> int:
-        return int(self.index.ntotal)
+        return int(self.backend.count)
+
+    def search_params(self, params: Optional[SearchParams | dict[str, Any]] = None) -> SearchParams:
+        """Per-query parameters over the manifest's defaults."""
+        p = params if isinstance(params, SearchParams) else SearchParams(**(params or {}))
+        return p.merged(self.manifest.search)
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        where: Optional[SearchFilter] = None,
+        params: Optional[SearchParams] = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (similarities, ids) through the vector backend; missing results are id -1."""
+        k = max(1, min(int(k), max(1, self.count)))
+        return self.backend.search(np.asarray(queries, np.float32), k, where, self.search_params(params))
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        return self.backend.reconstruct(ids)
+
+    def fields(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+        rows = self.rows(ids)
+        missing = [int(i) for i in ids if int(i) not in rows]
+        if missing:
+            raise InvalidInputError(f"no crops with ids {missing[:5]}")
+        return fields_of([rows[int(i)] for i in ids])
+
+    def state(self, hook: str) -> Any:
+        """The loaded state of an index-time hook for the current generation (None if not kept)."""
+        obj = self._hook_objects.get(hook)
+        if obj is None:
+            return None
+        cached = self._hook_cache.get(hook)
+        if cached is None or cached[0] != self.generation:
+            cached = (self.generation, obj.load(self.folder, self.committed["hooks"].get(hook) or obj.empty_state()))
+            self._hook_cache[hook] = cached
+        return cached[1]
+
+    def track_members(self, tracks: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, list[int]] = {str(t): [] for t in tracks}
+        if not out:
+            return {}
+        with self.sql.connect() as conn:
+            for part in db.chunks(list(out), 500):
+                stmt = sa.select(db.crops.c.track, db.crops.c.id).where(db.crops.c.track.in_(part))
+                for t, i in conn.execute(stmt):
+                    out[str(t)].append(int(i))
+        return {t: np.asarray(sorted(v), np.int64) for t, v in out.items()}
 
     def known_hashes(self, hashes: Sequence[str]) -> set[str]:
         with self.sql.connect() as conn:
@@ -302,25 +404,11 @@ class IndexStore:
     def rows_by_hash(self, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
         with self.sql.connect() as conn:
             out: dict[str, dict[str, Any]] = {}
-            for i in range(0, len(hashes), 500):
-                stmt = sa.select(db.crops).where(db.crops.c.sha256.in_(list(hashes[i : i + 500])))
+            for part in db.chunks(list(hashes), 500):
+                stmt = sa.select(db.crops).where(db.crops.c.sha256.in_(part))
                 for row in conn.execute(stmt).mappings():
                     out[row["sha256"]] = dict(row)
             return out
-
-    def vectors(self, ids: Sequence[int]) -> np.ndarray:
-        return vectors.reconstruct(self.index, ids)
-
-    def search(
-        self, queries: np.ndarray, k: int, allowed_ids: Optional[np.ndarray] = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (similarities, ids); filtered searches run on the CPU index with an id selector."""
-        k = max(1, min(int(k), max(1, self.count)))
-        if allowed_ids is None and vectors.gpu_count() > 0:
-            if self._gpu_index is None:
-                self._gpu_index = vectors.to_gpu(self.index)
-            return vectors.search(self._gpu_index, queries, k)
-        return vectors.search(self.index, queries, k, allowed_ids)
 
     def stats(self) -> dict[str, Any]:
         with self.sql.connect() as conn:
@@ -331,12 +419,14 @@ class IndexStore:
                 sa.select(sa.func.min(db.crops.c.timestamp), sa.func.max(db.crops.c.timestamp))
             ).one()
             n_pids = len(db.distinct_values(conn, "pid"))
+            n_tracks = len(db.distinct_values(conn, "track"))
+            n_sources = len(db.distinct_values(conn, "source"))
         size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
         return {
             "path": str(self.folder),
             "crops": self.count,
-            "tracks": self.manifest.counts.get("tracks", 0),
-            "sources": self.manifest.counts.get("sources", 0),
+            "tracks": n_tracks,
+            "sources": n_sources,
             "identities": n_pids,
             "cameras": {("" if c is None else str(c)): int(n) for c, n in cams},
             "time_range": [tmin, tmax],
@@ -345,10 +435,15 @@ class IndexStore:
             "weights_sha256": self.manifest.encoder.get("weights_sha256"),
             "dim": self.manifest.dim,
             "factory": self.manifest.factory,
+            "backend": self.backend.describe(),
+            "hooks": list(self.manifest.hooks),
+            "search": dict(self.manifest.search),
             "db_url": self.manifest.db_url,
             "generation": self.generation,
             "bytes_on_disk": size,
         }
 
     def close(self) -> None:
+        self.lock.release()
+        self.backend.close()
         self.sql.dispose()

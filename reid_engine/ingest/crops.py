@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,18 +55,22 @@ class CropItem:
 
 def parse_time(value: Union[str, float, int, datetime, None]) -> Optional[float]:
     """ISO-8601 text, a datetime or epoch seconds -> epoch seconds (naive times are UTC)."""
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and value.strip() == ""):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, bool):
+        raise InvalidInputError(f"time {value!r}: expected ISO-8601 (e.g. 2024-05-01T12:00:00) or epoch seconds")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return _finite_time(value)
     if isinstance(value, datetime):
         dt = value
     else:
         text = str(value).strip()
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
-            pass
+            number = None
+        if number is not None:
+            return _finite_time(number, text)
         try:
             dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
@@ -74,7 +80,31 @@ def parse_time(value: Union[str, float, int, datetime, None]) -> Optional[float]
     return dt.timestamp()
 
 
-def _meta_from_match(m: re.Match) -> dict[str, Any]:
+def _finite_time(value: Any, shown: Any = None) -> float:
+    try:
+        x = float(value)
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x):
+        raise InvalidInputError(f"time {shown if shown is not None else value!r}: expected a finite number of epoch seconds")
+    return x
+
+
+#: frames are stored as 32-bit integers
+_FRAME_LIMIT = 2**31 - 1
+
+
+def _frame_number(text: str, where: str) -> int:
+    try:
+        value = int(float(text)) if not text.strip().lstrip("+-").isdigit() else int(text)
+    except (ValueError, OverflowError):
+        raise InvalidInputError(f"{where}: frame {text!r} is not a number") from None
+    if abs(value) > _FRAME_LIMIT:
+        raise InvalidInputError(f"{where}: frame {text!r} is out of range (at most {_FRAME_LIMIT})")
+    return value
+
+
+def _meta_from_match(m: re.Match, where: str = "file name") -> dict[str, Any]:
     g = {k: v for k, v in m.groupdict().items() if v is not None}
     meta: dict[str, Any] = {}
     if "pid" in g:
@@ -83,11 +113,14 @@ def _meta_from_match(m: re.Match) -> dict[str, Any]:
         meta["camera"] = g["camera"]
     frame = g.get("frame", g.get("frame2"))
     if frame is not None:
-        meta["frame"] = int(frame)
+        meta["frame"] = _frame_number(frame, f"{where}: --pattern group")
     if "track" in g:
         meta["track"] = g["track"]
     if "timestamp" in g:
-        meta["timestamp"] = parse_time(g["timestamp"])
+        try:
+            meta["timestamp"] = parse_time(g["timestamp"])
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{where}: --pattern group {exc}") from None
     return meta
 
 
@@ -105,39 +138,63 @@ def _compile(pattern: Optional[str]) -> Optional[re.Pattern]:
 
 def _read_csv(path: Path, role: Optional[str]) -> list[CropItem]:
     try:
-        with open(path, newline="") as f:
+        # utf-8-sig: a byte-order mark (as Excel writes it) is not part of the first column's name
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
+            raw_header = list(reader.fieldnames or [])
             rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8 CSV") from None
+    except (OSError, csv.Error) as exc:
         raise InvalidInputError(f"{path}: cannot read the CSV manifest ({exc})") from None
+    # header names are matched without surrounding spaces and case ("file, pid, role" works)
+    by_name = {h.strip().lower(): h for h in raw_header if h is not None}
     cols: dict[str, str] = {}
     for key, names in _CSV_ALIASES.items():
         for n in names:
-            if n in header:
-                cols[key] = n
+            if n in by_name:
+                cols[key] = by_name[n]
                 break
     if "path" not in cols:
-        raise InvalidInputError(f"{path}: a manifest needs a 'file' (or 'path') column; found {header}")
+        raise InvalidInputError(
+            f"{path}: a manifest needs a 'file' (or 'path') column; found {[h.strip() for h in raw_header]}"
+        )
     if role is not None and "role" not in cols:
         raise InvalidInputError(f"{path}: --role {role} given but the manifest has no 'role' column")
+
+    def cell(r: dict[Optional[str], Any], key: str) -> str:
+        value = r.get(cols[key]) if key in cols else None  # None: the row is shorter than the header
+        return "" if value is None else str(value).strip()
+
+    wanted = None if role is None else role.strip().lower()
+    found_roles: Counter[str] = Counter()
     items = []
     for line, r in enumerate(rows, start=2):
-        if role is not None and r[cols["role"]] != role:
-            continue
-        file = r[cols["path"]]
+        if not any((v or "").strip() for k, v in r.items() if k is not None and isinstance(v, str)):
+            continue  # a blank line
+        if wanted is not None:
+            row_role = cell(r, "role")
+            found_roles[row_role] += 1
+            if row_role.lower() != wanted:
+                continue
+        file = cell(r, "path")
+        if not file:
+            raise InvalidInputError(f"{path}:{line}: empty {cols['path']!r} cell; every row needs an image file")
         meta: dict[str, Any] = {}
         for key in ("pid", "camera", "track"):
-            if key in cols and r[cols[key]] not in ("", None):
-                meta[key] = r[cols[key]]
-        if "frame" in cols and r[cols["frame"]] not in ("", None):
+            if cell(r, key):
+                meta[key] = cell(r, key)
+        if cell(r, "frame"):
+            meta["frame"] = _frame_number(cell(r, "frame"), f"{path}:{line}")
+        if cell(r, "timestamp"):
             try:
-                meta["frame"] = int(float(r[cols["frame"]]))
-            except ValueError:
-                raise InvalidInputError(f"{path}:{line}: frame {r[cols['frame']]!r} is not a number") from None
-        if "timestamp" in cols:
-            meta["timestamp"] = parse_time(r[cols["timestamp"]])
-        items.append(CropItem((path.parent / file), meta))
+                meta["timestamp"] = parse_time(cell(r, "timestamp"))
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{path}:{line}: {exc}") from None
+        items.append(CropItem(Path(file) if Path(file).is_absolute() else path.parent / file, meta))
+    if wanted is not None and not items:
+        seen = ", ".join(f"{r or '(empty)'!r} ({n})" for r, n in sorted(found_roles.items())) or "none"
+        raise InvalidInputError(f"{path}: no row has role {role!r}; roles found: {seen}")
     return items
 
 
@@ -174,7 +231,7 @@ def scan_source(
             if regex is not None:
                 m = regex.search(p.relative_to(src).as_posix())
                 if m:
-                    meta = _meta_from_match(m)
+                    meta = _meta_from_match(m, str(p))
             items.append(CropItem(p, meta))
     name = source_name if source_name is not None else str(src.resolve())
     for it in items:

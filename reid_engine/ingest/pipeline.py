@@ -5,14 +5,17 @@ detector and the tracker; each track keeps its best few crops. When a track
 ends, its crops are encoded and added to the index together with a row in the
 ``tracks`` table (where, when, and the mean embedding of its crops).
 
-Commits happen every ``checkpoint_frames`` processed frames, each one a single
+Commits happen every ``checkpoint_frames`` processed frames or ``checkpoint_seconds``
+of work, whichever comes first, each one a single
 SQL transaction (via the engine's ``sql_hook``) holding the finished tracks'
 crops and rows, the source's progress and the detections of the frames since the
 last commit. An interrupted run therefore leaves a consistent index, and a
 re-run resumes: the stored detections are replayed through a fresh tracker
 (trackers are deterministic), frames are decoded again only from the start of
 the tracks that were still open, and detection carries on where it stopped.
-A finished source is skipped; the crops' pixel hashes are a second guard.
+A finished source is skipped; the crops' pixel hashes are a second guard. A file whose
+size or content (hash of its first and last MiB) changed since it was ingested is a new
+source: its old crops and tracks are removed and it is ingested again.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from .crops import CropItem, parse_time
 from .detect import DEFAULT_THRESHOLD, Detections, Detector, create_detector
 from .select import BestCrops, Candidate, cut, quality
 from .track import TrackedBox, create_tracker
-from .video import VideoInfo, iter_frames, probe
+from .video import VideoInfo, fingerprint, iter_frames, probe, same_content
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -59,6 +62,7 @@ class IngestReport:
     tracks: int = 0  # tracks added
     crops: int = 0  # crops added
     duplicates: int = 0  # crops skipped because their pixels were already indexed
+    replaced: int = 0  # crops of an earlier version of the file (its size or content changed), removed
     seconds: float = 0.0
 
     @property
@@ -69,6 +73,8 @@ class IngestReport:
         if self.already_done:
             return f"{self.source}: already ingested, nothing to do"
         resumed = f" (resumed at frame {self.resumed_from})" if self.resumed_from is not None else ""
+        if self.replaced:
+            resumed += f" (the file changed since it was ingested: its {self.replaced} earlier crops were replaced)"
         return (
             f"{self.source}{resumed}: {self.frames} frames at {self.fps:.1f} frames/s, "
             f"added {self.tracks} tracks with {self.crops} crops"
@@ -150,8 +156,13 @@ def _unique_prefix(conn: Connection, key: str, prefix: str) -> str:
     return f"{prefix}~{n}"
 
 
+#: key of ``ingest_sources.settings`` holding the file's fingerprint (not a setting: never compared as one)
+FINGERPRINT_KEY = "source_file"
+
+
 def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [f"{k}: was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    keys = (set(old) | set(new)) - {FINGERPRINT_KEY}
+    return [f"{k}: was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(keys) if old.get(k) != new.get(k)]
 
 
 class _Run:
@@ -350,6 +361,7 @@ def ingest_video(
     min_track_frames: int = 3,
     min_crop_height: int = 24,
     checkpoint_frames: int = 300,
+    checkpoint_seconds: float = 60.0,
     batch_size: int = 32,
     show_progress: Optional[bool] = None,
     observer: Optional[FrameObserver] = None,
@@ -360,7 +372,10 @@ def ingest_video(
     or epoch seconds) is when frame 0 was shot, so each crop's timestamp is
     ``start_time + frame / fps``. ``every`` runs detection on every Nth frame.
     ``start_frame``/``end_frame``/``max_frames`` limit this call to part of the video;
-    a later call without them continues. Re-running on a finished source does nothing.
+    a later call without them continues. Re-running on a finished source does nothing,
+    unless the file's size or content changed: then its old crops are replaced.
+    Progress is committed every ``checkpoint_frames`` processed frames or
+    ``checkpoint_seconds`` of work, so an interruption loses at most that much.
     """
     t0 = time.perf_counter()
     if every < 1:
@@ -371,7 +386,10 @@ def ingest_video(
         raise InvalidInputError(f"max_frames {max_frames}: expected a positive integer")
     if crops_per_track < 1 or checkpoint_frames < 1:
         raise InvalidInputError("crops_per_track and checkpoint_frames must be positive")
+    if not (isinstance(checkpoint_seconds, (int, float)) and checkpoint_seconds > 0):
+        raise InvalidInputError(f"checkpoint_seconds {checkpoint_seconds!r}: expected a positive number")
     info = probe(source, fps)
+    file_print = None if info.stream else fingerprint(source)
     stem = Path(str(source).rstrip("/")).stem or "stream"
     camera = str(camera) if camera else stem
     start_ts = parse_time(start_time)
@@ -387,9 +405,21 @@ def ingest_video(
     topts = dict(tracker_options or {})
     settings = _settings(det, tracker_name, topts, every, info.fps, start_ts,
                          crops_per_track, min_track_frames, min_crop_height)
+    if file_print is not None:
+        settings[FINGERPRINT_KEY] = file_print
     report = IngestReport(source=key, camera=camera)
 
     store = engine.store
+    with store.sql.connect() as conn:
+        before = _load_progress(conn, key)
+    if before is not None and not same_content((before["settings"] or {}).get(FINGERPRINT_KEY), file_print):
+        was = (before["settings"] or {}).get(FINGERPRINT_KEY) or {}
+        log.warning("%s: the file changed since it was ingested (%s bytes, now %s): ingesting it again",
+                    key, was.get("size"), (file_print or {}).get("size"))
+        # crops first: a crash after this leaves a source with no crops, which the next run restarts
+        report.replaced = engine.remove(sources=[key])
+        with store.sql.begin() as conn:
+            _forget_source(conn, key)
     with store.sql.begin() as conn:
         old = _load_progress(conn, key)
         if old is not None:
@@ -414,6 +444,8 @@ def ingest_video(
             if old["camera"] != camera:
                 raise InvalidInputError(f"{key}: was being ingested as camera {old['camera']!r}, not {camera!r}")
             p = _Progress(**{k: old[k] for k in _Progress.__dataclass_fields__})
+            if file_print is not None:  # rows written before fingerprints were kept get one now
+                p.settings = {**(p.settings or {}), FINGERPRINT_KEY: file_print}
         else:
             prefix = _unique_prefix(conn, key, f"{camera}/{stem}")
             p = _Progress(key, key, camera, prefix, info.fps, info.frame_count, start_ts, settings,
@@ -437,7 +469,7 @@ def ingest_video(
     quiet = not (show_progress or (show_progress is None and sys.stderr.isatty()))
     bar = tqdm(total=total, desc=f"ingest {camera}", unit="frame", disable=quiet, dynamic_ncols=True)
     since_commit = 0
-    t_detect = time.perf_counter()
+    t_detect = last_commit = time.perf_counter()
     try:
         for f, frame in iter_frames(source if not info.stream else info.source, p.next_frame, stop, every):
             dets = _stored(det.detect(frame))
@@ -449,9 +481,10 @@ def ingest_video(
             report.frames += 1
             since_commit += 1
             bar.update(1)
-            if since_commit >= checkpoint_frames:
+            if since_commit >= checkpoint_frames or time.perf_counter() - last_commit >= checkpoint_seconds:
                 run.commit()
                 since_commit = 0
+                last_commit = time.perf_counter()
                 bar.set_postfix(tracks=report.tracks, crops=report.crops, refresh=False)
         reached_end = stop is None or (info.frame_count is not None and stop >= info.frame_count) or p.next_frame < stop
         run.close_all()

@@ -1,11 +1,12 @@
 """Footage decoding with OpenCV: video files and stream URLs -> numbered BGR frames."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import cv2
 import numpy as np
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 #: how far ahead a wanted frame may be before ``FrameReader`` seeks instead of reading on
 _READ_AHEAD = 300
+#: bytes hashed at each end of a video file for its fingerprint
+_FINGERPRINT_BYTES = 1 << 20
 
 
 def is_stream(source: Union[str, Path]) -> bool:
@@ -27,6 +30,35 @@ def is_stream(source: Union[str, Path]) -> bool:
 def source_key(source: Union[str, Path]) -> str:
     """How a footage source is named in the index: a URL as given, a file by its absolute path."""
     return str(source) if is_stream(source) else str(Path(source).expanduser().resolve())
+
+
+def fingerprint(source: Union[str, Path]) -> Optional[dict[str, Any]]:
+    """Size, mtime and a hash of the first and last MiB of a video file (None for streams).
+
+    Two fingerprints name the same content when ``same_content`` says so: size and hash
+    are compared, not the mtime (copying or touching a file keeps its content).
+    """
+    if is_stream(source):
+        return None
+    path = Path(source_key(source))
+    try:
+        st = path.stat()
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            h.update(f.read(_FINGERPRINT_BYTES))
+            if st.st_size > _FINGERPRINT_BYTES:
+                f.seek(max(_FINGERPRINT_BYTES, st.st_size - _FINGERPRINT_BYTES))
+                h.update(f.read(_FINGERPRINT_BYTES))
+    except OSError as exc:
+        raise InvalidInputError(f"{source}: cannot read the video file ({exc.strerror or exc})") from None
+    return {"size": int(st.st_size), "mtime": float(st.st_mtime), "head_tail_sha256": h.hexdigest()}
+
+
+def same_content(old: Optional[dict[str, Any]], new: Optional[dict[str, Any]]) -> bool:
+    """False only when both fingerprints are known and their size or hash differ."""
+    if not old or not new:
+        return True
+    return old.get("size") == new.get("size") and old.get("head_tail_sha256") == new.get("head_tail_sha256")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,12 @@
-"""Query-time re-ranking: pure functions over L2-normalised feature arrays.
+"""Query-time re-ranking.
 
-``rerank_search`` is the entry point; ``RerankConfig`` and ``PRESETS`` say
-what it does. The building blocks (neighbour feature centralization,
+The engine's path: a cosine candidate pool from the vector backend, then a
+registered ``Pipeline`` of ``Reranker`` steps (``get_pipeline``; ``presets``,
+``steps``), reading index-time state kept by ``IndexHook``s (``hooks``).
+``MemoryGallery`` runs the same path over NumPy arrays (tools, tests).
+
+The older pure functions stay for tools and references: ``rerank_search`` with
+``RerankConfig`` / ``PRESETS`` over whole arrays. The building blocks (neighbour feature centralization,
 k-reciprocal re-ranking, query expansion, database augmentation) are exported
 for the index (incremental NFC) and for experiments.
 """
@@ -12,8 +17,38 @@ from .kreciprocal import k_reciprocal_rerank
 from .nfc import (CentralizedUpdate, NeighbourState, centralize, centralize_queries,
                   update_centralized)
 from .search import rerank_search
+from .base import (Candidates, GalleryView, IndexHook, Pipeline, RerankContext, Reranker, get_hook,
+                   get_pipeline, list_hooks, list_pipelines, register_hook, register_pipeline)
+from .hooks import CameraStats, CameraStatsHook, NeighbourTable, NeighboursHook
+from .steps import (AttributeFusion, CameraNormalize, Centralize, KReciprocal, QueryExpansion,
+                    SamePersonPool)
+from . import presets as _presets  # noqa: F401  registers the pipelines
+from .memory import MemoryGallery
 
 __all__ = [
+    "AttributeFusion",
+    "CameraNormalize",
+    "CameraStats",
+    "CameraStatsHook",
+    "Candidates",
+    "Centralize",
+    "GalleryView",
+    "IndexHook",
+    "KReciprocal",
+    "MemoryGallery",
+    "NeighbourTable",
+    "NeighboursHook",
+    "Pipeline",
+    "QueryExpansion",
+    "RerankContext",
+    "Reranker",
+    "SamePersonPool",
+    "get_hook",
+    "get_pipeline",
+    "list_hooks",
+    "list_pipelines",
+    "register_hook",
+    "register_pipeline",
     "PRESETS",
     "QUERY_NFC_MODES",
     "CentralizedUpdate",

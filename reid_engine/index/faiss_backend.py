@@ -1,0 +1,984 @@
+"""The default vector backend: append-only memory-mapped segments searched with FAISS and NumPy.
+
+On disk (all files immutable once renamed into place, names carry the generation that wrote them):
+
+- ``seg-<gen>-<token>.*``: one segment, the rows one commit added or one merge wrote:
+  ``.vec.npy`` float32 (N, D); ``.ids.npy`` int64 (2, N): row ids, then the ids sorted;
+  ``.aux.npy`` int32 (8, N): camera/source/track codes, their postings (rows sorted by code),
+  the timestamp order and the row of each sorted id; ``.ts.npy`` float64 (2, N): timestamps
+  (NaN = unknown), then sorted; ``.json``: vocabularies, posting offsets and, for an IVF
+  segment, the CSR offsets of its inverted lists (rows grouped by coarse list).
+- ``tomb-<gen>-<token>.npy`` int64 (2, T): removed ids and the generation that removed them
+  (a removal hides the id in segments written before it, so a re-added id lives again).
+- ``quant-<gen>-<token>.npy`` float32 (nlist, D): the trained coarse quantizer.
+
+A commit writes one small flat segment (searched exhaustively); ``compact`` merges flat
+segments into IVF segments once a quantizer is trained (automatically when the gallery
+passes ``exact_threshold``, again when it has grown ``retrain_growth`` times), merges IVF
+segments tier by tier and drops removed rows. Own CSR lists rather than a FAISS IVF index
+because memory-mapping them is zero-copy, all segments share one quantizer, and filters are
+evaluated list by list on the stored codes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import faiss
+import numpy as np
+
+from ..errors import IndexCorruptError, InvalidInputError
+from .backend import FIELDS, Changes, SearchFilter, SearchParams, VectorBackend, register_backend
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+STR_FIELDS = ("camera", "source", "track")
+#: below this many live vectors an exact search beats IVF on a 2-core machine (tools/bench_backend.py --threshold)
+EXACT_THRESHOLD = 50_000
+_NAME_RE = re.compile(r"^(seg|tomb|quant)-(\d{6,})-([0-9a-f]+)(\.[a-z.]+)?(\.tmp[0-9a-f]*)?$")
+_FACTORY_RE = re.compile(r"^IVF(\d+),Flat$")
+_BLOCK = 32768
+_SUPPORTED = '"auto", "Flat", "IVF<n>,Flat"'
+
+
+# ---------------------------------------------------------------------------------------------
+# small pure helpers
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    n[n == 0] = 1.0
+    return x / n
+
+
+def parse_factory(factory: Optional[str]) -> tuple[str, Optional[int]]:
+    """("auto"|"flat"|"ivf", fixed nlist or None) for a factory string; others raise InvalidInputError."""
+    if factory is None or factory == "auto":
+        return "auto", None
+    if factory == "Flat":
+        return "flat", None
+    m = _FACTORY_RE.match(str(factory))
+    if m and int(m.group(1)) >= 1:
+        return "ivf", int(m.group(1))
+    raise InvalidInputError(f"FAISS backend factory {factory!r} is not supported; supported: {_SUPPORTED}")
+
+
+def auto_nlist(n: int, factor: float = 4.0) -> int:
+    """Coarse lists for an IVF over ``n`` vectors (factor * sqrt(n), at least 16)."""
+    return int(max(16, round(factor * math.sqrt(max(n, 1)))))
+
+
+def auto_nprobe(nlist: int) -> int:
+    """Default lists probed for ``nlist`` lists (measured for recall@10 >= 0.95 on clustered data)."""
+    return int(min(nlist, max(16, round(nlist / 40))))
+
+
+def topk_merge(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` per row of candidate (sims, ids), descending by similarity then ascending id; pads id -1."""
+    q, m = sims.shape
+    if m < k:
+        sims = np.concatenate([sims, np.full((q, k - m), -np.inf, np.float32)], axis=1)
+        ids = np.concatenate([ids, np.full((q, k - m), -1, np.int64)], axis=1)
+        m = k
+    if m > 4 * k:
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        sims = np.take_along_axis(sims, part, 1)
+        ids = np.take_along_axis(ids, part, 1)
+    tie = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    order = np.lexsort((tie, -sims), axis=-1)[:, :k]
+    s = np.take_along_axis(sims, order, 1).astype(np.float32)
+    i = np.take_along_axis(ids, order, 1)
+    i[~np.isfinite(s)] = -1
+    return s, i
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run FAISS with ``n`` OpenMP threads (one thread keeps single-query latency steady on a busy machine)."""
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(old)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp" + secrets.token_hex(3))
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    _write_durable(path, lambda f: np.save(f, np.ascontiguousarray(arr), allow_pickle=False))
+
+
+def _save_json(path: Path, obj: Any) -> None:
+    _write_durable(path, lambda f: f.write(json.dumps(obj, separators=(",", ":")).encode()))
+
+
+def _encode_strings(values: Optional[np.ndarray], n: int) -> tuple[np.ndarray, list[str]]:
+    """int32 codes (-1 = None) and the sorted vocabulary of a string column."""
+    if values is None:
+        return np.full(n, -1, np.int32), []
+    vals = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values]
+    vocab = sorted({v for v in vals if v is not None})
+    index = {v: i for i, v in enumerate(vocab)}
+    return np.array([-1 if v is None else index[v] for v in vals], np.int32), vocab
+
+
+# ---------------------------------------------------------------------------------------------
+# segments
+
+
+@dataclass
+class _SegmentData:
+    """What a writer needs for a segment, in final row order (vectors may come lazily in blocks)."""
+
+    ids: np.ndarray
+    codes: np.ndarray  # (3, N) int32
+    vocab: dict[str, list[str]]
+    ts: np.ndarray
+    vectors: Any  # callable (i0, i1) -> float32 block
+    lists: Optional[np.ndarray] = None  # CSR offsets (nlist + 1,) for an IVF segment
+
+
+class _Segment:
+    """A memory-mapped segment."""
+
+    def __init__(self, folder: Path, name: str, rows: int, dim: int):
+        self.name = name
+        self.seq = int(name.split("-")[1])
+        try:
+            meta = json.loads((folder / f"{name}.json").read_text())
+            self.vec = np.asarray(np.load(folder / f"{name}.vec.npy", mmap_mode="r"))  # a plain view: memmap indexing is slow
+            ids = np.asarray(np.load(folder / f"{name}.ids.npy", mmap_mode="r"))  # a plain view: memmap indexing is slow
+            aux = np.asarray(np.load(folder / f"{name}.aux.npy", mmap_mode="r"))  # a plain view: memmap indexing is slow
+            ts = np.asarray(np.load(folder / f"{name}.ts.npy", mmap_mode="r"))  # a plain view: memmap indexing is slow
+        except (OSError, ValueError) as exc:
+            raise IndexCorruptError(f"vector segment {name} in {folder} cannot be read ({exc})") from None
+        if self.vec.shape != (rows, dim) or ids.shape != (2, rows) or aux.shape != (8, rows):
+            raise IndexCorruptError(f"vector segment {name}: shapes {self.vec.shape} disagree with {rows} x {dim}")
+        self.rows = rows
+        self.ids, self.kid = ids[0], ids[1]
+        self.codes = aux[0:3]
+        self.post = aux[3:6]
+        self.tso, self.kpos = aux[6], aux[7]
+        self.ts, self.tss = ts[0], ts[1]
+        self.ts_valid = int(meta["ts_valid"])
+        self.vocab = {f: list(meta["vocab"][f]) for f in STR_FIELDS}
+        self.vindex = {f: {v: i for i, v in enumerate(self.vocab[f])} for f in STR_FIELDS}
+        self.poff = {f: np.asarray(meta["postings"][f], np.int64) for f in STR_FIELDS}
+        self.lists = None if meta.get("lists") is None else np.asarray(meta["lists"], np.int64)
+        self.kind = "ivf" if self.lists is not None else "flat"
+        self.nbytes = sum((folder / f"{name}{s}").stat().st_size for s in _SEG_SUFFIXES)
+
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id in this segment, -1 when absent (ignores tombstones)."""
+        ids = np.asarray(ids, np.int64)
+        if self.rows == 0 or ids.size == 0:
+            return np.full(ids.shape, -1, np.int64)
+        j = np.searchsorted(self.kid, ids)
+        jc = np.minimum(j, self.rows - 1)
+        hit = (j < self.rows) & (np.asarray(self.kid[jc]) == ids)
+        out = np.full(ids.shape, -1, np.int64)
+        out[hit] = self.kpos[jc[hit]]
+        return out
+
+    def fields(self, rows: Any) -> dict[str, np.ndarray]:
+        """Decoded FIELDS of some rows (object strings, float64 times)."""
+        out: dict[str, np.ndarray] = {}
+        for fi, f in enumerate(STR_FIELDS):
+            voc = np.array(self.vocab[f] + [None], dtype=object)
+            out[f] = voc[np.asarray(self.codes[fi][rows])]
+        out["timestamp"] = np.asarray(self.ts[rows], np.float64)
+        return out
+
+
+_SEG_SUFFIXES = (".vec.npy", ".ids.npy", ".aux.npy", ".ts.npy", ".json")
+
+
+def _write_segment(folder: Path, name: str, data: _SegmentData, dim: int) -> None:
+    """Write a segment's files durably (vectors streamed in blocks)."""
+    n = len(data.ids)
+    kord = np.argsort(data.ids, kind="stable")
+    post = np.empty((3, n), np.int32)
+    poff = {}
+    for fi, f in enumerate(STR_FIELDS):
+        c = data.codes[fi]
+        o = np.argsort(c, kind="stable")
+        post[fi] = o
+        poff[f] = np.searchsorted(c[o], np.arange(-1, len(data.vocab[f]) + 1)).tolist()
+    tso = np.argsort(data.ts, kind="stable")  # NaN sort last
+    aux = np.concatenate([data.codes, post, tso[None], kord[None]]).astype(np.int32)
+    meta = {
+        "rows": n,
+        "vocab": data.vocab,
+        "postings": poff,
+        "ts_valid": int(np.count_nonzero(~np.isnan(data.ts))),
+        "lists": None if data.lists is None else [int(v) for v in data.lists],
+    }
+
+    def write_vectors(f) -> None:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+        for i0 in range(0, n, _BLOCK):
+            block = np.ascontiguousarray(data.vectors(i0, min(n, i0 + _BLOCK)), np.float32)
+            f.write(block.tobytes())
+
+    _write_durable(folder / f"{name}.vec.npy", write_vectors)
+    _save_npy(folder / f"{name}.ids.npy", np.stack([data.ids, data.ids[kord]]).astype(np.int64))
+    _save_npy(folder / f"{name}.aux.npy", aux)
+    _save_npy(folder / f"{name}.ts.npy", np.stack([data.ts, data.ts[tso]]).astype(np.float64))
+    _save_json(folder / f"{name}.json", meta)
+
+
+def _files_of(state: dict[str, Any]) -> set[str]:
+    """Every file name a state refers to."""
+    out = set()
+    for s in state.get("segments", []):
+        out.update(s["name"] + suf for suf in _SEG_SUFFIXES)
+    if state.get("tombstones"):
+        out.add(state["tombstones"]["file"])
+    if state.get("quantizer"):
+        out.add(state["quantizer"]["file"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# filters compiled against one segment
+
+
+class _SegFilter:
+    """A SearchFilter in one segment's codes; ``nothing`` when no row of the segment can pass."""
+
+    def __init__(self, seg: _Segment, flt: SearchFilter):
+        self.flt = flt
+        self.nothing = False
+        self.conds: list[tuple[int, np.ndarray]] = []  # (field index, allowed codes)
+        self.excl: Optional[np.ndarray] = None
+        for fi, (f, want) in enumerate(zip(STR_FIELDS, (flt.cameras, flt.sources, flt.tracks))):
+            if want is not None:
+                codes = np.array(sorted(seg.vindex[f][w] for w in set(want) if w in seg.vindex[f]), np.int32)
+                if codes.size == 0:
+                    self.nothing = True
+                self.conds.append((fi, codes))
+        if flt.exclude_cameras:
+            ex = [seg.vindex["camera"][c] for c in set(flt.exclude_cameras) if c in seg.vindex["camera"]]
+            self.excl = np.array(sorted(ex), np.int32) if ex else None
+        self.timed = flt.time_from is not None or flt.time_to is not None
+        if flt.ids is not None and flt.ids.size == 0:
+            self.nothing = True
+
+    def mask(self, seg: _Segment, rows: Any) -> np.ndarray:
+        """Which of ``rows`` (a slice or row array) pass."""
+        keep: Optional[np.ndarray] = None
+
+        def both(m: np.ndarray) -> None:
+            nonlocal keep
+            keep = m if keep is None else keep & m
+
+        for fi, codes in self.conds:
+            both(np.isin(np.asarray(seg.codes[fi][rows]), codes))
+        if self.excl is not None:
+            both(~np.isin(np.asarray(seg.codes[0][rows]), self.excl))
+        if self.timed:
+            t = np.asarray(seg.ts[rows])
+            ok = ~np.isnan(t)
+            if self.flt.time_from is not None:
+                ok &= t >= self.flt.time_from
+            if self.flt.time_to is not None:
+                ok &= t <= self.flt.time_to
+            both(ok)
+        if self.flt.ids is not None:
+            ids = np.asarray(seg.ids[rows])
+            allow = self.flt.ids
+            j = np.minimum(np.searchsorted(allow, ids), len(allow) - 1)
+            both(allow[j] == ids)
+        if keep is None:
+            n = len(range(seg.rows)[rows]) if isinstance(rows, slice) else len(rows)
+            keep = np.ones(n, bool)
+        return keep
+
+    def candidates(self, seg: _Segment, limit: int) -> tuple[Optional[np.ndarray], float]:
+        """(rows of the most selective condition when at most ``limit``, else None; estimated pass fraction)."""
+        n = max(seg.rows, 1)
+        options: list[tuple[int, Any]] = []
+        for fi, codes in self.conds:
+            off = seg.poff[STR_FIELDS[fi]]
+            spans = [(int(off[c + 1]), int(off[c + 2])) for c in codes]
+            options.append((sum(b - a for a, b in spans), ("post", fi, spans)))
+        if self.excl is not None:
+            off = seg.poff["camera"]
+            options.append((seg.rows - sum(int(off[c + 2] - off[c + 1]) for c in self.excl), None))
+        if self.timed:
+            valid = seg.tss[: seg.ts_valid]
+            lo = 0 if self.flt.time_from is None else int(np.searchsorted(valid, self.flt.time_from, "left"))
+            hi = seg.ts_valid if self.flt.time_to is None else int(np.searchsorted(valid, self.flt.time_to, "right"))
+            options.append((max(0, hi - lo), ("time", lo, max(lo, hi))))
+        if self.flt.ids is not None:
+            pos = seg.find(self.flt.ids)
+            pos = np.sort(pos[pos >= 0])
+            options.append((len(pos), ("rows", pos)))
+        if not options:
+            return None, 1.0
+        frac = float(np.prod([c / n for c, _ in options]))
+        best = min((o for o in options if o[1] is not None), key=lambda o: o[0], default=None)
+        if best is None or best[0] > limit:
+            return None, frac
+        kind = best[1][0]
+        if kind == "post":
+            _, fi, spans = best[1]
+            rows = np.concatenate([np.asarray(seg.post[fi][a:b]) for a, b in spans] or [np.zeros(0, np.int32)])
+        elif kind == "time":
+            rows = np.asarray(seg.tso[best[1][1]:best[1][2]])
+        else:
+            rows = best[1][1]
+        rows = np.sort(rows.astype(np.int64))
+        return rows[self.mask(seg, rows)], frac
+
+
+# ---------------------------------------------------------------------------------------------
+# the visible state
+
+
+@dataclass
+class _View:
+    state: dict[str, Any]
+    segments: list[_Segment] = field(default_factory=list)
+    dead: list[Optional[np.ndarray]] = field(default_factory=list)  # per segment: bool mask or None
+    ndead: list[int] = field(default_factory=list)
+    tomb_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    tomb_gen: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    centroids: Optional[np.ndarray] = None
+    quantizer: Optional[Any] = None  # faiss.IndexFlatIP over the centroids
+    count: int = 0
+
+    @property
+    def nlist(self) -> int:
+        return 0 if self.centroids is None else len(self.centroids)
+
+
+@register_backend
+class FaissBackend(VectorBackend):
+    """Append-only segments of L2-normalised float32 vectors; exact search below a size, IVF above it."""
+
+    name = "faiss"
+
+    def __init__(self, folder: Path, dim: int, options: dict[str, Any]):
+        super().__init__(folder, dim, options)
+        if self.dim <= 0:
+            raise InvalidInputError(f"dimension {dim}: expected a positive integer")
+        self.mode, self.fixed_nlist = parse_factory(self.options.get("factory"))
+        o = self.options
+        self.exact_threshold = int(o.get("exact_threshold", EXACT_THRESHOLD))
+        self.flat_limit = int(o.get("flat_limit", 32768))
+        self.merge_factor = int(o.get("merge_factor", 8))
+        self.retrain_growth = float(o.get("retrain_growth", 4.0))
+        self.nlist_factor = float(o.get("nlist_factor", 4.0))
+        self.train_points = int(o.get("train_points_per_list", 32))
+        for k in ("exact_threshold", "flat_limit", "merge_factor", "train_points_per_list"):
+            if k in o and int(o[k]) < 1:
+                raise InvalidInputError(f"faiss backend option {k}={o[k]!r}: expected a positive integer")
+        if "nprobe" in o and o["nprobe"] is not None:
+            SearchParams(nprobe=o["nprobe"])  # validates
+        self._view = _View(state=self.empty_state())
+        self._cache: dict[str, _Segment] = {}
+        self._lock = threading.Lock()
+        self._gpu_res = None
+        self._gpus = faiss.get_num_gpus()
+
+    @classmethod
+    def default_options(cls, dim: int) -> dict[str, Any]:
+        return {"factory": "auto", "exact_threshold": EXACT_THRESHOLD, "flat_limit": 32768, "merge_factor": 8}
+
+    def empty_state(self) -> dict[str, Any]:
+        return {"format": FORMAT, "dim": self.dim, "segments": [], "tombstones": None, "quantizer": None,
+                "search": {"nprobe": None}}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def load(self, state: dict[str, Any]) -> None:
+        view = self._open(state)
+        with self._lock:
+            self._view = view
+            self._cache = {s.name: s for s in view.segments}
+
+    def _open(self, state: dict[str, Any]) -> _View:
+        if state.get("format") != FORMAT or int(state.get("dim", -1)) != self.dim:
+            raise IndexCorruptError(
+                f"vector state format {state.get('format')!r} / dim {state.get('dim')!r} does not match "
+                f"this backend (format {FORMAT}, dim {self.dim})"
+            )
+        view = _View(state=json.loads(json.dumps(state)))
+        for s in state["segments"]:
+            seg = self._cache.get(s["name"]) or _Segment(self.folder, s["name"], int(s["rows"]), self.dim)
+            view.segments.append(seg)
+        if state.get("tombstones"):
+            t = np.load(self.folder / state["tombstones"]["file"])
+            view.tomb_ids, view.tomb_gen = t[0].copy(), t[1].copy()
+        for seg in view.segments:
+            applies = view.tomb_ids[view.tomb_gen > seg.seq]
+            pos = seg.find(applies) if applies.size else np.zeros(0, np.int64)
+            pos = pos[pos >= 0]
+            if pos.size:
+                d = np.zeros(seg.rows, bool)
+                d[pos] = True
+                view.dead.append(d)
+            else:
+                view.dead.append(None)
+            view.ndead.append(int(pos.size))
+        view.count = sum(s.rows for s in view.segments) - sum(view.ndead)
+        q = state.get("quantizer")
+        if q:
+            old = self._view
+            if old.state.get("quantizer") and old.state["quantizer"]["file"] == q["file"]:
+                view.centroids, view.quantizer = old.centroids, old.quantizer
+            else:
+                view.centroids = np.ascontiguousarray(np.load(self.folder / q["file"]), np.float32)
+                view.quantizer = faiss.IndexFlatIP(self.dim)
+                view.quantizer.add(view.centroids)
+        return view
+
+    def prepare(self, generation: int, changes: Changes) -> dict[str, Any]:
+        view = self._view
+        state = json.loads(json.dumps(view.state))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        add_ids = np.asarray(changes.add_ids, np.int64).reshape(-1)
+        rm = np.unique(np.asarray(changes.remove_ids, np.int64).reshape(-1))
+        if add_ids.size:
+            if changes.add_vectors is None:
+                raise InvalidInputError("changes add ids without vectors")
+            vec = np.asarray(changes.add_vectors)
+            if vec.ndim != 2 or vec.shape != (add_ids.size, self.dim):
+                raise InvalidInputError(f"vectors of shape {vec.shape}: expected ({add_ids.size}, {self.dim})")
+            if not np.all(np.isfinite(vec)):
+                raise InvalidInputError("vectors contain NaN or infinite values")
+            if np.unique(add_ids).size != add_ids.size:
+                raise InvalidInputError("changes add the same id twice")
+            clash = self._contains(view, add_ids) & ~np.isin(add_ids, rm)
+            if clash.any():
+                raise InvalidInputError(f"ids already in the index: {add_ids[clash][:10].tolist()}")
+        rm = rm[self._contains(view, rm)] if rm.size else rm
+        names: list[str] = []
+        if rm.size:
+            ids = np.concatenate([view.tomb_ids, rm])
+            gens = np.concatenate([view.tomb_gen, np.full(rm.size, generation, np.int64)])
+            order = np.lexsort((-gens, ids))
+            ids, gens = ids[order], gens[order]
+            first = np.r_[True, ids[1:] != ids[:-1]]
+            fname = self._new_name("tomb", generation) + ".npy"
+            _save_npy(self.folder / fname, np.stack([ids[first], gens[first]]))
+            names.append(fname)
+            state["tombstones"] = {"file": fname, "count": int(first.sum())}
+        try:
+            if add_ids.size:
+                order = np.argsort(add_ids, kind="stable")
+                x = _normalise(vec)[order]
+                data = self._data_from_changes(add_ids[order], changes.add_fields, order, x)
+                name = self._new_name("seg", generation)
+                _write_segment(self.folder, name, data, self.dim)
+                names.append(name)
+                state["segments"].append({"name": name, "rows": int(add_ids.size), "kind": "flat"})
+        except BaseException:
+            self._remove_files(names)
+            raise
+        _fsync_dir(self.folder)
+        return state
+
+    def _data_from_changes(self, ids: np.ndarray, flds: dict[str, np.ndarray], order: np.ndarray,
+                           x: np.ndarray) -> _SegmentData:
+        n = ids.size
+        codes = np.empty((3, n), np.int32)
+        vocab = {}
+        for fi, f in enumerate(STR_FIELDS):
+            col = flds.get(f)
+            if col is not None and len(col) != n:
+                raise InvalidInputError(f"field {f!r} has {len(col)} values for {n} vectors")
+            c, vocab[f] = _encode_strings(None if col is None else np.asarray(col, dtype=object)[order], n)
+            codes[fi] = c
+        t = flds.get("timestamp")
+        if t is None:
+            ts = np.full(n, np.nan)
+        else:
+            if len(t) != n:
+                raise InvalidInputError(f"field 'timestamp' has {len(t)} values for {n} vectors")
+            ts = np.array([np.nan if v is None else float(v) for v in np.asarray(t, dtype=object)[order]], np.float64)
+        return _SegmentData(ids=ids, codes=codes, vocab=vocab, ts=ts, vectors=lambda a, b: x[a:b])
+
+    def _new_name(self, kind: str, generation: int) -> str:
+        return f"{kind}-{int(generation):06d}-{secrets.token_hex(4)}"
+
+    def discard(self, state: dict[str, Any]) -> None:
+        self._remove_files(sorted(_files_of(state) - _files_of(self._view.state)))
+
+    def _remove_files(self, names: Sequence[str]) -> None:
+        for n in names:
+            if n.startswith("seg-") and "." not in n:
+                for suf in _SEG_SUFFIXES:
+                    (self.folder / (n + suf)).unlink(missing_ok=True)
+            else:
+                (self.folder / n).unlink(missing_ok=True)
+
+    def cleanup(self, state: dict[str, Any], grace_seconds: float = 60.0) -> None:
+        keep = _files_of(state)
+        now = time.time()
+        if not self.folder.is_dir():
+            return
+        for p in sorted(self.folder.iterdir()):
+            if p.name in keep or not _NAME_RE.match(p.name):
+                continue
+            try:
+                if now - p.stat().st_mtime >= grace_seconds:
+                    p.unlink()
+                    log.debug("removed unreferenced vector file %s", p.name)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._view = _View(state=self.empty_state())
+            self._cache = {}
+
+    # -- compaction ---------------------------------------------------------------------------
+    def compact(self, generation: int, force: bool = False) -> Optional[dict[str, Any]]:
+        view = self._view
+        state = json.loads(json.dumps(view.state))
+        segs = view.segments
+        if view.count == 0 and not segs:
+            return None
+        plan = self._plan(view, force)
+        if plan is None:
+            return None
+        merge, retrain = plan
+        new_files: list[str] = []
+        try:
+            centroids = view.centroids
+            if retrain:
+                centroids = self._train(view)
+                qname = self._new_name("quant", generation) + ".npy"
+                _save_npy(self.folder / qname, centroids)
+                new_files.append(qname)
+                state["quantizer"] = {"file": qname, "nlist": len(centroids), "trained_rows": view.count}
+                state["search"]["nprobe"] = self.options.get("nprobe") or auto_nprobe(len(centroids))
+            name = self._new_name("seg", generation)
+            rows = self._merge(view, merge, centroids, name)
+            new_files.append(name)
+        except BaseException:
+            self._remove_files(new_files)
+            raise
+        merged = {segs[i].name for i in merge}
+        kept = [s for s in state["segments"] if s["name"] not in merged]
+        if rows:
+            kind = "ivf" if centroids is not None and self.mode != "flat" else "flat"
+            kept.append({"name": name, "rows": rows, "kind": kind})
+        else:
+            self._remove_files([name])
+        state["segments"] = kept
+        # tombstones that still hide a row of a segment that stays
+        if view.tomb_ids.size:
+            alive = np.zeros(view.tomb_ids.size, bool)
+            for i, seg in enumerate(segs):
+                if i in merge:
+                    continue
+                alive |= (seg.find(view.tomb_ids) >= 0) & (view.tomb_gen > seg.seq)
+            if alive.all():
+                pass
+            elif alive.any():
+                fname = self._new_name("tomb", generation) + ".npy"
+                _save_npy(self.folder / fname, np.stack([view.tomb_ids[alive], view.tomb_gen[alive]]))
+                state["tombstones"] = {"file": fname, "count": int(alive.sum())}
+            else:
+                state["tombstones"] = None
+        _fsync_dir(self.folder)
+        log.info("compacted %d segments into %s (%d rows)%s", len(merge), name, rows, " after training" if retrain else "")
+        return state
+
+    def _wants_ivf(self, live: int) -> bool:
+        if self.mode == "flat":
+            return False
+        if self.mode == "ivf":
+            return live >= min(self.exact_threshold, 30 * (self.fixed_nlist or 1)) and live >= (self.fixed_nlist or 1)
+        return live >= self.exact_threshold
+
+    def _plan(self, view: _View, force: bool) -> Optional[tuple[set[int], bool]]:
+        """(segments to merge, whether to train a new quantizer), or None when nothing is worth doing."""
+        segs = view.segments
+        trained = view.centroids is not None
+        retrain = False
+        if self._wants_ivf(view.count):
+            if not trained:
+                retrain = True
+            elif self.mode == "auto":
+                trained_rows = int(view.state["quantizer"].get("trained_rows", 0))
+                retrain = view.count >= self.retrain_growth * max(trained_rows, 1)
+        if retrain or force:
+            every = set(range(len(segs)))
+            if not retrain and len(segs) <= 1 and not any(view.ndead) and (
+                    not segs or segs[0].kind == ("ivf" if trained and self.mode != "flat" else "flat")):
+                return None
+            return (every, retrain) if segs else None
+        merge: set[int] = set()
+        # segments that are mostly removed rows
+        for i, s in enumerate(segs):
+            if view.ndead[i] and view.ndead[i] >= 0.3 * s.rows:
+                merge.add(i)
+        flat = [i for i, s in enumerate(segs) if s.kind == "flat"]
+        flat_rows = sum(segs[i].rows for i in flat)
+        if trained and self.mode != "flat":
+            if flat and (flat_rows >= self.flat_limit or len(flat) > self.merge_factor):
+                merge.update(flat)
+            ivf = [i for i, s in enumerate(segs) if s.kind == "ivf"]
+            tiers: dict[int, list[int]] = {}
+            for i in ivf:
+                # tier t holds about flat_limit * merge_factor**t rows (rounded on a log scale)
+                ratio = max(segs[i].rows, 1) / self.flat_limit
+                tier = max(0, round(math.log(ratio) / math.log(self.merge_factor))) if self.merge_factor > 1 else 0
+                tiers.setdefault(tier, []).append(i)
+            for members in tiers.values():
+                if len(members) >= self.merge_factor:
+                    merge.update(members)
+        else:
+            if len(flat) > self.merge_factor:
+                by_size = sorted(flat, key=lambda i: segs[i].rows)
+                merge.update(by_size[: len(flat) - self.merge_factor // 2 + 1])
+        if len(merge) == 1:
+            (i,) = merge
+            if not view.ndead[i] and not (segs[i].kind == "flat" and trained and self.mode != "flat"):
+                return None
+        return (merge, False) if merge else None
+
+    def _train(self, view: _View) -> np.ndarray:
+        """Spherical k-means centroids on a sample of the live vectors."""
+        live = view.count
+        nlist = self.fixed_nlist or auto_nlist(live, self.nlist_factor)
+        nlist = max(1, min(nlist, live))
+        n_train = min(live, max(nlist * self.train_points, 1000))
+        rng = np.random.default_rng(live)
+        pick = np.sort(rng.choice(live, n_train, replace=False))
+        sample = self._gather_live(view, pick)
+        km = faiss.Kmeans(self.dim, nlist, niter=10, spherical=True, seed=1234, verbose=False,
+                          max_points_per_centroid=max(self.train_points, 40), min_points_per_centroid=1)
+        km.train(sample)
+        log.info("trained IVF quantizer: %d lists on %d of %d vectors", nlist, n_train, live)
+        return _normalise(km.centroids)
+
+    def _gather_live(self, view: _View, pick: np.ndarray) -> np.ndarray:
+        """Vectors of the live rows at positions ``pick`` (sorted) of the live-row enumeration."""
+        out = np.empty((len(pick), self.dim), np.float32)
+        start = 0
+        done = 0
+        for seg, dead in zip(view.segments, view.dead):
+            alive_rows = np.arange(seg.rows) if dead is None else np.flatnonzero(~dead)
+            lo, hi = np.searchsorted(pick, [start, start + len(alive_rows)])
+            if hi > lo:
+                out[done:done + hi - lo] = seg.vec[alive_rows[pick[lo:hi] - start]]
+                done += hi - lo
+            start += len(alive_rows)
+        return out
+
+    def _merge(self, view: _View, merge: set[int], centroids: Optional[np.ndarray], name: str) -> int:
+        """Write the live rows of segments ``merge`` as one new segment; return its row count."""
+        segs = [view.segments[i] for i in sorted(merge)]
+        deads = [view.dead[i] for i in sorted(merge)]
+        ivf = centroids is not None and self.mode != "flat"
+        same_quant = (view.centroids is not None and centroids is view.centroids)
+        src_seg, src_row, ids_l, lists_l = [], [], [], []
+        vocab = {f: sorted({v for s in segs for v in s.vocab[f]}) for f in STR_FIELDS}
+        vidx = {f: {v: i for i, v in enumerate(vocab[f])} for f in STR_FIELDS}
+        codes_l, ts_l = [], []
+        quant = None
+        if ivf and not same_quant:
+            quant = faiss.IndexFlatIP(self.dim)
+            quant.add(centroids)
+        for si, (seg, dead) in enumerate(zip(segs, deads)):
+            rows = np.arange(seg.rows) if dead is None else np.flatnonzero(~dead)
+            src_seg.append(np.full(rows.size, si, np.int32))
+            src_row.append(rows)
+            ids_l.append(np.asarray(seg.ids)[rows])
+            c = np.empty((3, rows.size), np.int32)
+            for fi, f in enumerate(STR_FIELDS):
+                remap = np.array([vidx[f][v] for v in seg.vocab[f]] + [-1], np.int32)
+                c[fi] = remap[np.asarray(seg.codes[fi])[rows]]
+            codes_l.append(c)
+            ts_l.append(np.asarray(seg.ts)[rows])
+            if ivf:
+                if seg.kind == "ivf" and same_quant:
+                    lst = np.repeat(np.arange(len(seg.lists) - 1), np.diff(seg.lists))[rows]
+                else:
+                    lst = np.empty(rows.size, np.int64)
+                    with _threads(faiss.omp_get_max_threads()):
+                        for i0 in range(0, rows.size, _BLOCK):
+                            blk = np.ascontiguousarray(seg.vec[rows[i0:i0 + _BLOCK]])
+                            lst[i0:i0 + _BLOCK] = (quant if quant is not None else view.quantizer).search(blk, 1)[1][:, 0]
+                lists_l.append(lst)
+        ids = np.concatenate(ids_l) if ids_l else np.zeros(0, np.int64)
+        if ids.size == 0:
+            return 0
+        if ivf:
+            lists = np.concatenate(lists_l)
+            order = np.lexsort((ids, lists))
+            offsets = np.searchsorted(lists[order], np.arange(len(centroids) + 1))
+        else:
+            order = np.argsort(ids, kind="stable")
+            offsets = None
+        s_seg = np.concatenate(src_seg)[order]
+        s_row = np.concatenate(src_row)[order]
+
+        def vectors(a: int, b: int) -> np.ndarray:
+            out = np.empty((b - a, self.dim), np.float32)
+            ss, rr = s_seg[a:b], s_row[a:b]
+            for si, seg in enumerate(segs):
+                sel = np.flatnonzero(ss == si)
+                if sel.size:
+                    out[sel] = seg.vec[rr[sel]]
+            return out
+
+        data = _SegmentData(ids=ids[order], codes=np.concatenate(codes_l, axis=1)[:, order], vocab=vocab,
+                            ts=np.concatenate(ts_l)[order], vectors=vectors, lists=offsets)
+        _write_segment(self.folder, name, data, self.dim)
+        return int(ids.size)
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return self._view.count
+
+    def _contains(self, view: _View, ids: np.ndarray) -> np.ndarray:
+        out = np.zeros(ids.shape, bool)
+        for seg, dead in zip(view.segments, view.dead):
+            pos = seg.find(ids)
+            hit = pos >= 0
+            if dead is not None:
+                hit[hit] &= ~dead[pos[hit]]
+            out |= hit
+        return out
+
+    def contains(self, ids: Sequence[int]) -> np.ndarray:
+        return self._contains(self._view, np.asarray(ids, np.int64).reshape(-1))
+
+    def reconstruct(self, ids: Sequence[int]) -> np.ndarray:
+        view = self._view
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        out = np.empty((ids.size, self.dim), np.float32)
+        found = np.zeros(ids.size, bool)
+        for seg, dead in zip(view.segments, view.dead):
+            pos = seg.find(ids)
+            hit = pos >= 0
+            if dead is not None:
+                hit[hit] &= ~dead[pos[hit]]
+            if hit.any():
+                out[hit] = seg.vec[pos[hit]]
+                found |= hit
+        if not found.all():
+            raise InvalidInputError(f"ids not in the index: {ids[~found][:10].tolist()}")
+        return out
+
+    def live_ids(self) -> np.ndarray:
+        view = self._view
+        parts = [np.asarray(seg.ids) if dead is None else np.asarray(seg.ids)[~dead]
+                 for seg, dead in zip(view.segments, view.dead)]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def describe(self) -> dict[str, Any]:
+        view = self._view
+        q = view.state.get("quantizer")
+        ivf = q is not None and self.mode != "flat"
+        folder_bytes = 0
+        for n in _files_of(view.state):
+            try:
+                folder_bytes += (self.folder / n).stat().st_size
+            except FileNotFoundError:
+                pass
+        return {
+            "backend": self.name,
+            "factory": self.options.get("factory", "auto"),
+            "index_type": "ivf_flat" if ivf else "flat",
+            "metric": "inner_product",
+            "dim": self.dim,
+            "count": view.count,
+            "nlist": view.nlist if ivf else None,
+            "nprobe": self._defaults(view).get("nprobe") if ivf else None,
+            "trained_rows": q.get("trained_rows") if q else None,
+            "exact_threshold": self.exact_threshold,
+            "segments": [{"name": s.name, "kind": s.kind, "rows": s.rows, "removed": d}
+                         for s, d in zip(view.segments, view.ndead)],
+            "tombstones": int(view.tomb_ids.size),
+            "bytes_on_disk": folder_bytes,
+        }
+
+    def _defaults(self, view: _View) -> dict[str, Any]:
+        d = dict(view.state.get("search") or {})
+        if self.options.get("nprobe"):
+            d["nprobe"] = int(self.options["nprobe"])
+        if d.get("nprobe") is None and view.nlist:
+            d["nprobe"] = auto_nprobe(view.nlist)
+        if self.mode == "flat":
+            d["exact"] = True
+        return d
+
+    def search(self, queries: np.ndarray, k: int, where: Optional[SearchFilter] = None,
+               params: Optional[SearchParams] = None) -> tuple[np.ndarray, np.ndarray]:
+        view = self._view
+        q = np.asarray(queries)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise InvalidInputError(f"queries of shape {q.shape}: expected (Q, {self.dim})")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInputError(f"k={k!r}: expected a positive integer")
+        k = int(k)
+        q = np.ascontiguousarray(q, np.float32)
+        p = (params or SearchParams()).merged(self._defaults(view))
+        flt = None if where is None or where.is_empty else where
+        nq = len(q)
+        if nq == 0 or view.count == 0:
+            return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+        approx = view.quantizer is not None and p.exact is not True and self.mode != "flat"
+        order = None
+        if approx and any(s.kind == "ivf" for s in view.segments):
+            nprobe = int(min(p.nprobe or auto_nprobe(view.nlist), view.nlist))
+            want = view.nlist if flt is not None else nprobe
+            with _threads(1 if nq < 20 else faiss.omp_get_max_threads()):
+                order = view.quantizer.search(q, want)[1]
+        sims, ids = [], []
+        threads = 1 if nq < 20 else faiss.omp_get_max_threads()
+        with _threads(threads):
+            for seg, dead, nd in zip(view.segments, view.dead, view.ndead):
+                if seg.rows == nd:
+                    continue
+                sf = _SegFilter(seg, flt) if flt is not None else None
+                if sf is not None and sf.nothing:
+                    continue
+                if order is not None and seg.kind == "ivf":
+                    s, i = self._search_ivf(seg, dead, nd, q, k, sf, order, nprobe, view.nlist)
+                else:
+                    s, i = self._search_exact(seg, dead, nd, q, k, sf)
+                sims.append(s)
+                ids.append(i)
+        if not sims:
+            return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+        return topk_merge(np.concatenate(sims, 1), np.concatenate(ids, 1), k)
+
+    # exact search in one segment
+    def _search_exact(self, seg: _Segment, dead: Optional[np.ndarray], nd: int, q: np.ndarray, k: int,
+                      sf: Optional[_SegFilter]) -> tuple[np.ndarray, np.ndarray]:
+        if sf is None and (dead is None or nd <= max(256, seg.rows // 8)):
+            kk = min(seg.rows, k + nd)
+            s, r = self._knn(q, seg.vec, kk)
+            i = np.where(r >= 0, np.asarray(seg.ids)[np.maximum(r, 0)], -1)
+            if dead is not None:
+                bad = (r < 0) | dead[np.maximum(r, 0)]
+                s = np.where(bad, -np.inf, s)
+                i = np.where(bad, -1, i)
+            return topk_merge(s, i, k)
+        rows = None
+        if sf is not None:
+            rows, _ = sf.candidates(seg, limit=seg.rows // 4)
+        if rows is None:
+            keep = np.ones(seg.rows, bool) if sf is None else sf.mask(seg, slice(0, seg.rows))
+            if dead is not None:
+                keep &= ~dead
+            rows = np.flatnonzero(keep)
+        elif dead is not None:
+            rows = rows[~dead[rows]]
+        return self._scan_rows(seg, rows, q, k)
+
+    def _knn(self, q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._gpus > 0 and len(x) * len(q) >= 1 << 22:  # pragma: no cover - no GPU here
+            try:
+                if self._gpu_res is None:
+                    self._gpu_res = faiss.StandardGpuResources()
+                return faiss.knn_gpu(self._gpu_res, q, np.ascontiguousarray(x), k, metric=faiss.METRIC_INNER_PRODUCT)
+            except Exception as exc:  # a GPU failure falls back to the CPU, with a trace in the log
+                log.warning("GPU search failed, using the CPU: %s", exc)
+        s, r = faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)
+        return s.astype(np.float32), r.astype(np.int64)
+
+    def _scan_rows(self, seg: _Segment, rows: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among ``rows`` (sorted) of a segment, in blocks."""
+        best_s = np.full((len(q), 0), -np.inf, np.float32)
+        best_i = np.zeros((len(q), 0), np.int64)
+        for i0 in range(0, rows.size, _BLOCK):
+            r = rows[i0:i0 + _BLOCK]
+            x = seg.vec[r] if r.size < seg.rows else seg.vec
+            kk = min(k, r.size)
+            s, loc = self._knn(q, np.ascontiguousarray(x), kk)
+            ids = np.where(loc >= 0, np.asarray(seg.ids)[r[np.maximum(loc, 0)]], -1)
+            best_s, best_i = topk_merge(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), k)
+        return best_s, best_i
+
+    # approximate search in one IVF segment
+    def _search_ivf(self, seg: _Segment, dead: Optional[np.ndarray], nd: int, q: np.ndarray, k: int,
+                    sf: Optional[_SegFilter], order: np.ndarray, nprobe: int,
+                    nlist: int) -> tuple[np.ndarray, np.ndarray]:
+        per_list = seg.rows / max(nlist, 1)
+        target = nprobe * per_list  # rows an unfiltered search scans in this segment
+        if sf is not None:
+            rows, frac = sf.candidates(seg, limit=int(max(2 * target, 4096)))
+            if rows is not None:
+                if dead is not None:
+                    rows = rows[~dead[rows]]
+                return self._scan_rows(seg, rows, q, k)
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        frac = 1.0 if sf is None else max(frac, 1e-6)
+        for qi in range(len(q)):
+            probe = order[qi][order[qi] >= 0]
+            n_lists = min(len(probe), int(math.ceil(nprobe / frac)))
+            while True:
+                rows = _list_rows(seg.lists, probe[:n_lists])
+                if sf is not None:
+                    rows = rows[sf.mask(seg, rows)]
+                if dead is not None:
+                    rows = rows[~dead[rows]]
+                # a filter concentrated away from the nearest lists: probe further until enough rows passed
+                if sf is None or rows.size >= 0.5 * target or n_lists >= len(probe):
+                    break
+                n_lists = min(len(probe), 2 * n_lists)
+            if rows.size == 0:
+                continue
+            sc, loc = self._knn(q[qi:qi + 1], seg.vec[rows], min(k, rows.size))
+            ok = loc[0] >= 0
+            s, i = topk_merge(sc[:, ok], np.asarray(seg.ids[rows[loc[0][ok]]])[None], k)
+            out_s[qi], out_i[qi] = s[0], i[0]
+        return out_s, out_i
+
+
+def _list_rows(offsets: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """Rows of some CSR lists, concatenated in the order given."""
+    lo, hi = offsets[lists], offsets[lists + 1]
+    lens = hi - lo
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    starts = np.cumsum(lens) - lens
+    return np.repeat(lo - starts, lens) + np.arange(total)

@@ -1,0 +1,222 @@
+"""The re-ranker interface: candidates in, re-scored candidates out.
+
+A query is answered in two stages. The vector backend returns a candidate pool
+(the top ``pool`` gallery rows by cosine, filters applied inside the search);
+then the re-rankers of a preset run one after the other, each taking the query
+vectors and the pool and returning the pool re-scored (and possibly re-ordered
+or trimmed). Re-rankers never see the whole gallery: what they know of it comes
+through ``GalleryView`` (vectors and metadata of given ids, index-time state of
+the hooks, more searches).
+
+Index-time state (neighbour lists, per-camera statistics) is kept by
+``IndexHook`` objects: the store calls each registered hook once per commit and
+records the small dict it returns in the same SQL transaction as the rows,
+without knowing what it holds.
+
+A re-ranker must be batch independent: the ranked list of one query may not
+depend on which other queries share the call (``same_person`` queries are the
+explicit exception: they are pooled into one list on purpose).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A candidate pool per query: ``ids`` (Q, P) int64 padded with -1, ``scores`` (Q, P) float32, higher is better.
+
+    Rows are kept sorted by descending score (padding last, score -inf).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+    @staticmethod
+    def sorted(ids: np.ndarray, scores: np.ndarray) -> "Candidates":
+        """A pool with each row re-ordered by descending score (padding -1 ids last)."""
+        ids = np.asarray(ids, np.int64)
+        scores = np.where(ids >= 0, np.asarray(scores, np.float32), -np.inf).astype(np.float32)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        return Candidates(np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1))
+
+    def top(self, k: int) -> "Candidates":
+        return Candidates(self.ids[:, :k], self.scores[:, :k])
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.ids >= 0
+
+
+class GalleryView(Protocol):
+    """What a re-ranker or an index hook may ask of the committed gallery."""
+
+    @property
+    def count(self) -> int: ...
+
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored (L2-normalised) vectors of the given live ids, in order."""
+
+    def fields(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+        """The scalar fields (camera, timestamp, source, track) of the given ids, as arrays."""
+
+    def search(self, queries: np.ndarray, k: int, where: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (similarities, ids) by cosine through the vector backend (a ``SearchFilter`` as ``where``)."""
+
+    def rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """SQL rows (pid, camera, timestamp, track, source, extra...) of the given ids."""
+
+    def track_members(self, tracks: Sequence[str]) -> dict[str, np.ndarray]:
+        """Live crop ids of each named track (from footage ingest)."""
+
+    def state(self, hook: str) -> Any:
+        """The loaded index-time state of the hook called ``hook`` (None when the index keeps none)."""
+
+
+@dataclass
+class RerankContext:
+    """Everything a re-ranker may use besides the queries and the pool.
+
+    ``query_cameras``/``query_tracks``: per query, None when unknown. ``same_person``:
+    the queries show one person and are answered as one pooled list (every row of
+    the pool is then that list). ``query_attributes``: (Q, WIDTH) pedestrian
+    attributes, for attribute fusion. ``k``: how many hits the caller wants.
+    """
+
+    gallery: GalleryView
+    k: int
+    query_cameras: list[Optional[str]] = field(default_factory=list)
+    query_tracks: list[Optional[str]] = field(default_factory=list)
+    same_person: bool = False
+    query_attributes: Optional[np.ndarray] = None
+    where: Any = None  # the SearchFilter of the first stage, for re-rankers that search again
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Reranker(ABC):
+    """One re-scoring step."""
+
+    name: ClassVar[str]
+    #: index-time hooks this re-ranker reads through ``GalleryView.state``
+    hooks: ClassVar[tuple[str, ...]] = ()
+
+    def pool_size(self, k: int) -> int:
+        """How many first-stage candidates this step wants for ``k`` answers."""
+        return k
+
+    @abstractmethod
+    def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        """Re-scored pool (same number of rows; sorted by descending score)."""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A registered composition of re-rankers (a preset)."""
+
+    name: str
+    steps: tuple[Reranker, ...] = ()
+    description: str = ""
+
+    def pool_size(self, k: int) -> int:
+        return max([k] + [s.pool_size(k) for s in self.steps])
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(h for s in self.steps for h in s.hooks))
+
+    def run(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        for step in self.steps:
+            pool = step.rerank(queries, pool, ctx)
+        return pool
+
+    def with_steps(self, *steps: Reranker) -> "Pipeline":
+        """This pipeline with more steps appended (e.g. attribute fusion)."""
+        return replace(self, steps=self.steps + steps)
+
+
+class IndexHook(ABC):
+    """Index-time state kept beside the vectors, one immutable version per commit."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def empty_state(self) -> dict[str, Any]:
+        """The state of an empty index."""
+
+    @abstractmethod
+    def prepare(
+        self,
+        folder: Path,
+        generation: int,
+        state: dict[str, Any],
+        gallery: GalleryView,
+        added_ids: np.ndarray,
+        added_vectors: np.ndarray,
+        added_fields: dict[str, np.ndarray],
+        removed_ids: np.ndarray,
+    ) -> dict[str, Any]:
+        """Write this commit's state durably (files named with ``generation``); return the new state dict.
+
+        ``gallery`` is the committed gallery *before* the change.
+        """
+
+    @abstractmethod
+    def load(self, folder: Path, state: dict[str, Any]) -> Any:
+        """The state object re-rankers read (``GalleryView.state(name)``)."""
+
+    def files(self, state: dict[str, Any]) -> list[str]:
+        """File names (inside the index folder) the state refers to, so cleanup keeps them."""
+        return []
+
+    def compact(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView) -> dict[str, Any]:
+        """A state with the same content in fewer files (called by ``reid-engine compact``)."""
+        return state
+
+
+_PIPELINES: dict[str, Pipeline] = {}
+_HOOKS: dict[str, type[IndexHook]] = {}
+
+
+def register_pipeline(pipeline: Pipeline) -> Pipeline:
+    _PIPELINES[pipeline.name] = pipeline
+    return pipeline
+
+
+def get_pipeline(name: str) -> Pipeline:
+    """The preset called ``name``; an unknown name raises ``UnknownNameError`` listing them."""
+    try:
+        return _PIPELINES[name]
+    except (KeyError, TypeError):
+        raise UnknownNameError(
+            f"unknown re-ranking preset {name!r}; valid names: {', '.join(sorted(_PIPELINES))}"
+        ) from None
+
+
+def list_pipelines() -> list[str]:
+    return sorted(_PIPELINES)
+
+
+def register_hook(cls: type[IndexHook]) -> type[IndexHook]:
+    _HOOKS[cls.name] = cls
+    return cls
+
+
+def get_hook(name: str) -> IndexHook:
+    try:
+        return _HOOKS[name]()
+    except KeyError:
+        raise UnknownNameError(f"unknown index hook {name!r}; valid names: {', '.join(sorted(_HOOKS))}") from None
+
+
+def list_hooks() -> list[str]:
+    return sorted(_HOOKS)
+
+
+register_pipeline(Pipeline("none", (), "plain cosine similarity, no re-ranking"))

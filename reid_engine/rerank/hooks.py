@@ -1,0 +1,354 @@
+"""Index-time hooks: neighbour lists and per-camera statistics, kept per commit.
+
+``neighbours``: each gallery row's top-``width`` raw-cosine neighbours (ids and
+similarities, self excluded), kept incrementally. A commit finds the new rows'
+neighbours with ``gallery.search`` (the committed gallery) plus among the new
+rows themselves, and updates every old row whose list a new row enters. That
+reverse check reuses the new rows' own search results: an old row b takes a new
+row a when ``sim(a, b)`` beats b's current ``width``-th similarity. The search
+is widened (up to ``max_search`` results) until its last similarity is below the
+smallest ``width``-th similarity of the gallery, so with an exact search and no
+ties the lists equal an all-pairs computation; past ``max_search`` an old row
+can miss a new neighbour. Removed ids are dropped from the lists (the lists that
+shrank are refilled by ``compact``). Files: one ``neighbours.<generation>.npz``
+per commit (replacement lists of new and changed rows, plus the removed ids);
+``load`` applies them in order, ``compact`` folds them into one.
+
+``camera_stats``: per camera the running sum and count of the stored vectors
+(a commit adds the new rows and subtracts the removed ones); one small file per
+commit.
+
+Neither stores anything per query.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .base import GalleryView, IndexHook, register_hook
+
+log = logging.getLogger(__name__)
+
+#: neighbours kept per gallery row
+NEIGHBOUR_WIDTH = 16
+#: most results one new row's search may ask for in the reverse check
+MAX_SEARCH = 256
+#: key standing for "camera unknown" in the camera statistics
+NO_CAMERA = "\x00none"
+
+
+def top_k_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``k`` best (scores, ids) by descending score, ties by ascending id; -1 ids are padding."""
+    scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    big = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
+    order = np.lexsort((big, -scores), axis=-1)[:, :k]
+    s = np.take_along_axis(scores, order, 1)
+    i = np.take_along_axis(ids, order, 1)
+    i = np.where(np.isfinite(s), i, -1)
+    if s.shape[1] < k:  # pad to k columns
+        pad = k - s.shape[1]
+        s = np.concatenate([s, np.full((len(s), pad), -np.inf, np.float32)], 1)
+        i = np.concatenate([i, np.full((len(i), pad), -1, np.int64)], 1)
+    return s, i.astype(np.int64)
+
+
+def exact_neighbours(ids: np.ndarray, vectors: np.ndarray, width: int, block: int = 1024
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's top-``width`` (sims, ids) among the other rows, by exact inner product (blocks of rows)."""
+    ids = np.asarray(ids, np.int64)
+    n = len(ids)
+    sims = np.full((n, width), -np.inf, np.float32)
+    nbs = np.full((n, width), -1, np.int64)
+    for start in range(0, n, block):
+        s = vectors[start:start + block] @ vectors.T
+        rows = np.arange(start, min(n, start + block))
+        s[rows - start, rows] = -np.inf
+        cand = np.broadcast_to(ids, s.shape)
+        sims[rows], nbs[rows] = top_k_rows(s, np.where(np.isfinite(s), cand, -1), width)
+    return sims, nbs
+
+
+@dataclass
+class NeighbourTable:
+    """Loaded neighbour lists: ``ids`` ascending (G,), ``nb_ids`` (G, W) (-1 padding), ``nb_sims`` (G, W)."""
+
+    ids: np.ndarray
+    nb_ids: np.ndarray
+    nb_sims: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return self.nb_ids.shape[1]
+
+    def positions(self, ids: Sequence[int]) -> np.ndarray:
+        """Row of each id in the table, -1 when absent."""
+        ids = np.asarray(ids, np.int64)
+        if len(self.ids) == 0:
+            return np.full(ids.shape, -1, np.int64)
+        pos = np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
+        return np.where(self.ids[pos] == ids, pos, -1)
+
+    def lists(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(nb_ids, nb_sims) of the given ids, shape (..., W); unknown ids get empty lists."""
+        pos = self.positions(ids)
+        safe = np.maximum(pos, 0)
+        if len(self.ids) == 0:
+            shape = pos.shape + (self.width,)
+            return np.full(shape, -1, np.int64), np.full(shape, -np.inf, np.float32)
+        nb = np.where((pos >= 0)[..., None], self.nb_ids[safe], -1)
+        ns = np.where((pos >= 0)[..., None], self.nb_sims[safe], -np.inf)
+        return nb, ns.astype(np.float32)
+
+    def kth(self, ids: Sequence[int]) -> np.ndarray:
+        """Each id's W-th neighbour similarity (-inf when its list is not full)."""
+        return self.lists(ids)[1][..., -1]
+
+    @property
+    def min_kth(self) -> float:
+        """The smallest W-th similarity of the table (-inf when a list is not full)."""
+        if len(self.ids) == 0:
+            return -np.inf
+        return float(self.nb_sims[:, -1].min())
+
+    def apply(self, removed: np.ndarray, ids: np.ndarray, nb_ids: np.ndarray, nb_sims: np.ndarray
+              ) -> "NeighbourTable":
+        """A new table with ``removed`` rows and list entries dropped, then the given lists set."""
+        t_ids, t_nb, t_s = self.ids, self.nb_ids, self.nb_sims
+        if len(removed):
+            keep = ~np.isin(t_ids, removed)
+            t_ids, t_nb, t_s = t_ids[keep], t_nb[keep], t_s[keep]
+            gone = np.isin(t_nb, removed)
+            if gone.any():
+                t_s, t_nb = top_k_rows(np.where(gone, -np.inf, t_s), np.where(gone, -1, t_nb), self.width)
+        if len(ids):
+            keep = ~np.isin(t_ids, ids)
+            t_ids = np.concatenate([t_ids[keep], ids])
+            t_nb = np.concatenate([t_nb[keep], nb_ids])
+            t_s = np.concatenate([t_s[keep], nb_sims])
+            order = np.argsort(t_ids, kind="stable")
+            t_ids, t_nb, t_s = t_ids[order], t_nb[order], t_s[order]
+        return NeighbourTable(t_ids.astype(np.int64), t_nb.astype(np.int64), t_s.astype(np.float32))
+
+
+def _empty_table(width: int) -> NeighbourTable:
+    return NeighbourTable(np.zeros(0, np.int64), np.zeros((0, width), np.int64), np.zeros((0, width), np.float32))
+
+
+@register_hook
+class NeighboursHook(IndexHook):
+    """Each gallery row's top-``width`` raw-cosine neighbours, updated per commit (see the module docstring)."""
+
+    name = "neighbours"
+
+    def __init__(self, width: int = NEIGHBOUR_WIDTH, max_search: int = MAX_SEARCH):
+        self.width = int(width)
+        self.max_search = int(max_search)
+        self._cache: Optional[tuple[str, tuple[str, ...], NeighbourTable]] = None
+
+    def empty_state(self) -> dict[str, Any]:
+        return {"width": self.width, "files": []}
+
+    def files(self, state: dict[str, Any]) -> list[str]:
+        return list(state.get("files", []))
+
+    def _write(self, folder: Path, name: str, removed: np.ndarray, ids: np.ndarray, nb_ids: np.ndarray,
+               nb_sims: np.ndarray) -> None:
+        with open(Path(folder) / name, "wb") as fh:
+            np.savez(fh, removed=removed.astype(np.int64), ids=ids.astype(np.int64),
+                     nb_ids=nb_ids.astype(np.int64), nb_sims=nb_sims.astype(np.float32))
+
+    def load(self, folder: Path, state: dict[str, Any]) -> NeighbourTable:
+        width = int(state.get("width", self.width))
+        files = tuple(state.get("files", []))
+        table, done = _empty_table(width), 0
+        if self._cache is not None and self._cache[0] == str(folder):
+            prev = self._cache[1]
+            if files[:len(prev)] == prev and table.width == self._cache[2].width:
+                table, done = self._cache[2], len(prev)
+        for name in files[done:]:
+            with np.load(Path(folder) / name) as z:
+                table = table.apply(z["removed"], z["ids"], z["nb_ids"], z["nb_sims"])
+        self._cache = (str(folder), files, table)
+        return table
+
+    def _table(self, folder: Path, state: dict[str, Any], gallery: GalleryView) -> NeighbourTable:
+        loaded = gallery.state(self.name)
+        return loaded if isinstance(loaded, NeighbourTable) else self.load(folder, state)
+
+    def prepare(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView,
+                added_ids: np.ndarray, added_vectors: np.ndarray, added_fields: dict[str, np.ndarray],
+                removed_ids: np.ndarray) -> dict[str, Any]:
+        width = int(state.get("width", self.width))
+        table = self._table(folder, state, gallery)
+        removed = np.unique(np.asarray(removed_ids, np.int64))
+        new_ids = np.asarray(added_ids, np.int64)
+        x = np.asarray(added_vectors, np.float32).reshape(len(new_ids), -1) if len(new_ids) else None
+        out_ids, out_nb, out_s = np.zeros(0, np.int64), np.zeros((0, width), np.int64), np.zeros((0, width), np.float32)
+        if len(new_ids):
+            base = table.apply(removed, np.zeros(0, np.int64), np.zeros((0, width), np.int64),
+                               np.zeros((0, width), np.float32))
+            # new rows among themselves
+            in_s, in_i = exact_neighbours(new_ids, x, width)
+            # new rows against the committed gallery, widened until the reverse check is complete
+            count = gallery.count
+            o_s = np.full((len(new_ids), 0), -np.inf, np.float32)
+            o_i = np.full((len(new_ids), 0), -1, np.int64)
+            if count > 0:
+                o_s, o_i = self._search_old(gallery, x, width, base.min_kth, count)
+                o_s = np.where(np.isin(o_i, removed), -np.inf, o_s)
+                o_i = np.where(np.isfinite(o_s), o_i, -1)
+            new_s, new_nb = top_k_rows(np.concatenate([in_s, o_s[:, :max(width, 0)]], 1),
+                                       np.concatenate([in_i, o_i[:, :width]], 1), width)
+            # old rows whose list a new row enters
+            a_rows, cols = np.nonzero(o_i >= 0)
+            b_ids = o_i[a_rows, cols]
+            sims = o_s[a_rows, cols]
+            enter = sims > base.kth(b_ids)
+            a_rows, b_ids, sims = a_rows[enter], b_ids[enter], sims[enter]
+            changed = np.unique(b_ids)
+            if len(changed):
+                old_nb, old_s = base.lists(changed)
+                slot = np.searchsorted(changed, b_ids)
+                per = np.bincount(slot, minlength=len(changed)).max()
+                add_s = np.full((len(changed), per), -np.inf, np.float32)
+                add_i = np.full((len(changed), per), -1, np.int64)
+                order = np.argsort(slot, kind="stable")
+                slot_sorted = slot[order]
+                rank = np.arange(len(slot_sorted)) - np.searchsorted(slot_sorted, slot_sorted)
+                add_s[slot_sorted, rank] = sims[order]
+                add_i[slot_sorted, rank] = new_ids[a_rows[order]]
+                ch_s, ch_nb = top_k_rows(np.concatenate([old_s, add_s], 1), np.concatenate([old_nb, add_i], 1), width)
+                out_ids, out_nb, out_s = changed, ch_nb, ch_s
+            out_ids = np.concatenate([out_ids, new_ids])
+            out_nb = np.concatenate([out_nb, new_nb])
+            out_s = np.concatenate([out_s, new_s])
+            log.debug("neighbours: %d new rows, %d old lists changed", len(new_ids), len(changed))
+        name = f"neighbours.{int(generation):08d}.npz"
+        self._write(folder, name, removed, out_ids, out_nb, out_s)
+        return {"width": width, "files": list(state.get("files", [])) + [name]}
+
+    def _search_old(self, gallery: GalleryView, x: np.ndarray, width: int, min_kth: float, count: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each new row's nearest committed rows: at least ``width``, more until the reverse check is complete."""
+        r = min(count, max(2 * width, 1))
+        s, i = gallery.search(x, r)
+        s, i = np.asarray(s, np.float32), np.asarray(i, np.int64)
+        limit = min(count, self.max_search)
+        while r < limit:
+            last = np.where(i[:, -1] >= 0, s[:, -1], -np.inf)
+            todo = np.nonzero(last > min_kth)[0]  # an old row may still take this new row beyond rank r
+            if len(todo) == 0:
+                break
+            r = min(limit, 2 * r)
+            s2, i2 = gallery.search(x[todo], r)
+            s = np.concatenate([s, np.full((len(s), r - s.shape[1]), -np.inf, np.float32)], 1)
+            i = np.concatenate([i, np.full((len(i), r - i.shape[1]), -1, np.int64)], 1)
+            s[todo], i[todo] = np.asarray(s2, np.float32), np.asarray(i2, np.int64)
+        return s, i
+
+    def compact(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView) -> dict[str, Any]:
+        """One file holding every list; lists shortened by removals are searched again."""
+        width = int(state.get("width", self.width))
+        table = self._table(folder, state, gallery)
+        short = np.nonzero((table.nb_ids < 0).any(axis=1))[0]
+        short = short[np.minimum(gallery.count - 1, width) > (table.nb_ids[short] >= 0).sum(1)]
+        if len(short):
+            ids = table.ids[short]
+            s, i = gallery.search(gallery.vectors(ids), width + 1)
+            s = np.where(np.asarray(i) == ids[:, None], -np.inf, s)
+            s, i = top_k_rows(np.asarray(s, np.float32), np.where(np.isfinite(s), i, -1), width)
+            table = table.apply(np.zeros(0, np.int64), ids, i, s)
+        name = f"neighbours.{int(generation):08d}.full.npz"
+        self._write(folder, name, np.zeros(0, np.int64), table.ids, table.nb_ids, table.nb_sims)
+        return {"width": width, "files": [name]}
+
+
+@dataclass
+class CameraStats:
+    """Per-camera sums and counts of the stored vectors (``cameras[c]`` -> row c)."""
+
+    cameras: list[str]
+    sums: np.ndarray  # (C, D) float64
+    counts: np.ndarray  # (C,) int64
+
+    def mean(self, camera: Optional[str], min_count: int = 1) -> Optional[np.ndarray]:
+        """Mean vector of a camera (None when unknown or with fewer than ``min_count`` crops)."""
+        key = NO_CAMERA if camera is None else str(camera)
+        if key not in self.cameras:
+            return None
+        c = self.cameras.index(key)
+        if self.counts[c] < max(1, min_count):
+            return None
+        return (self.sums[c] / self.counts[c]).astype(np.float32)
+
+    def global_mean(self) -> Optional[np.ndarray]:
+        """Mean vector over every stored vector (None when empty)."""
+        n = int(self.counts.sum())
+        return None if n == 0 else (self.sums.sum(0) / n).astype(np.float32)
+
+    def count(self, camera: Optional[str]) -> int:
+        key = NO_CAMERA if camera is None else str(camera)
+        return int(self.counts[self.cameras.index(key)]) if key in self.cameras else 0
+
+
+def _camera_keys(cameras: Optional[np.ndarray], n: int) -> list[str]:
+    if cameras is None:
+        return [NO_CAMERA] * n
+    return [NO_CAMERA if c is None else str(c) for c in cameras]
+
+
+@register_hook
+class CameraStatsHook(IndexHook):
+    """Running per-camera sum and count of the gallery vectors."""
+
+    name = "camera_stats"
+
+    def empty_state(self) -> dict[str, Any]:
+        return {"file": None}
+
+    def files(self, state: dict[str, Any]) -> list[str]:
+        return [state["file"]] if state.get("file") else []
+
+    def load(self, folder: Path, state: dict[str, Any]) -> CameraStats:
+        if not state.get("file"):
+            return CameraStats([], np.zeros((0, 0)), np.zeros(0, np.int64))
+        with np.load(Path(folder) / state["file"], allow_pickle=False) as z:
+            return CameraStats([str(c) for c in z["cameras"]], z["sums"].astype(np.float64),
+                               z["counts"].astype(np.int64))
+
+    def prepare(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView,
+                added_ids: np.ndarray, added_vectors: np.ndarray, added_fields: dict[str, np.ndarray],
+                removed_ids: np.ndarray) -> dict[str, Any]:
+        loaded = gallery.state(self.name)
+        stats = loaded if isinstance(loaded, CameraStats) else self.load(folder, state)
+        cams = list(stats.cameras)
+        dim = stats.sums.shape[1] if stats.sums.size else None
+        sums = {c: stats.sums[i].copy() for i, c in enumerate(cams)}
+        counts = {c: int(stats.counts[i]) for i, c in enumerate(cams)}
+
+        def accumulate(keys: list[str], vecs: np.ndarray, sign: int) -> None:
+            for key in sorted(set(keys)):
+                rows = [i for i, k in enumerate(keys) if k == key]
+                part = vecs[rows].astype(np.float64).sum(0)
+                sums[key] = sums.get(key, np.zeros(vecs.shape[1])) + sign * part
+                counts[key] = counts.get(key, 0) + sign * len(rows)
+
+        removed = np.asarray(removed_ids, np.int64)
+        if len(removed):
+            vecs = np.asarray(gallery.vectors(removed), np.float32)
+            accumulate(_camera_keys(gallery.fields(removed).get("camera"), len(removed)), vecs, -1)
+        if len(added_ids):
+            vecs = np.asarray(added_vectors, np.float32).reshape(len(added_ids), -1)
+            accumulate(_camera_keys(added_fields.get("camera"), len(added_ids)), vecs, +1)
+        keys = sorted(k for k in sums if counts[k] > 0)
+        dim = dim if dim is not None else (next(iter(sums.values())).shape[0] if sums else 0)
+        name = f"camera_stats.{int(generation):08d}.npz"
+        with open(Path(folder) / name, "wb") as fh:
+            np.savez(fh, cameras=np.array(keys, dtype=str),
+                     sums=np.array([sums[k] for k in keys]).reshape(len(keys), dim),
+                     counts=np.array([counts[k] for k in keys], np.int64))
+        return {"file": name}

@@ -1,0 +1,40 @@
+"""The registered re-ranking presets (``base.get_pipeline``).
+
+``default`` is the safe adaptive composition; its parameters are the ones
+``tools/rerank_devsets.py`` selects on all development sets (leave-one-set-out
+figures in docs/rerank.md). The peers' methods are here as candidate-pool
+versions so that sweeps keep working; none of them pools queries of one call.
+"""
+from __future__ import annotations
+
+from .base import Pipeline, register_pipeline
+from .steps import CameraNormalize, Centralize, KReciprocal, QueryExpansion, SamePersonPool
+
+#: parameters of the default, chosen by tools/rerank_devsets.py on all development sets
+DEFAULT_CAMERA = {"strength": 1.0, "unknown_strength": 0.0, "min_count": 10}
+DEFAULT_CENTRALIZE = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 0.15, "ramp": 0.05}
+
+
+def default_pipeline(camera: dict | None = None, centralize: dict | None = None, name: str = "default") -> Pipeline:
+    """The default composition with the given parameters (tools use it to sweep them)."""
+    return Pipeline(name, (CameraNormalize(**(camera or DEFAULT_CAMERA)),
+                           Centralize(**(centralize or DEFAULT_CENTRALIZE)), SamePersonPool()),
+                    "camera-mean removal (query camera known) + track pooling + neighbour centralization "
+                    "with per-query adaptive trust")
+
+
+PIPELINES = [
+    Pipeline("none", (), "plain cosine (the first stage only)"),
+    default_pipeline(),
+    Pipeline("camera", (CameraNormalize(**DEFAULT_CAMERA), SamePersonPool()), "camera-mean removal only"),
+    Pipeline("nfc", (Centralize(k1=2, k2=2, trust="full"), SamePersonPool()),
+             "Pose2ID neighbour feature centralization (k1=k2=2), gallery side, on the pool"),
+    Pipeline("kr", (KReciprocal(20, 6, 0.3), SamePersonPool()), "k-reciprocal (k1=20, k2=6, lambda=0.3) in the pool"),
+    Pipeline("qe", (QueryExpansion(3, 3.0), SamePersonPool()), "alpha-query expansion (n=3, alpha=3)"),
+    Pipeline("nfc+qe", (Centralize(k1=2, k2=3, trust="full"), QueryExpansion(3, 3.0), SamePersonPool()),
+             "the previous default without its query-batch part"),
+    Pipeline("nfc+kr", (Centralize(k1=2, k2=2, trust="full"), KReciprocal(20, 6, 0.3), SamePersonPool()),
+             "NFC then k-reciprocal in the pool"),
+]
+for _p in PIPELINES:
+    register_pipeline(_p)

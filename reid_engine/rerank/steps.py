@@ -1,0 +1,308 @@
+"""Re-rankers: steps that re-score a candidate pool (see ``base.Reranker``).
+
+Every step works one query row at a time on that row's pool, the hook states
+and the vectors / fields of the pool's candidates and of their stored
+neighbours, so a query's list never depends on the other queries of the call
+(``same_person`` pooling is the explicit exception).
+
+* ``CameraNormalize``: removes each camera's mean vector (``camera_stats``)
+  from the query and the candidates before matching; only for queries whose
+  camera has statistics in the index (``unknown_strength`` otherwise, 0 by
+  default: centring both sides with the gallery's global mean was measured to
+  hurt on the development sets). Later steps match in the same normalised space.
+* ``Centralize``: each candidate becomes the re-normalised sum of itself, the
+  other crops of its track (certain: weight ``track_weight``), and its mutual
+  stored neighbours weighted by a trust decided per query: a neighbour counts
+  only as far as its similarity to the candidate exceeds the query's own best
+  match by ``margin`` (ramp ``ramp``), scaled by ``alpha``. On a single-shot
+  gallery a row's nearest neighbours are no closer to it than a true
+  cross-camera match, so nothing is pooled and the ranking stays cosine; on a
+  multi-shot gallery the same person's crops are much closer and are pooled.
+  ``trust="full"`` (weight 1 for every mutual neighbour) is Pose2ID's NFC.
+* ``QueryExpansion``: alpha-QE with the query's top-``n`` candidates.
+* ``KReciprocal``: k-reciprocal re-ranking of each query within its pool.
+* ``AttributeFusion``: ``attributes.fusion.fuse_rank`` on the pool.
+* ``SamePersonPool``: with ``ctx.same_person``, one list for all the queries.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from .base import Candidates, RerankContext, Reranker
+from .hooks import CameraStats, NeighbourTable
+
+#: candidates re-scored by the neighbour-based steps for ``k`` answers: max(k, POOL)
+POOL = 100
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
+
+
+class _Space:
+    """The matching space of one query: camera-mean removal (strength ``lam``) then re-normalisation."""
+
+    def __init__(self, ctx: RerankContext, row: int):
+        cam = ctx.options.get("_camera")
+        self.lam = 0.0 if cam is None else float(cam["lam"][row])
+        self.stats: Optional[CameraStats] = None if cam is None else cam["stats"]
+        self.qmean = None if cam is None else cam["qmean"][row]
+        self.min_count = 1 if cam is None else cam["min_count"]
+        self.gallery = ctx.gallery
+
+    def query(self, q: np.ndarray) -> np.ndarray:
+        if self.lam == 0.0 or self.qmean is None:
+            return _normalize(q)
+        return _normalize(q - self.lam * self.qmean)
+
+    def candidates(self, ids: np.ndarray, vecs: Optional[np.ndarray] = None) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        if vecs is None:
+            vecs = np.asarray(self.gallery.vectors(ids), np.float32) if len(ids) else np.zeros((0, 0), np.float32)
+        if self.lam == 0.0 or self.stats is None or len(ids) == 0:
+            return _normalize(vecs)
+        cams = self.gallery.fields(ids).get("camera")
+        glob = self.stats.global_mean()
+        means = np.empty_like(vecs)
+        for c in set(cams.tolist() if cams is not None else [None]):
+            m = self.stats.mean(c, self.min_count)
+            m = glob if m is None else m
+            sel = cams == c if cams is not None else slice(None)
+            means[sel] = 0.0 if m is None else m
+        return _normalize(vecs - self.lam * means)
+
+
+def _rows(pool: Candidates) -> list[np.ndarray]:
+    return [pool.ids[r][pool.ids[r] >= 0] for r in range(len(pool.ids))]
+
+
+def _replace_row(ids_out: np.ndarray, sc_out: np.ndarray, r: int, ids: np.ndarray, scores: np.ndarray) -> None:
+    ids_out[r] = -1
+    sc_out[r] = -np.inf
+    ids_out[r, :len(ids)] = ids
+    sc_out[r, :len(ids)] = scores
+
+
+class CameraNormalize(Reranker):
+    """Cosine after removing per-camera mean vectors (query camera known to the index; see module docstring)."""
+
+    name = "camera_normalize"
+    hooks = ("camera_stats",)
+
+    def __init__(self, strength: float = 1.0, unknown_strength: float = 0.0, min_count: int = 10):
+        if strength < 0 or unknown_strength < 0 or min_count < 1:
+            raise InvalidInputError("CameraNormalize: strengths must be >= 0 and min_count >= 1")
+        self.strength, self.unknown_strength, self.min_count = float(strength), float(unknown_strength), int(min_count)
+
+    def pool_size(self, k: int) -> int:
+        return k
+
+    def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        stats = ctx.gallery.state("camera_stats")
+        if not isinstance(stats, CameraStats) or int(stats.counts.sum()) == 0:
+            return pool
+        nq = len(queries)
+        cams = list(ctx.query_cameras) + [None] * (nq - len(ctx.query_cameras))
+        glob = stats.global_mean()
+        lam = np.zeros(nq, np.float32)
+        qmean = np.zeros_like(np.asarray(queries, np.float32))
+        for r in range(nq):
+            m = stats.mean(cams[r], self.min_count) if cams[r] is not None else None
+            lam[r], qmean[r] = (self.strength, m) if m is not None else (self.unknown_strength, glob)
+        ctx.options["_camera"] = {"lam": lam, "qmean": qmean, "stats": stats, "min_count": self.min_count}
+        ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
+        for r, ids in enumerate(_rows(pool)):
+            if lam[r] == 0.0 or len(ids) == 0:
+                continue
+            space = _Space(ctx, r)
+            _replace_row(ids_out, sc_out, r, ids, space.candidates(ids) @ space.query(queries[r]))
+        return Candidates.sorted(ids_out, sc_out)
+
+
+class Centralize(Reranker):
+    """Candidates centralized with their track and trusted mutual neighbours (see module docstring)."""
+
+    name = "centralize"
+    hooks = ("neighbours",)
+
+    def __init__(self, k1: int = 2, k2: int = 4, alpha: float = 0.3, margin: float = 0.15, ramp: float = 0.05,
+                 trust: str = "adaptive", track_weight: float = 1.0, pool: int = POOL):
+        if trust not in ("adaptive", "full"):
+            raise InvalidInputError(f"Centralize: trust must be 'adaptive' or 'full', got {trust!r}")
+        if k1 < 1 or k2 < 1 or alpha < 0 or ramp <= 0 or track_weight < 0:
+            raise InvalidInputError("Centralize: k1, k2 >= 1, alpha, track_weight >= 0, ramp > 0")
+        self.k1, self.k2, self.alpha, self.margin, self.ramp = int(k1), int(k2), float(alpha), float(margin), float(ramp)
+        self.trust, self.track_weight, self.pool = trust, float(track_weight), int(pool)
+
+    def pool_size(self, k: int) -> int:
+        return max(k, self.pool)
+
+    def weights(self, ids: np.ndarray, raw_top1: float, table: Optional[NeighbourTable]
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(P, k1) neighbour ids (-1 none) and their weights for one query (``raw_top1``: its best raw cosine)."""
+        if table is None or table.width == 0:
+            return np.full((len(ids), 0), -1, np.int64), np.zeros((len(ids), 0), np.float32)
+        k1 = min(self.k1, table.width)
+        nb, ns = table.lists(ids)
+        nb, ns = nb[:, :k1], ns[:, :k1]
+        back = table.lists(np.maximum(nb, 0))[0][..., :min(self.k2, table.width)]
+        mutual = (back == ids[:, None, None]).any(-1) & (nb >= 0)
+        if self.trust == "full":
+            w = np.ones(nb.shape, np.float32)
+        else:
+            w = self.alpha * np.clip((ns - (raw_top1 + self.margin)) / self.ramp, 0.0, 1.0)
+        return np.where(mutual, nb, -1), np.where(mutual, w, 0.0).astype(np.float32)
+
+    def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        table = ctx.gallery.state("neighbours")
+        table = table if isinstance(table, NeighbourTable) else None
+        ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
+        for r, ids in enumerate(_rows(pool)):
+            if len(ids) == 0:
+                continue
+            space = _Space(ctx, r)
+            raw = np.asarray(ctx.gallery.vectors(ids), np.float32)
+            raw_top1 = float((raw @ np.asarray(queries[r], np.float32)).max())
+            nb, w = self.weights(ids, raw_top1, table)
+            tracks = ctx.gallery.fields(ids).get("track")
+            members: dict[str, np.ndarray] = {}
+            if tracks is not None and self.track_weight > 0:
+                named = sorted({str(t) for t in tracks if t is not None})
+                members = ctx.gallery.track_members(named) if named else {}
+                if members:  # same-track neighbours are counted with the track
+                    same = np.array([[t is not None and int(j) in set(members.get(str(t), ()).tolist())
+                                      for j in row] for t, row in zip(tracks, nb)], bool).reshape(nb.shape)
+                    w = np.where(same, 0.0, w)
+            need = np.unique(np.concatenate([ids, nb[w > 0]] + [m for m in members.values()]).astype(np.int64))
+            vec = space.candidates(need)
+            at = {int(i): t for t, i in enumerate(need)}
+            cent = vec[[at[int(i)] for i in ids]].copy()
+            pr, pc = np.nonzero(w > 0)
+            if len(pr):
+                np.add.at(cent, pr, w[pr, pc, None] * vec[[at[int(j)] for j in nb[pr, pc]]])
+            if members:
+                for p, (gid, t) in enumerate(zip(ids, tracks)):
+                    if t is None or str(t) not in members:
+                        continue
+                    others = [at[int(m)] for m in members[str(t)] if int(m) != int(gid)]
+                    if others:
+                        cent[p] += self.track_weight * vec[others].sum(0)
+            _replace_row(ids_out, sc_out, r, ids, _normalize(cent) @ space.query(queries[r]))
+        return Candidates.sorted(ids_out, sc_out)
+
+
+class QueryExpansion(Reranker):
+    """Alpha-QE: the query plus its top-``n`` candidates weighted by max(score, 0) ** alpha, then re-scored."""
+
+    name = "query_expansion"
+
+    def __init__(self, n: int = 3, alpha: float = 3.0, pool: int = POOL):
+        if n < 0 or alpha < 0:
+            raise InvalidInputError("QueryExpansion: n and alpha must be >= 0")
+        self.n, self.alpha, self.pool = int(n), float(alpha), int(pool)
+
+    def pool_size(self, k: int) -> int:
+        return max(k, self.pool)
+
+    def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
+        for r, ids in enumerate(_rows(pool)):
+            if len(ids) == 0 or self.n == 0:
+                continue
+            space = _Space(ctx, r)
+            vec = space.candidates(ids)
+            top = min(self.n, len(ids))
+            w = np.maximum(pool.scores[r, :top], 0.0) ** self.alpha
+            q = _normalize(space.query(queries[r]) + (w[:, None] * vec[:top]).sum(0))
+            _replace_row(ids_out, sc_out, r, ids, vec @ q)
+        return Candidates.sorted(ids_out, sc_out)
+
+
+class KReciprocal(Reranker):
+    """k-reciprocal re-ranking (Zhong et al.) of each query within its own candidate pool."""
+
+    name = "k_reciprocal"
+
+    def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, pool: int = POOL):
+        self.k1, self.k2, self.lambda_value, self.pool = int(k1), int(k2), float(lambda_value), int(pool)
+
+    def pool_size(self, k: int) -> int:
+        return max(k, self.pool)
+
+    def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        from .kreciprocal import k_reciprocal_rerank
+
+        ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
+        for r, ids in enumerate(_rows(pool)):
+            if len(ids) < 2:
+                continue
+            space = _Space(ctx, r)
+            dist, pos = k_reciprocal_rerank(space.query(queries[r])[None], space.candidates(ids), len(ids),
+                                            k1=self.k1, k2=self.k2, lambda_value=self.lambda_value)
+            _replace_row(ids_out, sc_out, r, ids[pos[0]], -dist[0])
+        return Candidates.sorted(ids_out, sc_out)
+
+
+class AttributeFusion(Reranker):
+    """Attribute fusion (``attributes.fusion.fuse_rank``) of the pool; query attributes from the context."""
+
+    name = "attribute_fusion"
+
+    def __init__(self, mode: Any = "clothes-change"):
+        from ..attributes import fusion
+
+        self.config = fusion.resolve_fusion(mode)
+
+    def pool_size(self, k: int) -> int:
+        from ..attributes.fusion import FUSION_POOL
+
+        return max(k, FUSION_POOL)
+
+    def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        from ..attributes import fusion
+        from ..attributes.groups import notes_to_matrix
+        from ..attributes.model import ANNOTATOR_NAME
+
+        if self.config is None:
+            return pool
+        if ctx.query_attributes is None:
+            raise InvalidInputError("attribute fusion needs the queries' attributes (ctx.query_attributes)")
+        ids = pool.ids
+        rows = ctx.gallery.rows(np.unique(ids[ids >= 0]).tolist())
+        notes = [(rows.get(int(i), {}).get("extra") or {}).get(ANNOTATOR_NAME) if i >= 0 else None
+                 for i in ids.reshape(-1)]
+        cand = notes_to_matrix(notes).reshape(*ids.shape, -1)
+        dist = np.where(ids >= 0, 1.0 - pool.scores, np.inf).astype(np.float32)
+        d, pos = fusion.fuse_rank(dist, ids, np.asarray(ctx.query_attributes, np.float32), cand, ids.shape[1],
+                                  self.config)
+        return Candidates.sorted(pos, np.where(pos >= 0, 1.0 - d, -np.inf))
+
+
+class SamePersonPool(Reranker):
+    """With ``ctx.same_person``: every row becomes one list, scored by the mean over the queries
+    (a candidate missing from a query's pool counts that pool's lowest score)."""
+
+    name = "same_person"
+
+    def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        if not ctx.same_person or len(pool.ids) < 2:
+            return pool
+        rows = _rows(pool)
+        union = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+        total = np.zeros(len(union), np.float64)
+        for r, ids in enumerate(rows):
+            sc = pool.scores[r, :len(ids)]
+            floor = float(sc.min()) if len(sc) else 0.0
+            row = np.full(len(union), floor)
+            row[np.searchsorted(union, ids)] = sc
+            total += row
+        width = max(pool.ids.shape[1], len(union))
+        ids_out = np.full((len(rows), width), -1, np.int64)
+        sc_out = np.full((len(rows), width), -np.inf, np.float32)
+        ids_out[:, :len(union)] = union
+        sc_out[:, :len(union)] = (total / len(rows)).astype(np.float32)
+        return Candidates.sorted(ids_out, sc_out)

@@ -1,0 +1,205 @@
+"""FaissBackend: the shared conformance suite (exact and IVF layouts) plus FAISS-specific checks."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reid_engine.errors import InvalidInputError
+from reid_engine.index.backend import Changes, SearchFilter, SearchParams, get_backend
+from reid_engine.index.faiss_backend import FaissBackend, parse_factory, topk_merge
+
+from .backend_conformance import DIM, BackendConformance, Gallery, assert_same, make_fields, unit
+
+
+class TestFaissConformance(BackendConformance):
+    def make_backend(self, tmp_path, dim):
+        return FaissBackend(tmp_path / "vectors", dim, {})
+
+    def make_approx_backend(self, tmp_path, dim):
+        return FaissBackend(tmp_path / "vectors", dim, {"factory": "IVF24,Flat", "flat_limit": 500, "nprobe": 4})
+
+
+class TestFaissIVFLayoutConformance(BackendConformance):
+    """Every commit is merged into IVF segments; probing all lists must be exact."""
+
+    def make_backend(self, tmp_path, dim):
+        opts = {"factory": "IVF4,Flat", "flat_limit": 64, "merge_factor": 2, "nprobe": 4, "exact_threshold": 40}
+        return FaissBackend(tmp_path / "vectors", dim, opts)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    p = tmp_path / "vectors"
+    p.mkdir()
+    return p
+
+
+def test_registered():
+    assert get_backend("faiss") is FaissBackend
+
+
+@pytest.mark.parametrize("factory,expected", [(None, ("auto", None)), ("Flat", ("flat", None)),
+                                              ("IVF1024,Flat", ("ivf", 1024))])
+def test_factory_strings(factory, expected):
+    assert parse_factory(factory) == expected
+
+
+@pytest.mark.parametrize("factory", ["HNSW32", "IVF0,Flat", "IVF64,PQ8", "flat"])
+def test_unsupported_factory_names_the_supported_ones(folder, factory):
+    with pytest.raises(InvalidInputError, match="IVF<n>,Flat"):
+        FaissBackend(folder, 8, {"factory": factory})
+
+
+def test_topk_merge_against_sort():
+    rng = np.random.default_rng(0)
+    s = rng.standard_normal((4, 50)).astype(np.float32)
+    ids = rng.permutation(200)[:200].reshape(4, 50).astype(np.int64)
+    gs, gi = topk_merge(s, ids, 7)
+    for r in range(4):
+        o = np.argsort(-s[r])[:7]
+        np.testing.assert_array_equal(gi[r], ids[r][o])
+    gs, gi = topk_merge(s[:, :3], ids[:, :3], 5)
+    assert (gi[:, 3:] == -1).all() and np.isneginf(gs[:, 3:]).all()
+
+
+def test_commit_writes_only_new_rows_as_an_immutable_segment(folder):
+    rng = np.random.default_rng(1)
+    b = FaissBackend(folder, DIM, {})
+    g = Gallery(b)
+    g.add_random(rng, 200, 1)
+    first = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    g.add_random(rng, 30, 1000)
+    seg = g.state["segments"][-1]
+    assert seg["rows"] == 30
+    vec = np.load(folder / f"{seg['name']}.vec.npy")
+    ids = np.load(folder / f"{seg['name']}.ids.npy")[0]
+    assert vec.shape == (30, DIM) and vec.dtype == np.float32
+    np.testing.assert_array_equal(ids, np.arange(1000, 1030))
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name in first} == first
+    g.commit(remove=[3, 1004])
+    assert not any(f.endswith(".vec.npy") and f not in first for f in
+                   set(os.listdir(folder)) - set(first) - {f"{seg['name']}.vec.npy"})
+    assert g.state["tombstones"]["count"] == 2
+    assert not any(".tmp" in f for f in os.listdir(folder))
+
+
+def test_duplicate_and_live_ids_are_refused(folder):
+    rng = np.random.default_rng(2)
+    g = Gallery(FaissBackend(folder, DIM, {}))
+    g.add_random(rng, 10, 1)
+    with pytest.raises(InvalidInputError, match="already"):
+        g.backend.prepare(5, Changes(add_ids=np.array([3]), add_vectors=unit(rng, 1)))
+    with pytest.raises(InvalidInputError, match="twice"):
+        g.backend.prepare(5, Changes(add_ids=np.array([50, 50]), add_vectors=unit(rng, 2)))
+    with pytest.raises(InvalidInputError, match="shape"):
+        g.backend.prepare(5, Changes(add_ids=np.array([50]), add_vectors=unit(rng, 1, DIM + 1)))
+
+
+def test_auto_mode_trains_past_the_threshold_and_retrains_after_growth(folder):
+    rng = np.random.default_rng(3)
+    b = FaissBackend(folder, DIM, {"exact_threshold": 300, "flat_limit": 100, "nprobe": 10_000})
+    g = Gallery(b)
+    g.add_random(rng, 250, 1)
+    assert g.compact(force=False) is None
+    assert b.describe()["index_type"] == "flat"
+    g.add_random(rng, 100, 1000)
+    assert g.compact(force=False) is not None
+    d = b.describe()
+    assert d["index_type"] == "ivf_flat" and d["trained_rows"] == 350 and d["nlist"] >= 16
+    assert [s["kind"] for s in d["segments"]] == ["ivf"]
+    q = unit(rng, 5)
+    assert_same(b.search(q, 10), g.reference(q, 10))  # nprobe covers every list
+    for c in range(12):
+        g.add_random(rng, 100, 5000 + 100 * c)
+        g.compact(force=False)
+    d = b.describe()
+    assert d["trained_rows"] >= 4 * 350
+    assert_same(b.search(q, 10), g.reference(q, 10))
+    assert_same(b.search(q, 10, where=SearchFilter(cameras=("c3",))),
+                g.reference(q, 10, SearchFilter(cameras=("c3",))))
+
+
+def test_flat_factory_never_trains(folder):
+    rng = np.random.default_rng(4)
+    b = FaissBackend(folder, DIM, {"factory": "Flat", "exact_threshold": 50, "merge_factor": 2})
+    g = Gallery(b)
+    for c in range(5):
+        g.add_random(rng, 40, 100 * c)
+        g.compact(force=False)
+    d = b.describe()
+    assert d["index_type"] == "flat" and d["nlist"] is None and len(d["segments"]) <= 3
+    q = unit(rng, 3)
+    assert_same(b.search(q, 10, params=SearchParams(exact=False)), g.reference(q, 10))
+
+
+def test_compaction_drops_tombstones_and_merged_files(folder):
+    rng = np.random.default_rng(5)
+    b = FaissBackend(folder, DIM, {})
+    g = Gallery(b)
+    g.add_random(rng, 50, 1)
+    g.add_random(rng, 50, 100)
+    g.commit(remove=[1, 2, 101])
+    old = set(os.listdir(folder))
+    g.compact(force=True)
+    d = b.describe()
+    assert d["tombstones"] == 0 and len(d["segments"]) == 1 and d["segments"][0]["rows"] == 97
+    assert g.state["tombstones"] is None
+    b.cleanup(g.state, grace_seconds=0)
+    left = set(os.listdir(folder))
+    assert not (left & old)
+    assert g.compact(force=True) is None
+
+
+def test_cleanup_leaves_foreign_files_alone(folder):
+    b = FaissBackend(folder, DIM, {})
+    g = Gallery(b)
+    g.add_random(np.random.default_rng(6), 10, 1)
+    (folder / "manifest.json").write_text("{}")
+    (folder / "seg-000099-abcdef12.vec.npy.tmpab12").write_bytes(b"x")
+    old = time.time() - 3600
+    os.utime(folder / "seg-000099-abcdef12.vec.npy.tmpab12", (old, old))
+    b.cleanup(g.state, grace_seconds=60)
+    assert (folder / "manifest.json").exists()
+    assert not (folder / "seg-000099-abcdef12.vec.npy.tmpab12").exists()
+
+
+def test_reload_reuses_mapped_segments(folder):
+    rng = np.random.default_rng(7)
+    b = FaissBackend(folder, DIM, {})
+    g = Gallery(b)
+    g.add_random(rng, 10, 1)
+    seg = b._view.segments[0]
+    g.add_random(rng, 10, 100)
+    assert b._view.segments[0] is seg
+
+
+def test_ivf_filters_use_exact_rows_when_selective(folder):
+    """Selective filters on a trained IVF with few probes still find the exact filtered top-k."""
+    rng = np.random.default_rng(8)
+    b = FaissBackend(folder, DIM, {"factory": "IVF32,Flat", "nprobe": 1, "flat_limit": 100})
+    g = Gallery(b)
+    for c in range(4):
+        g.add_random(rng, 500, 1000 * c)
+        g.compact(force=False)
+    g.compact(force=True)
+    assert b.describe()["segments"][0]["kind"] == "ivf"
+    q = unit(rng, 5)
+    for where in (SearchFilter(tracks=("t7",)), SearchFilter(ids=np.arange(0, 4000, 50)),
+                  SearchFilter(cameras=("rare",)), SearchFilter(time_from=10.0, time_to=30.0)):
+        assert_same(b.search(q, 10, where=where), g.reference(q, 10, where))
+
+
+def test_describe_reports_storage(folder):
+    rng = np.random.default_rng(9)
+    b = FaissBackend(folder, DIM, {})
+    g = Gallery(b)
+    g.add_random(rng, 64, 1)
+    d = b.describe()
+    assert d["bytes_on_disk"] >= 64 * DIM * 4
+    assert d["segments"][0]["rows"] == 64 and d["count"] == 64
+    json.dumps(d)

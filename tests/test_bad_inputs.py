@@ -1,0 +1,970 @@
+"""Bad inputs through the CLI and the library: never a traceback, never silent loss (issue #11).
+
+Every case asserts the exit code (or the exception type), that the message is one line naming
+the offending file or value and what was expected, that no traceback reaches the user, and that
+an existing index is unchanged (its crop count and a query's answer before and after).
+
+The index used is built once per session with the tiny test encoder; cases that write get a copy.
+
+TODO(storage owner): damaged-index cases on the vector / neighbour (segment) files are left to the
+new storage format; see VECTOR_FILE_CASES_TODO at the end of this file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import cv2
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+from reid_engine import Engine
+from reid_engine.cli import main
+from reid_engine.errors import (
+    ImageReadError,
+    ImageTooLargeError,
+    IndexCorruptError,
+    IndexNotFoundError,
+    InvalidInputError,
+    ReidEngineError,
+)
+from reid_engine.eval.datasets import read_dataset
+from reid_engine.index import db
+from reid_engine.ingest.crops import CropItem, scan_source
+from reid_engine.ingest.pipeline import ingest_video
+
+from .badinputs import BAD_IMAGES, StubDetector, real_png, write_video
+from .conftest import write_crops
+
+QUERY_NAME = "0001_c1s1_000101_00.png"
+
+
+# -- the shared index and its baseline ---------------------------------------------------------------
+class World:
+    """Paths of the session's index and data, and the index's baseline answer."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.weights = root / "tiny.weights"
+        self.weights.write_bytes(b"tiny encoder weights v1")
+        self.gallery = root / "gallery"
+        self.gallery.mkdir()
+        rng = np.random.default_rng(11)
+        for pid in (1, 2, 3):
+            for cam in (1, 2):
+                img = rng.integers(0, 256, (32, 16, 3), dtype=np.uint8)
+                cv2.imwrite(str(self.gallery / f"{pid:04d}_c{cam}s1_{100 * pid + cam:06d}_00.png"), img)
+        self.query = self.gallery / QUERY_NAME
+        self.index = root / "idx"
+        with Engine.create(self.index, encoder="tiny-test", weights=self.weights) as eng:
+            eng.add(scan_source(self.gallery), show_progress=False)
+        self.template = root / "template"  # a pristine copy, for cases that damage or write
+        shutil.copytree(self.index, self.template)
+        self.baseline = self.snapshot(self.index)
+
+    def snapshot(self, index: Path) -> tuple[int, list[tuple[int, str]]]:
+        """(crop count, [(id, path)] of a query's hits) of an index."""
+        with Engine.open(index) as eng:
+            n = eng.stats()["crops"]
+            hits = eng.query([str(self.query)], k=4, rerank="none")[0].hits
+        return n, [(h.id, h.path) for h in hits]
+
+    def copy(self, dest: Path) -> Path:
+        shutil.copytree(self.template, dest)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return World(tmp_path_factory.mktemp("bad_inputs"))
+
+
+@pytest.fixture
+def unchanged(world: World) -> Iterator[None]:
+    """Asserts after the test that the session's index still answers as before."""
+    yield
+    limit = os.environ.pop("REID_ENGINE_MAX_PIXELS", None)  # a case's own setting must not refuse the check
+    try:
+        assert world.snapshot(world.index) == world.baseline
+    finally:
+        if limit is not None:
+            os.environ["REID_ENGINE_MAX_PIXELS"] = limit
+
+
+@pytest.fixture(autouse=True)
+def _indexes_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("REID_ENGINE_INDEXES", str(tmp_path / "indexes"))
+    monkeypatch.delenv("REID_ENGINE_MAX_PIXELS", raising=False)
+
+
+# -- assertions ---------------------------------------------------------------------------------------
+def cli(*args: Any) -> Result:
+    return CliRunner().invoke(main, [a if isinstance(a, str) else str(a) for a in args])
+
+
+def assert_cli_error(res: Result, code: int, *needles: str) -> str:
+    """Exit ``code``, no traceback, and one 'Error:' line holding every needle; returns that line."""
+    assert res.exception is None or isinstance(res.exception, SystemExit), (
+        f"unhandled {type(res.exception).__name__}: {res.exception}\n{res.output}"
+    )
+    assert "Traceback" not in res.output
+    assert res.exit_code == code, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1, res.output
+    if code == 1:  # a library error: the message is the whole output
+        assert res.output.strip() == lines[0], res.output
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def assert_cli_ok(res: Result) -> str:
+    assert res.exception is None or isinstance(res.exception, SystemExit), (
+        f"unhandled {type(res.exception).__name__}: {res.exception}\n{res.output}"
+    )
+    assert "Traceback" not in res.output
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def assert_raises(exc_type: type, call: Callable[[], Any], *needles: str) -> str:
+    """``call`` raises ``exc_type`` (a ReidEngineError) with a one-line message holding the needles."""
+    assert issubclass(exc_type, ReidEngineError)
+    with pytest.raises(exc_type) as info:
+        call()
+    text = str(info.value)
+    assert text and "\n" not in text
+    for needle in needles:
+        assert needle in text, f"{needle!r} not in {text!r}"
+    return text
+
+
+@contextmanager
+def memory_cap(extra_bytes: int = 1 << 30) -> Iterator[None]:
+    """Cap this process's address space at its current size plus ``extra_bytes`` (Linux)."""
+    try:
+        vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+    except (OSError, StopIteration):
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# -- images: query, index --strict, index (skipped and counted), library ----------------------------
+IMAGE_CASES = sorted(BAD_IMAGES)
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_bad_image_as_query_is_one_line_error(case: str, world: World, tmp_path: Path, unchanged: None) -> None:
+    name, make, needles = BAD_IMAGES[case]
+    img = _write(tmp_path / name, make())
+    assert_cli_error(cli("query", img, "--index", world.index), 1, str(img), *needles)
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_bad_image_with_strict_index_stops_and_keeps_the_index(
+    case: str, world: World, tmp_path: Path, unchanged: None
+) -> None:
+    name, make, needles = BAD_IMAGES[case]
+    img = _write(tmp_path / "src" / name, make())
+    assert_cli_error(cli("index", tmp_path / "src", "--index", world.index, "--strict"), 1, name, *needles)
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_bad_image_in_index_is_skipped_warned_and_counted(
+    case: str, world: World, tmp_path: Path, unchanged: None
+) -> None:
+    name, make, needles = BAD_IMAGES[case]
+    _write(tmp_path / "src" / name, make())
+    res = cli("index", tmp_path / "src", "--index", world.index, "--json")
+    out = assert_cli_ok(res)
+    doc = json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
+    assert doc["added"] == 0 and len(doc["failed"]) == 1
+    reason = doc["failed"][0]["reason"]
+    assert name in reason and all(n in reason for n in needles) and "\n" not in reason
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_bad_image_in_library_query_raises_image_read_error(case: str, world: World, tmp_path: Path) -> None:
+    name, make, needles = BAD_IMAGES[case]
+    img = _write(tmp_path / name, make())
+    with Engine.open(world.index) as eng:
+        assert_raises(ImageReadError, lambda: eng.query([str(img)], k=3), str(img), *needles)
+
+
+def test_pixel_limit_is_configurable(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unchanged: None) -> None:
+    img = _write(tmp_path / "crop.png", real_png(1, 32, 16))
+    assert_cli_ok(cli("query", img, "--index", world.index, "-k", "2"))
+    monkeypatch.setenv("REID_ENGINE_MAX_PIXELS", "500")  # the crop has 512 pixels
+    assert_cli_error(cli("query", img, "--index", world.index), 1, str(img), "16x32", "500", "REID_ENGINE_MAX_PIXELS")
+    with Engine.open(world.index) as eng:
+        assert_raises(ImageTooLargeError, lambda: eng.query([str(img)]), "16x32")
+    monkeypatch.setenv("REID_ENGINE_MAX_PIXELS", "20000x20000")  # raised on purpose: accepted
+    assert_cli_error(cli("query", img, "--index", world.index), 1, "REID_ENGINE_MAX_PIXELS", "20000x20000")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "nan"])
+def test_bad_pixel_limit_setting(value: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unchanged: None) -> None:
+    img = _write(tmp_path / "crop.png", real_png(1))
+    monkeypatch.setenv("REID_ENGINE_MAX_PIXELS", value)
+    assert_cli_error(cli("query", img, "--index", world.index), 1, "REID_ENGINE_MAX_PIXELS", repr(value))
+
+
+@pytest.mark.parametrize("what", ["missing", "folder"])
+def test_query_image_that_is_not_a_file(what: str, world: World, tmp_path: Path, unchanged: None) -> None:
+    target = tmp_path / "x.png"
+    if what == "folder":
+        target.mkdir()
+    needle = "no such image file" if what == "missing" else "is a folder"
+    assert_cli_error(cli("query", target, "--index", world.index), 1, str(target), needle)
+
+
+# -- folders ------------------------------------------------------------------------------------------
+NON_UTF8 = os.fsdecode(b"caf\xe9_\xff")
+
+
+def test_non_utf8_file_name_is_indexed_and_shown_escaped(world: World, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _write(src / f"{NON_UTF8}.png", real_png(21))
+    _write(src / "plain.png", real_png(22))
+    idx = world.copy(tmp_path / "idx")
+    out = assert_cli_ok(cli("index", src, "--index", idx, "--json"))
+    doc = json.loads(out)
+    assert doc["added"] == 2 and doc["failed"] == []
+    with Engine.open(idx) as eng:
+        hits = eng.query([str(src / f"{NON_UTF8}.png")], k=1, rerank="none")[0].hits
+        assert hits[0].path.endswith("caf\\xe9_\\xff.png")
+        assert bytes.fromhex(hits[0].extra["path_bytes"]) == os.fsencode(src.resolve() / f"{NON_UTF8}.png")
+
+
+@pytest.mark.xfail(reason="service/ops.run_query puts the raw path back as the query label (service-layer owner)")
+def test_non_utf8_query_file_name_is_printed_escaped(world: World, tmp_path: Path, unchanged: None) -> None:
+    img = _write(tmp_path / f"{NON_UTF8}.png", real_png(21))
+    out = assert_cli_ok(cli("query", img, "--index", world.index, "-k", "1"))
+    assert "caf\\xe9_\\xff.png" in out
+
+
+def test_non_utf8_unreadable_file_is_reported_escaped(world: World, tmp_path: Path, unchanged: None) -> None:
+    _write(tmp_path / "src" / f"{NON_UTF8}.png", b"broken")
+    assert_cli_error(cli("index", tmp_path / "src", "--index", world.index, "--strict"), 1, "caf\\xe9_\\xff.png")
+    assert_cli_error(cli("query", tmp_path / "src" / f"{NON_UTF8}.png", "--index", world.index), 1, "caf\\xe9_\\xff.png")
+
+
+def test_non_utf8_folder_name(world: World, tmp_path: Path) -> None:
+    src = tmp_path / NON_UTF8  # (OpenCV cannot write to such a path: the bytes are written here)
+    _write(src / "a.png", real_png(31))
+    _write(src / "b.png", real_png(32))
+    idx = world.copy(tmp_path / "idx")
+    doc = json.loads(assert_cli_ok(cli("index", src, "--index", idx, "--json")))
+    assert doc["added"] == 2
+    with Engine.open(idx) as eng:
+        assert eng.stats()["crops"] == world.baseline[0] + 2
+
+
+def test_market_names_mixed_with_other_names_keep_every_field(world: World, tmp_path: Path) -> None:
+    """Rows with and without pid/camera in one commit block: no column may be lost for the block."""
+    src = tmp_path / "mixed"
+    _write(src / "a_other.png", real_png(41))  # sorted first: no pid, no camera
+    _write(src / "0012_c3s1_000451_00.png", real_png(42))
+    _write(src / "0007_c2_f0000123.png", real_png(43))
+    _write(src / "zz_unlabelled.png", real_png(44))
+    idx = world.copy(tmp_path / "idx")
+    assert_cli_ok(cli("index", src, "--index", idx))
+    eng = Engine.open(idx)
+    with eng.store.sql.connect() as conn:
+        rows = {Path(r["path"]).name: r for r in conn.execute(sa.select(db.crops)).mappings()}
+    eng.close()
+    assert (rows["0012_c3s1_000451_00.png"]["pid"], rows["0012_c3s1_000451_00.png"]["camera"]) == ("0012", "3")
+    assert rows["0012_c3s1_000451_00.png"]["frame"] == 451
+    assert (rows["0007_c2_f0000123.png"]["pid"], rows["0007_c2_f0000123.png"]["frame"]) == ("0007", 123)
+    assert rows["a_other.png"]["pid"] is None and rows["zz_unlabelled.png"]["camera"] is None
+
+
+@pytest.mark.parametrize(
+    "setup, args, needles",
+    [
+        ("empty", (), ("no images found",)),
+        ("only_text", (), ("no images found",)),
+        ("crops", ("--glob", "*.jpg"), ("no images found", "*.jpg")),
+        ("crops", ("--pattern", "(unclosed"), ("pattern", "not a valid regular expression")),
+        ("crops", ("--pattern", r"(?P<frame>crop)_"), ("crop_0000.png", "frame 'crop'")),
+        ("crops", ("--pattern", r"(?P<timestamp>crop)_"), ("crop_0000.png", "time 'crop'")),
+        ("missing", (), ("no such folder or file",)),
+        ("txt_file", (), ("expected a folder, a CSV manifest or an image file",)),
+    ],
+)
+def test_bad_folder_sources(setup: str, args: tuple, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
+    src = tmp_path / "src"
+    if setup == "empty":
+        src.mkdir()
+    elif setup == "only_text":
+        _write(src / "readme.txt", b"hello")
+    elif setup == "crops":
+        write_crops(src, 2, seed=51)
+    elif setup == "txt_file":
+        src = _write(tmp_path / "list.txt", b"a.png\n")
+    else:
+        src = tmp_path / "nowhere"
+    assert_cli_error(cli("index", src, "--index", world.index, *args), 1, *needles)
+
+
+# -- CSV manifests ------------------------------------------------------------------------------------
+def _csv_world(tmp_path: Path, text: str, encoding: str = "utf-8", bom: bool = False) -> Path:
+    for i in range(4):
+        _write(tmp_path / "m" / f"img{i}.png", real_png(60 + i))
+    data = text.encode(encoding)
+    if bom:
+        data = b"\xef\xbb\xbf" + data
+    return _write(tmp_path / "m" / "list.csv", data)
+
+
+def _rows(index: Path) -> dict[str, dict]:
+    eng = Engine.open(index)
+    with eng.store.sql.connect() as conn:
+        rows = {Path(r["path"]).name: dict(r) for r in conn.execute(sa.select(db.crops)).mappings()}
+    eng.close()
+    return rows
+
+
+GOOD_CSV = "file,pid,camid,role,timestamp\nimg0.png,012,1,gallery,2024-05-01T10:00:00\nimg1.png,013,2,gallery,100\n"
+
+
+@pytest.mark.parametrize(
+    "name, text, bom, role",
+    [
+        ("spaces_in_header", "file, pid, camid, role\nimg0.png, 012, 1, gallery\nimg1.png,013,2,gallery\n", False, "gallery"),
+        ("bom_excel", GOOD_CSV, True, "gallery"),
+        ("bom_no_role", "file,pid,camid\nimg0.png,012,1\nimg1.png,013,2\n", True, None),
+        ("upper_case_header", "FILE,PID,CAMID,ROLE\nimg0.png,012,1,gallery\nimg1.png,013,2,Gallery\n", False, "gallery"),
+        ("crlf_line_ends", GOOD_CSV.replace("\n", "\r\n"), False, "gallery"),
+        ("blank_lines", GOOD_CSV.replace("\n", "\n\n"), False, "gallery"),
+    ],
+)
+def test_csv_variants_that_must_be_read(name: str, text: str, bom: bool, role: Optional[str], world: World, tmp_path: Path) -> None:
+    csv_path = _csv_world(tmp_path, text, bom=bom)
+    idx = world.copy(tmp_path / "idx")
+    args = ("--role", role) if role else ()
+    doc = json.loads(assert_cli_ok(cli("index", csv_path, "--index", idx, "--json", *args)))
+    assert doc["added"] == 2
+    rows = _rows(idx)
+    assert (rows["img0.png"]["pid"], rows["img0.png"]["camera"]) == ("012", "1")
+    assert (rows["img1.png"]["pid"], rows["img1.png"]["camera"]) == ("013", "2")
+
+
+@pytest.mark.parametrize("empty_col", ["pid", "camid", "timestamp"])
+def test_csv_empty_cell_in_the_first_row_loses_nothing_in_the_others(empty_col: str, world: World, tmp_path: Path) -> None:
+    cells = {"pid": ["012", "013", "014"], "camid": ["1", "2", "3"], "timestamp": ["10", "20", "30"]}
+    cells[empty_col][0] = ""
+    lines = ["file,pid,camid,timestamp"] + [
+        f"img{i}.png,{cells['pid'][i]},{cells['camid'][i]},{cells['timestamp'][i]}" for i in range(3)
+    ]
+    csv_path = _csv_world(tmp_path, "\n".join(lines) + "\n")
+    idx = world.copy(tmp_path / "idx")
+    assert json.loads(assert_cli_ok(cli("index", csv_path, "--index", idx, "--json")))["added"] == 3
+    rows = _rows(idx)
+    col = {"pid": "pid", "camid": "camera", "timestamp": "timestamp"}[empty_col]
+    assert rows["img0.png"][col] is None
+    expect = {"pid": ["013", "014"], "camid": ["2", "3"], "timestamp": [20.0, 30.0]}[empty_col]
+    assert [rows["img1.png"][col], rows["img2.png"][col]] == expect
+
+
+def test_csv_later_row_with_empty_pid(world: World, tmp_path: Path) -> None:
+    csv_path = _csv_world(tmp_path, "file,pid,camid\nimg0.png,012,1\nimg1.png,,2\nimg2.png,014,3\n")
+    idx = world.copy(tmp_path / "idx")
+    assert_cli_ok(cli("index", csv_path, "--index", idx, "--commit-every", "2"))
+    rows = _rows(idx)
+    assert [rows[f"img{i}.png"]["pid"] for i in range(3)] == ["012", None, "014"]
+
+
+@pytest.mark.parametrize(
+    "name, text, args, needles",
+    [
+        ("roles_match_nothing", GOOD_CSV, ("--role", "query"), ("no row has role 'query'", "'gallery' (2)")),
+        ("role_without_column", "file,pid\nimg0.png,1\n", ("--role", "gallery"), ("no 'role' column",)),
+        ("no_file_column", "image_name,pid\nimg0.png,1\n", (), ("'file'", "image_name")),
+        ("semicolons", "file;pid\nimg0.png;1\n", (), ("'file'", "file;pid")),
+        ("empty_file_cell", "file,pid\nimg0.png,1\n,2\n", (), ("list.csv:3", "empty")),
+        ("short_row_no_file", "pid,file\n1,img0.png\n7\n", (), ("list.csv:3", "empty 'file'")),
+        ("bad_frame", "file,frame\nimg0.png,7\nimg1.png,seven\n", (), ("list.csv:3", "'seven'")),
+        ("huge_frame_float", "file,frame\nimg0.png,1e30\n", (), ("list.csv:2", "'1e30'", "out of range")),
+        ("frame_beyond_32_bits", "file,frame\nimg0.png,99999999999\n", (), ("list.csv:2", "out of range")),
+        ("bad_timestamp", "file,timestamp\nimg0.png,yesterday\n", (), ("list.csv:2", "'yesterday'")),
+        ("nan_timestamp", "file,timestamp\nimg0.png,nan\n", (), ("list.csv:2", "'nan'")),
+        ("inf_timestamp", "file,timestamp\nimg0.png,inf\n", (), ("list.csv:2", "'inf'")),
+        ("empty_csv", "", (), ("'file'", "[]")),
+        ("header_only", "file,pid\n", (), ("no images found",)),
+    ],
+)
+def test_bad_csv_manifests(name: str, text: str, args: tuple, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
+    csv_path = _csv_world(tmp_path, text)
+    assert_cli_error(cli("index", csv_path, "--index", world.index, *args), 1, "list.csv", *needles)
+
+
+def test_csv_not_utf8(world: World, tmp_path: Path, unchanged: None) -> None:
+    csv_path = _csv_world(tmp_path, "file,pid\nimg0.png,Jos\xe9\n", encoding="latin-1")
+    assert_cli_error(cli("index", csv_path, "--index", world.index), 1, "list.csv", "not UTF-8")
+
+
+@pytest.mark.parametrize(
+    "name, meta_line, needles",
+    [
+        ("pid_too_long", "img0.png,," + "p" * 80, ("pid", "64")),
+    ],
+)
+def test_csv_values_the_table_cannot_hold(name: str, meta_line: str, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
+    csv_path = _csv_world(tmp_path, "file,frame,pid\n" + meta_line + "\n")
+    assert_cli_error(cli("index", csv_path, "--index", world.index), 1, "img0.png", *needles)
+
+
+def test_csv_listing_a_missing_file(world: World, tmp_path: Path, unchanged: None) -> None:
+    csv_path = _csv_world(tmp_path, "file\nnot_there.png\n")
+    doc = json.loads(assert_cli_ok(cli("index", csv_path, "--index", world.index, "--json")))
+    assert doc["added"] == 0 and "not_there.png" in doc["failed"][0]["reason"]
+    assert_cli_error(cli("index", csv_path, "--index", world.index, "--strict"), 1, "not_there.png")
+
+
+# -- eval CSVs (dataset reader) -------------------------------------------------------------------------
+EVAL_GOOD = "file,pid,camid,role\nimg0.png,1,1,query\nimg1.png,1,2,gallery\nimg2.png,2,2,gallery\n"
+
+
+@pytest.mark.parametrize(
+    "name, text, bom",
+    [("plain", EVAL_GOOD, False), ("bom", EVAL_GOOD, True), ("spaces", EVAL_GOOD.replace(",", ", "), False),
+     ("upper_roles", EVAL_GOOD.replace("query", "Query"), False)],
+)
+def test_eval_csv_variants_are_read(name: str, text: str, bom: bool, tmp_path: Path) -> None:
+    split = read_dataset(_csv_world(tmp_path, text, bom=bom))
+    assert (len(split.query), len(split.gallery)) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "name, text, needles",
+    [
+        ("only_train_roles", EVAL_GOOD.replace("query", "train").replace("gallery", "train"), ("no row has role 'query'", "'train' (3)")),
+        ("no_gallery", EVAL_GOOD.replace("gallery", "query"), ("no row has role 'gallery'", "'query' (3)")),
+        ("unknown_role", EVAL_GOOD.replace("gallery", "probe", 1), ("list.csv:3", "'probe'")),
+        ("empty_pid_later", "file,pid,camid,role\nimg0.png,1,1,query\nimg1.png,,2,gallery\n", ("list.csv:3", "'pid'")),
+        ("missing_column", "file,camid\nimg0.png,1\n", ("pid",)),
+        ("missing_image", EVAL_GOOD + "gone.png,3,1,gallery\n", ("missing", "gone.png")),
+    ],
+)
+def test_eval_csv_errors_say_what_was_found(name: str, text: str, needles: tuple, tmp_path: Path) -> None:
+    csv_path = _csv_world(tmp_path, text)
+    assert_raises(InvalidInputError, lambda: read_dataset(csv_path), "list.csv", *needles)
+
+
+def test_eval_csv_not_utf8(tmp_path: Path) -> None:
+    csv_path = _csv_world(tmp_path, "file,pid,camid\nimg0.png,Jos\xe9,1\n", encoding="latin-1")
+    assert_raises(InvalidInputError, lambda: read_dataset(csv_path), "list.csv", "not UTF-8")
+
+
+def test_eval_cli_roles_that_match_nothing(world: World, tmp_path: Path) -> None:
+    csv_path = _csv_world(tmp_path, EVAL_GOOD.replace("query", "train").replace("gallery", "train"))
+    res = cli("eval", csv_path, "--encoder", "tiny-test", "--weights", world.weights, "--no-cache")
+    assert_cli_error(res, 1, "list.csv", "roles found")
+
+
+# -- option values --------------------------------------------------------------------------------------
+def test_empty_index_path_builds_nothing_in_the_current_folder(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for args in (("index", world.gallery), ("query", world.query), ("info",), ("remove", "--id", "1")):
+        res = cli(*args, "--index", "", *(("--encoder", "tiny-test", "--weights", world.weights) if args[0] == "index" else ()))
+        assert_cli_error(res, res.exit_code if res.exit_code in (1, 2) else 1, "index")  # usage or library error
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["index", "query", "info", "remove"])
+@pytest.mark.parametrize("where", ["file", "below_file"])
+def test_index_path_at_or_below_a_regular_file(command: str, where: str, world: World, tmp_path: Path) -> None:
+    f = _write(tmp_path / "plain.txt", b"not an index")
+    target = f if where == "file" else f / "idx"
+    before, after = {"index": ((world.gallery,), ("--encoder", "tiny-test", "--weights", world.weights)),
+                     "query": ((world.query,), ()), "info": ((), ()), "remove": ((), ("--id", "1"))}[command]
+    line = assert_cli_error(cli(command, *before, "--index", target, *after), 1)
+    assert str(f) in line
+    assert f.read_bytes() == b"not an index"
+
+
+@pytest.mark.parametrize(
+    "args, code, needles",
+    [
+        (("--id", str(2**70)), 1, (str(2**70), "out of range")),
+        (("--id", str(-(2**70))), 1, (str(-(2**70)),)),
+        (("--id", "abc"), 2, ("abc",)),
+        (("--id", "1.5"), 2, ("1.5",)),
+        ((), 2, ("--id",)),
+    ],
+)
+def test_bad_remove_options(args: tuple, code: int, needles: tuple, world: World, unchanged: None) -> None:
+    assert_cli_error(cli("remove", "--index", world.index, *args), code, *needles)
+
+
+def test_remove_of_an_id_that_is_not_there_removes_nothing(world: World, unchanged: None) -> None:
+    out = assert_cli_ok(cli("remove", "--index", world.index, "--id", str(2**62), "--json"))
+    assert json.loads(out)["removed"] == 0
+
+
+@pytest.mark.parametrize(
+    "args, code, needles",
+    [
+        (("-k", "0"), 2, ("-k",)),
+        (("-k", "-5"), 2, ("-k",)),
+        (("-k", "abc"), 2, ("abc",)),
+        (("-k", "2.5"), 2, ("2.5",)),
+        (("--time-from", "nan"), 1, ("'nan'", "finite")),
+        (("--time-from", "inf"), 1, ("'inf'",)),
+        (("--time-from", "-inf"), 1, ("'-inf'",)),
+        (("--time-to", "NaN"), 1, ("'NaN'",)),
+        (("--time-from", "1e400"), 1, ("'1e400'",)),
+        (("--time-from", "yesterday"), 1, ("'yesterday'", "ISO-8601")),
+        (("--time-to", "2024-13-45"), 1, ("'2024-13-45'",)),
+        (("--rerank", "no-such-preset"), 1, ("no-such-preset",)),
+        (("--fusion", "no-such-mode"), 1, ("no-such-mode",)),
+        (("--attr", "male"), 1, ("attributes",)),
+    ],
+)
+def test_bad_query_options(args: tuple, code: int, needles: tuple, world: World, unchanged: None) -> None:
+    assert_cli_error(cli("query", world.query, "--index", world.index, *args), code, *needles)
+
+
+def test_query_with_a_huge_k_is_clipped_to_the_gallery(world: World, unchanged: None) -> None:
+    res = cli("query", world.query, "--index", world.index, "-k", "10000", "--json", "--rerank", "none")
+    assert len(json.loads(assert_cli_ok(res))["queries"][0]["hits"]) == world.baseline[0]
+    with Engine.open(world.index) as eng, memory_cap():
+        hits = eng.query([str(world.query)], k=1_000_000_000, rerank="none")[0].hits
+    assert len(hits) == world.baseline[0]
+
+
+@pytest.mark.parametrize(
+    "args, code, needles",
+    [
+        (("--commit-every", "0"), 2, ("--commit-every",)),
+        (("--batch-size", "0"), 2, ("--batch-size",)),
+        (("--db-url", "mysql+pymysql://user:secret@localhost/db"), 1, ("pymysql", "not installed")),
+        (("--db-url", "nosuchdialect://x/y"), 1, ("nosuchdialect", "unknown database")),
+        (("--db-url", "not a url"), 1, ("not a url",)),
+        (("--encoder", "no-such-encoder"), 1, ("no-such-encoder",)),
+    ],
+)
+def test_bad_index_options_for_a_new_index(args: tuple, code: int, needles: tuple, world: World, tmp_path: Path) -> None:
+    target = tmp_path / "new_idx"
+    res = cli("index", world.gallery, "--index", target, "--encoder", "tiny-test", "--weights", world.weights, *args)
+    line = assert_cli_error(res, code, *needles)
+    assert "secret" not in line
+    assert not (target / "manifest.json").exists()
+
+
+def test_missing_weights_file(world: World, tmp_path: Path) -> None:
+    res = cli("index", world.gallery, "--index", tmp_path / "n", "--encoder", "tiny-test", "--weights", tmp_path / "no.w")
+    assert_cli_error(res, 1, "no.w")
+
+
+def test_after_a_deleted_manifest_the_message_names_the_folder_and_a_way_forward(world: World, tmp_path: Path) -> None:
+    idx = world.copy(tmp_path / "idx")
+    (idx / "manifest.json").unlink()
+    line = assert_cli_error(cli("info", "--index", idx), 1, str(idx), "manifest.json", "restore")
+    assert "{index}" not in line
+    res = cli("index", world.gallery, "--index", idx, "--encoder", "tiny-test", "--weights", world.weights)
+    line = assert_cli_error(res, 1, str(idx.resolve()))
+    assert "{index}" not in line
+
+
+# -- library arguments ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine(world: World) -> Iterator[Engine]:
+    with Engine.open(world.index) as eng:
+        yield eng
+
+
+@pytest.mark.parametrize(
+    "images, kwargs, needles",
+    [
+        ([None], {}, ("None", "image")),
+        ([123], {}, ("123",)),
+        ([""], {}, ("''",)),
+        ([["a.png"]], {}, ("['a.png']",)),
+        ("QUERY", {"k": 2.5}, ("2.5", "integer")),
+        ("QUERY", {"k": "3"}, ("'3'", "integer")),
+        ("QUERY", {"k": 0}, ("k 0",)),
+        ("QUERY", {"k": -1}, ("k -1",)),
+        ("QUERY", {"k": True}, ("True",)),
+        ("QUERY", {"k": None}, ("None",)),
+        ("QUERY", {"time_from": float("nan")}, ("nan",)),
+        ("QUERY", {"time_from": "nan"}, ("'nan'",)),
+        ("QUERY", {"time_to": float("inf")}, ("inf",)),
+        ("QUERY", {"time_to": "next week"}, ("'next week'",)),
+        ("QUERY", {"time_from": True}, ("True",)),
+    ],
+)
+def test_bad_library_query_arguments(images: Any, kwargs: dict, needles: tuple, engine: Engine, world: World) -> None:
+    imgs = [str(world.query)] if images == "QUERY" else images
+    assert_raises(InvalidInputError, lambda: engine.query(imgs, **kwargs), *needles)
+
+
+@pytest.mark.parametrize(
+    "features, needles",
+    [
+        (np.zeros((1, 7), np.float32), ("(1, 7)", "16")),
+        (np.full((1, 16), np.nan, np.float32), ("NaN",)),
+        (np.zeros((2, 3, 16), np.float32), ("(2, 3, 16)",)),
+        ("abc", ("str",)),
+    ],
+)
+def test_bad_query_features(features: Any, needles: tuple, engine: Engine) -> None:
+    assert_raises(InvalidInputError, lambda: engine.query_features(features, k=3), *needles)
+
+
+def test_library_k_of_numpy_integer_is_accepted(engine: Engine, world: World) -> None:
+    hits = engine.query([str(world.query)], k=np.int64(2), rerank="none")[0].hits
+    assert [(h.id, h.path) for h in hits] == world.baseline[1][:2]
+
+
+@pytest.mark.parametrize(
+    "kwargs, needles",
+    [
+        ({"ids": ["a"]}, ("'a'", "integer")),
+        ({"ids": [2**70]}, (str(2**70), "out of range")),
+        ({"ids": [1.5]}, ("1.5",)),
+        ({"ids": [None]}, ("None",)),
+        ({"ids": [True]}, ("True",)),
+        ({"ids": "3"}, ("'3'", "list")),
+        ({"ids": 3}, ("3", "list")),
+        ({"cameras": "1"}, ("'1'", "list")),
+        ({"sources": "abc"}, ("'abc'", "list")),
+        ({"cameras": [None]}, ("None",)),
+        ({}, ("filter",)),
+    ],
+)
+def test_bad_library_remove_arguments(kwargs: dict, needles: tuple, world: World, unchanged: None) -> None:
+    with Engine.open(world.index) as eng:
+        assert_raises(InvalidInputError, lambda: eng.remove(**kwargs), *needles)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needles",
+    [
+        ({"commit_every": 0}, ("commit_every 0", "positive")),
+        ({"commit_every": -1}, ("commit_every -1",)),
+        ({"commit_every": 2.5}, ("2.5",)),
+        ({"commit_every": "10"}, ("'10'",)),
+        ({"batch_size": 0}, ("batch_size 0",)),
+    ],
+)
+def test_bad_library_add_arguments(kwargs: dict, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
+    src = tmp_path / "src"
+    write_crops(src, 2, seed=71)
+    with Engine.open(world.index) as eng:
+        assert_raises(InvalidInputError, lambda: eng.add(scan_source(src), **kwargs), *needles)
+
+
+@pytest.mark.parametrize(
+    "items, needles",
+    [
+        ("a_folder_path", ("scan_source",)),
+        ([None], ("None",)),
+        ([123], ("123",)),
+        ([""], ("''",)),
+        ([CropItem(Path("IMG"), {"frame": "seven"})], ("frame", "'seven'")),
+        ([CropItem(Path("IMG"), {"box": (1, 2, 3)})], ("box",)),
+        ([CropItem(Path("IMG"), {"timestamp": float("nan")})], ("nan",)),
+        ([CropItem(Path("IMG"), {"pid": "x" * 65})], ("pid", "64")),
+        ([CropItem(Path("IMG"), {"note": object()})], ("metadata",)),
+    ],
+)
+def test_bad_library_add_items(items: Any, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
+    img = _write(tmp_path / "one.png", real_png(81))
+    if isinstance(items, list):
+        items = [CropItem(img, it.meta) if isinstance(it, CropItem) else it for it in items]
+    with Engine.open(world.index) as eng:
+        assert_raises(InvalidInputError, lambda: eng.add(items), *needles)
+
+
+def test_commit_every_one_adds_everything(world: World, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_crops(src, 3, seed=91)
+    idx = world.copy(tmp_path / "idx")
+    with Engine.open(idx) as eng:
+        rep = eng.add(scan_source(src), commit_every=1)
+        assert rep.added == 3 and eng.stats()["crops"] == world.baseline[0] + 3
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "a\x00b", None, 5])
+def test_library_index_paths(bad: Any, world: World) -> None:
+    assert_raises(InvalidInputError, lambda: Engine.open(bad), repr(bad) if bad is not None and bad != 5 else str(bad))
+    assert_raises(
+        InvalidInputError, lambda: Engine.create(bad, encoder="tiny-test", weights=world.weights),
+        repr(bad) if bad is not None and bad != 5 else str(bad),
+    )
+
+
+# -- damaged indexes ----------------------------------------------------------------------------------------
+def _edit_manifest(idx: Path, change: Callable[[dict], Any]) -> None:
+    doc = json.loads((idx / "manifest.json").read_text())
+    out = change(doc)
+    (idx / "manifest.json").write_text(json.dumps(doc if out is None else out))
+
+
+MANIFEST_DAMAGE: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
+    "json_list": (lambda i: _edit_manifest(i, lambda d: [d]), ("JSON object", "list")),
+    "json_string": (lambda i: _edit_manifest(i, lambda d: "hello"), ("JSON object", "str")),
+    "encoder_null": (lambda i: _edit_manifest(i, lambda d: d.update(encoder=None)), ("'encoder'", "None")),
+    "encoder_no_name": (lambda i: _edit_manifest(i, lambda d: d.update(encoder={})), ("'encoder'", "name")),
+    "encoder_text": (lambda i: _edit_manifest(i, lambda d: d.update(encoder="osnet")), ("'encoder'",)),
+    "dim_text": (lambda i: _edit_manifest(i, lambda d: d.update(dim="abc")), ("'dim'", "'abc'")),
+    "dim_negative": (lambda i: _edit_manifest(i, lambda d: d.update(dim=-4)), ("'dim'", "-4")),
+    "dim_null": (lambda i: _edit_manifest(i, lambda d: d.update(dim=None)), ("'dim'",)),
+    "dim_missing": (lambda i: _edit_manifest(i, lambda d: (d.pop("dim"), None)[1]), ("lacks dim",)),
+    "db_url_null": (lambda i: _edit_manifest(i, lambda d: d.update(db_url=None)), ("'db_url'",)),
+    "db_url_number": (lambda i: _edit_manifest(i, lambda d: d.update(db_url=5)), ("'db_url'",)),
+    "db_driver_missing": (lambda i: _edit_manifest(i, lambda d: d.update(db_url="mysql+pymysql://u@h/d")),
+                          ("pymysql", "not installed")),
+    "db_dialect_unknown": (lambda i: _edit_manifest(i, lambda d: d.update(db_url="nosuch://x")), ("nosuch",)),
+    "format_version_99": (lambda i: _edit_manifest(i, lambda d: d.update(format_version=99)), ("format version 99",)),
+    "format_version_missing": (lambda i: _edit_manifest(i, lambda d: (d.pop("format_version"), None)[1]), ("format version None",)),
+    "annotators_text": (lambda i: _edit_manifest(i, lambda d: d.update(annotators="attributes")), ("'annotators'",)),
+    "hooks_number": (lambda i: _edit_manifest(i, lambda d: d.update(hooks=5)), ("'hooks'",)),
+    "backend_options_list": (lambda i: _edit_manifest(i, lambda d: d.update(backend_options=[])), ("'backend_options'",)),
+    "generation_text": (lambda i: _edit_manifest(i, lambda d: d.update(generation="x")), ("'generation'",)),
+    "not_json": (lambda i: (i / "manifest.json").write_text("{not json"), ("unreadable manifest",)),
+    "empty_file": (lambda i: (i / "manifest.json").write_bytes(b""), ("unreadable manifest",)),
+    "binary": (lambda i: (i / "manifest.json").write_bytes(b"\xff\xfe\x00garbage"), ("unreadable manifest",)),
+    "is_a_folder": (lambda i: ((i / "manifest.json").unlink(), (i / "manifest.json").mkdir()), ("not a file",)),
+}
+
+
+@pytest.mark.parametrize("command", ["info", "query"])
+@pytest.mark.parametrize("case", sorted(MANIFEST_DAMAGE))
+def test_damaged_manifest(case: str, command: str, world: World, tmp_path: Path) -> None:
+    idx = world.copy(tmp_path / "idx")
+    damage, needles = MANIFEST_DAMAGE[case]
+    damage(idx)
+    before = (idx / "manifest.json").read_bytes() if (idx / "manifest.json").is_file() else None
+    args = ("info",) if command == "info" else ("query", world.query)
+    line = assert_cli_error(cli(*args, "--index", idx), 1, *needles)
+    assert "manifest.json" in line or str(idx) in line or "pymysql" in line or "nosuch" in line
+    if before is not None:
+        assert (idx / "manifest.json").read_bytes() == before  # opening never rewrites what it cannot read
+
+
+def test_damaged_manifest_in_library_raises_typed_errors(world: World, tmp_path: Path) -> None:
+    for case, (damage, needles) in MANIFEST_DAMAGE.items():
+        idx = world.copy(tmp_path / case)
+        damage(idx)
+        with pytest.raises(ReidEngineError) as info:
+            Engine.open(idx)
+        assert "\n" not in str(info.value) and all(n in str(info.value) for n in needles), (case, str(info.value))
+
+
+def _set_meta(idx: Path, key: str, value: Optional[str]) -> None:
+    con = sqlite3.connect(idx / "crops.db")
+    if value is None:
+        con.execute("DELETE FROM reid_meta WHERE key = ?", (key,))
+    else:
+        con.execute("UPDATE reid_meta SET value = ? WHERE key = ?", (value, key))
+    con.commit()
+    con.close()
+
+
+def _truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+def _checkpoint_wal(idx: Path) -> None:
+    """Fold the WAL into crops.db so that damaging the file damages the data."""
+    con = sqlite3.connect(idx / "crops.db")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    for suffix in ("-wal", "-shm"):
+        (idx / f"crops.db{suffix}").unlink(missing_ok=True)
+
+
+DB_DAMAGE: dict[str, tuple[Callable[[Path], None], tuple[str, ...], type]] = {
+    "text_file": (lambda i: (i / "crops.db").write_text("these are not rows\n" * 50), ("crops.db", "not"), IndexCorruptError),
+    "random_bytes": (lambda i: (i / "crops.db").write_bytes(np.random.default_rng(1).bytes(8192)), ("crops.db",), IndexCorruptError),
+    "truncated_100": (lambda i: _truncate(i / "crops.db", 100), ("crops.db",), IndexCorruptError),
+    "truncated_half": (lambda i: _truncate(i / "crops.db", (i / "crops.db").stat().st_size // 2), (), ReidEngineError),
+    "generation_text": (lambda i: _set_meta(i, "generation", "seven"), ("seven",), IndexCorruptError),
+    "generation_missing": (lambda i: _set_meta(i, "generation", None), ("committed",), IndexCorruptError),
+    "state_not_json": (lambda i: _set_meta(i, "state", "{oops"), ("state",), IndexCorruptError),
+    "state_missing": (lambda i: _set_meta(i, "state", None), ("committed",), IndexCorruptError),
+    "is_a_folder": (lambda i: ((i / "crops.db").unlink(), (i / "crops.db").mkdir()), ("crops.db",), ReidEngineError),
+}
+
+
+@pytest.mark.parametrize("command", ["info", "query"])
+@pytest.mark.parametrize("case", sorted(DB_DAMAGE))
+def test_damaged_database(case: str, command: str, world: World, tmp_path: Path) -> None:
+    idx = world.copy(tmp_path / "idx")
+    _checkpoint_wal(idx)
+    damage, needles, _ = DB_DAMAGE[case]
+    damage(idx)
+    args = ("info",) if command == "info" else ("query", world.query)
+    assert_cli_error(cli(*args, "--index", idx), 1, *needles)
+
+
+@pytest.mark.parametrize("case", sorted(DB_DAMAGE))
+def test_damaged_database_in_library(case: str, world: World, tmp_path: Path) -> None:
+    idx = world.copy(tmp_path / "idx")
+    _checkpoint_wal(idx)
+    damage, needles, exc_type = DB_DAMAGE[case]
+    damage(idx)
+    assert_raises(exc_type, lambda: Engine.open(idx), *needles)
+
+
+# -- videos -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("videos")
+    full = write_video(folder / "full.avi", 70)
+    short = write_video(folder / "short.avi", 30)
+    cut = folder / "cut.avi"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    return {"full": full, "short": short, "cut": cut}
+
+
+def _ingest(engine: Engine, video: Path, **kw: Any) -> Any:
+    kw.setdefault("checkpoint_frames", 20)
+    return ingest_video(engine, video, "cam9", detector=StubDetector(), show_progress=False,
+                        start_time="2024-01-01T00:00:00", **kw)
+
+
+def test_a_video_replaced_by_a_longer_one_is_ingested_again(videos: dict[str, Path], world: World, tmp_path: Path) -> None:
+    ref_idx = world.copy(tmp_path / "ref")
+    with Engine.open(ref_idx) as eng:
+        full = _ingest(eng, videos["full"])
+        assert full.done and full.crops > 0
+        ref = sorted((r["frame"], r["sha256"]) for r in _rows(ref_idx).values() if r["source"])
+    idx = world.copy(tmp_path / "idx")
+    path = tmp_path / "camera.avi"
+    shutil.copy(videos["short"], path)
+    with Engine.open(idx) as eng:
+        first = _ingest(eng, path)
+        assert first.done and 0 < first.crops < full.crops
+        shutil.copy(videos["full"], path)  # the same path now holds the whole footage
+        again = _ingest(eng, path)
+        assert not again.already_done and again.done and again.replaced == first.crops
+        assert "replaced" in again.summary()
+        same = _ingest(eng, path)
+        assert same.already_done
+        os.utime(path, (1, 1))  # touching the file does not change its content
+        assert _ingest(eng, path).already_done
+    got = sorted((r["frame"], r["sha256"]) for r in _rows(idx).values() if r["source"])
+    assert got == ref
+
+
+def test_ingest_checkpoints_by_elapsed_time(videos: dict[str, Path], world: World, tmp_path: Path) -> None:
+    idx = world.copy(tmp_path / "idx")
+
+    class Killed(Exception):
+        pass
+
+    def observer(frame: int, dets: Any, tracked: Any) -> None:
+        if frame == 25:
+            raise Killed()
+
+    with Engine.open(idx) as eng:
+        with pytest.raises(Killed):
+            _ingest(eng, videos["full"], checkpoint_frames=10_000, checkpoint_seconds=1e-6, observer=observer)
+        with eng.store.sql.connect() as conn:
+            row = conn.execute(sa.select(db.ingest_sources)).mappings().one()
+    assert row["next_frame"] == 25  # every frame was committed: nothing but the frame in work is lost
+
+
+def test_truncated_video_file_does_not_crash(videos: dict[str, Path], world: World, tmp_path: Path) -> None:
+    idx = world.copy(tmp_path / "idx")
+    with Engine.open(idx) as eng:
+        try:
+            rep = _ingest(eng, videos["cut"])
+        except ReidEngineError as exc:
+            assert "cut.avi" in str(exc) and "\n" not in str(exc)
+        else:
+            assert rep.done
+
+
+@pytest.mark.parametrize(
+    "kwargs, needles",
+    [
+        ({"every": 0}, ("every 0",)),
+        ({"start_frame": -1}, ("frame range",)),
+        ({"start_frame": 10, "end_frame": 5}, ("frame range",)),
+        ({"max_frames": 0}, ("max_frames 0",)),
+        ({"checkpoint_frames": 0}, ("checkpoint_frames",)),
+        ({"checkpoint_seconds": 0}, ("checkpoint_seconds 0",)),
+        ({"checkpoint_seconds": "60"}, ("checkpoint_seconds '60'",)),
+        ({"fps": -1.0}, ("fps -1.0",)),
+        ({"start_time": "nan"}, ("'nan'",)),
+        ({"start_time": "last tuesday"}, ("'last tuesday'",)),
+    ],
+)
+def test_bad_ingest_arguments(kwargs: dict, needles: tuple, videos: dict[str, Path], world: World, unchanged: None) -> None:
+    kwargs = dict(kwargs)
+    start = kwargs.pop("start_time", "2024-01-01T00:00:00")
+    with Engine.open(world.index) as eng:
+        assert_raises(
+            InvalidInputError,
+            lambda: ingest_video(eng, videos["full"], "cam9", detector=StubDetector(), show_progress=False,
+                                 start_time=start, **kwargs),
+            *needles,
+        )
+
+
+@pytest.mark.parametrize(
+    "video, needles",
+    [
+        ("missing", ("no such video file",)),
+        ("text", ("OpenCV cannot open",)),
+        ("empty", ("empty.avi",)),
+    ],
+)
+def test_bad_video_files_through_the_cli(video: str, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
+    path = {"missing": tmp_path / "missing.avi", "text": _write(tmp_path / "text.avi", b"not a video\n" * 20),
+            "empty": _write(tmp_path / "empty.avi", b"")}[video]
+    assert_cli_error(cli("ingest", path, "--index", world.index), 1, path.name, *needles)
+
+
+@pytest.mark.parametrize(
+    "args, code, needles",
+    [
+        (("--fps", "0"), 2, ("--fps",)),
+        (("--every", "0"), 2, ("--every",)),
+        (("--start-frame", "-1"), 2, ("--start-frame",)),
+        (("--start-time", "nan"), 1, ("'nan'",)),
+        (("--start-time", "not a time"), 1, ("'not a time'",)),
+    ],
+)
+def test_bad_ingest_options(args: tuple, code: int, needles: tuple, videos: dict[str, Path], world: World, unchanged: None) -> None:
+    assert_cli_error(cli("ingest", videos["full"], "--index", world.index, "--detector", "no-such", *args), code, *needles)
+
+
+# Cases for the storage owner to add once the segment format lands (vector / neighbour files):
+VECTOR_FILE_CASES_TODO = [
+    "segment vector file truncated to half (was: truncated nfc-*.npz -> BadZipFile)",
+    "segment vector file replaced by random bytes",
+    "segment vector file of another dimension",
+    "segment file named by the committed state is missing",
+    "neighbour (NFC hook) file truncated / not an npz / holding other ids",
+    "state JSON naming a segment with a non-integer or negative count",
+    "tombstone file damaged",
+]

@@ -1,0 +1,33 @@
+"""The development-set tool on real pku crops (slow: encodes 592 crops once, then caches them)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reid_engine.rerank import get_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tool():
+    path = Path(__file__).resolve().parents[1] / "tools" / "rerank_devsets.py"
+    spec = importlib.util.spec_from_file_location("rerank_devsets", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pku_cosine_reference_and_safe_default(tool, pku, osnet_onnx, tmp_path_factory) -> None:
+    cache = tmp_path_factory.mktemp("feats")
+    data = tool.load_set("pku_01to02", "osnet", cache)
+    gal = tool.build_gallery(data)
+    r1, _, m_ap = tool.evaluate(tool.rank_pipeline(gal, data, get_pipeline("none")), data)
+    assert abs(r1 - 74.7) < 0.1 and abs(m_ap - 60.6) < 0.1  # ASSETS.md reference
+    order = tool.rank_pipeline(gal, data, get_pipeline("default"))
+    d1, _, d_map = tool.evaluate(order, data)
+    assert d_map >= m_ap and d1 >= r1 - 0.5
+    assert np.array_equal(order, tool.rank_pipeline(gal, data, get_pipeline("default"), one_call=True))

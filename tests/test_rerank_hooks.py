@@ -1,0 +1,110 @@
+"""Index hooks: incremental neighbour lists and camera statistics against direct NumPy references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reid_engine.rerank import MemoryGallery, NeighboursHook
+from reid_engine.rerank.hooks import CameraStatsHook
+
+
+def _unit(rng: np.random.Generator, n: int, d: int = 24) -> np.ndarray:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _all_pairs(ids: np.ndarray, x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: full similarity matrix, self excluded, sorted per row."""
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.fill_diagonal(s, -np.inf)
+    order = np.argsort(-s, axis=1)[:, :w]
+    return ids[order], np.take_along_axis(s, order, 1)
+
+
+def _build(x: np.ndarray, ids: np.ndarray, block: int, width: int = 16, max_search: int = 256) -> MemoryGallery:
+    gal = MemoryGallery(x.shape[1], hooks=(NeighboursHook(width, max_search), CameraStatsHook()))
+    for s in range(0, len(ids), block):
+        gal.add(ids[s:s + block], x[s:s + block], {"camera": [str(i % 3) for i in ids[s:s + block]]})
+    return gal
+
+
+@pytest.mark.parametrize("block", [1, 7, 50, 400])
+def test_incremental_neighbours_equal_all_pairs(block: int) -> None:
+    rng = np.random.default_rng(block)
+    x = _unit(rng, 160)
+    ids = rng.permutation(1000)[:160].astype(np.int64)
+    gal = _build(x, ids, block)
+    table = gal.state("neighbours")
+    order = np.argsort(ids)
+    ref_ids, ref_sims = _all_pairs(ids[order], x[order], 16)
+    assert np.array_equal(table.ids, ids[order])
+    assert np.array_equal(table.nb_ids, ref_ids)
+    assert np.allclose(table.nb_sims, ref_sims, atol=1e-5)
+
+
+def test_neighbour_files_reload_to_the_same_table() -> None:
+    rng = np.random.default_rng(1)
+    x = _unit(rng, 90)
+    gal = _build(x, np.arange(90), 20)
+    again = NeighboursHook().load(gal.folder, gal.states["neighbours"])
+    assert len(gal.states["neighbours"]["files"]) == 5
+    assert np.array_equal(again.nb_ids, gal.state("neighbours").nb_ids)
+
+
+def test_removal_drops_ids_and_compaction_refills() -> None:
+    rng = np.random.default_rng(2)
+    x = _unit(rng, 120)
+    ids = np.arange(120)
+    gal = _build(x, ids, 30)
+    gone = np.arange(0, 120, 4)
+    gal.remove(gone)
+    table = gal.state("neighbours")
+    assert not np.isin(table.ids, gone).any()
+    assert not np.isin(table.nb_ids, gone).any()
+    assert (table.nb_ids < 0).any()  # shortened lists wait for compaction
+    gal.compact()
+    table = gal.state("neighbours")
+    keep = np.setdiff1d(ids, gone)
+    ref_ids, _ = _all_pairs(keep, x[keep], 16)
+    assert np.array_equal(table.nb_ids, ref_ids)
+    assert len(gal.states["neighbours"]["files"]) == 1
+    # adds after removals stay exact
+    more = _unit(rng, 25)
+    gal.add(np.arange(500, 525), more)
+    allx = np.concatenate([x[keep], more])
+    allid = np.concatenate([keep, np.arange(500, 525)])
+    ref_ids, _ = _all_pairs(allid, allx, 16)
+    assert np.array_equal(gal.state("neighbours").nb_ids, ref_ids)
+
+
+def test_capped_search_only_misses_never_invents() -> None:
+    rng = np.random.default_rng(3)
+    x = _unit(rng, 200)
+    ids = np.arange(200)
+    gal = _build(x, ids, 10, width=8, max_search=16)
+    table = gal.state("neighbours")
+    ref_ids, ref_sims = _all_pairs(ids, x, 8)
+    # every listed neighbour is real and listed sims are the true similarities
+    s = x @ x.T
+    valid = table.nb_ids >= 0
+    rows = np.repeat(np.arange(200)[:, None], 8, 1)
+    assert np.allclose(table.nb_sims[valid], s[rows[valid], table.nb_ids[valid]], atol=1e-5)
+    recall = np.mean([len(np.intersect1d(a, b)) / 8 for a, b in zip(table.nb_ids, ref_ids)])
+    assert recall > 0.9
+
+
+def test_camera_stats_follow_adds_and_removals() -> None:
+    rng = np.random.default_rng(4)
+    x = _unit(rng, 60)
+    cams = np.array([str(i % 3) for i in range(60)], object)
+    gal = _build(x, np.arange(60), 25)
+    gal.remove(np.arange(0, 60, 5))
+    keep = np.setdiff1d(np.arange(60), np.arange(0, 60, 5))
+    stats = gal.state("camera_stats")
+    for c in ("0", "1", "2"):
+        rows = keep[cams[keep] == c]
+        assert stats.count(c) == len(rows)
+        assert np.allclose(stats.mean(c), x[rows].mean(0), atol=1e-6)
+    assert np.allclose(stats.global_mean(), x[keep].mean(0), atol=1e-6)
+    assert stats.mean("9") is None
+    assert stats.mean("0", min_count=100) is None

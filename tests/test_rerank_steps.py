@@ -1,0 +1,231 @@
+"""Re-rankers against small obvious references; each default step is needed by some case."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from reid_engine.rerank import (AttributeFusion, CameraNormalize, Candidates, Centralize, KReciprocal,
+                                MemoryGallery, Pipeline, RerankContext, SamePersonPool, get_pipeline)
+from reid_engine.rerank.kreciprocal import k_reciprocal_rerank
+
+
+def _n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _without(pipe: Pipeline, cls: type) -> Pipeline:
+    return Pipeline(pipe.name + "-minus", tuple(s for s in pipe.steps if not isinstance(s, cls)))
+
+
+def _gallery(x: np.ndarray, cams=None, tracks=None) -> MemoryGallery:
+    gal = MemoryGallery(x.shape[1])
+    gal.add(np.arange(len(x)), _n(x).astype(np.float32), {"camera": cams, "track": tracks})
+    return gal
+
+
+def test_camera_normalize_matches_hand_computation() -> None:
+    rng = np.random.default_rng(0)
+    x = _n(rng.normal(size=(40, 8)) + np.repeat([[2, 0, 0, 0, 0, 0, 0, 0], [0, 2, 0, 0, 0, 0, 0, 0]], 20, 0))
+    cams = ["a"] * 20 + ["b"] * 20
+    gal = _gallery(x, cams)
+    q = _n(rng.normal(size=(1, 8)) + [[2, 0, 0, 0, 0, 0, 0, 0]]).astype(np.float32)
+    out = gal.query(Pipeline("c", (CameraNormalize(strength=1.0, min_count=5),)), q, 40, query_cameras=["a"])
+    ma, mb = x[:20].mean(0), x[20:].mean(0)
+    want = np.array([_n(x[i] - (ma if i < 20 else mb)) @ _n(q[0] - ma) for i in range(40)])
+    assert np.allclose(out.scores[0], np.sort(want)[::-1], atol=1e-5)
+    assert np.array_equal(out.ids[0], np.argsort(-want, kind="stable"))
+    # unknown query camera: unknown_strength 0 leaves cosine
+    plain = gal.query(Pipeline("c", (CameraNormalize(min_count=5),)), q, 40, query_cameras=[None])
+    assert np.allclose(plain.scores[0], np.sort(x @ q[0].astype(np.float64))[::-1], atol=1e-5)
+
+
+def test_camera_step_is_what_makes_the_match_win() -> None:
+    # cameras add a strong bias; the true match (cam b) loses to a cam-a distractor in raw cosine
+    rng = np.random.default_rng(1)
+    d = 16
+    bias = {"a": 3 * np.eye(d)[0], "b": 3 * np.eye(d)[1]}
+    people = _n(rng.normal(size=(30, d)))
+    x, cams = [], []
+    for p in range(30):
+        for c in "ab":
+            x.append(people[p] * 2 + bias[c] + 0.3 * rng.normal(size=d))
+            cams.append(c)
+    x = _n(np.array(x))
+    gal = _gallery(x, cams)
+    q = _n(people[0] * 2 + bias["a"] + 0.3 * rng.normal(size=d))[None].astype(np.float32)
+    where = type("OnlyB", (), {"mask": staticmethod(lambda ids, f: f["camera"] == "b")})()
+    default = get_pipeline("default")
+    top_default = gal.query(default, q, 5, where=where, query_cameras=["a"]).ids[0, 0]
+    # bias along cam b's axis: compare against all rows (cam a rows included) to make the bias matter
+    top_all = gal.query(default, q, 5, query_cameras=["a"]).ids[0]
+    top_all_minus = gal.query(_without(default, CameraNormalize), q, 5, query_cameras=["a"]).ids[0]
+    assert top_default == 1  # person 0, camera b
+    assert 1 in top_all[:2]
+    assert 1 not in top_all_minus[:2]
+
+
+def test_centralize_matches_direct_formula() -> None:
+    rng = np.random.default_rng(2)
+    x = _n(rng.normal(size=(30, 6)))
+    gal = _gallery(x)
+    q = _n(rng.normal(size=6)).astype(np.float32)
+    step = Centralize(k1=3, k2=3, alpha=0.7, margin=-0.5, ramp=0.2)
+    out = gal.query(Pipeline("c", (step,)), q[None], 30)
+    s = x @ x.T
+    np.fill_diagonal(s, -np.inf)
+    nn = np.argsort(-s, 1)
+    top1 = (x @ q).max()
+    want = np.empty(30)
+    for i in range(30):
+        v = x[i].copy()
+        for j in nn[i, :3]:
+            if i in nn[j, :3]:
+                v += 0.7 * np.clip((s[i, j] - (top1 - 0.5)) / 0.2, 0, 1) * x[j]
+        want[i] = _n(v) @ q
+    assert np.array_equal(out.ids[0], np.argsort(-want, kind="stable"))
+    assert np.allclose(out.scores[0], np.sort(want)[::-1], atol=1e-5)
+
+
+def test_single_shot_gallery_stays_cosine() -> None:
+    # every gallery row a different person: neighbours are no closer than the query's best match
+    rng = np.random.default_rng(3)
+    x = _n(rng.normal(size=(200, 32)))
+    gal = _gallery(x)
+    q = _n(x[:20] + 0.15 * rng.normal(size=(20, 32))).astype(np.float32)
+    a = gal.query(get_pipeline("default"), q, 50)
+    b = gal.query(get_pipeline("none"), q, 50)
+    assert np.array_equal(a.ids, b.ids)
+
+
+def test_neighbour_pooling_is_what_makes_the_match_win() -> None:
+    # a1 is person A seen from the query's side; a2, a3 are near-duplicates of a1 (same camera, same
+    # person) that the query matches less than distractor d; pooling trusted neighbours lifts a2 above d
+    e = np.eye(64)
+    q = e[0]
+    a1 = _n(e[0] + 1.0 * e[1])
+    a2 = _n(a1 + 0.3 * e[2])
+    a3 = _n(a1 + 0.3 * e[3])
+    dist = _n(e[0] + 1.063 * e[4])
+    rng = np.random.default_rng(4)
+    others = _n(rng.normal(size=(40, 64)))
+    x = np.vstack([a1, a2, a3, dist, others])
+    gal = _gallery(x)
+    sims = x @ q
+    assert sims[0] > sims[3] > max(sims[1], sims[2])  # cosine: the distractor beats a2 and a3
+    qq = q[None].astype(np.float32)
+    default = get_pipeline("default")
+    top = list(gal.query(default, qq, 4).ids[0])
+    assert top.index(3) > max(top.index(1), top.index(2))
+    top_minus = list(gal.query(_without(default, Centralize), qq, 4).ids[0])
+    assert top_minus.index(3) < top_minus.index(1)
+
+
+def test_track_pooling_on_known_tracks() -> None:
+    # track T: t1 close to the query, t2 and t3 far; a track-less distractor in between
+    rng = np.random.default_rng(5)
+    d_ = 32
+    q = _n(rng.normal(size=d_))
+    t1 = _n(q + 0.4 * _n(rng.normal(size=d_)))
+    t2 = _n(q + 1.2 * _n(rng.normal(size=d_)))
+    t3 = _n(q + 1.2 * _n(rng.normal(size=d_)))
+    dist = _n(q + 0.8 * _n(rng.normal(size=d_)))
+    others = _n(rng.normal(size=(50, d_)))
+    x = np.vstack([t1, t2, t3, dist, others])
+    tracks = ["T", "T", "T", None] + [f"o{i}" for i in range(50)]
+    gal = _gallery(x, tracks=tracks)
+    sims = x @ q
+    assert sims[3] > max(sims[1], sims[2])
+    qq = q[None].astype(np.float32)
+    top = list(gal.query(get_pipeline("default"), qq, 5).ids[0])
+    assert top[:3] == sorted(top[:3], key=lambda i: -sims[i]) or set(top[:3]) == {0, 1, 2}
+    assert set(top[:3]) == {0, 1, 2}
+    assert Centralize(track_weight=0.0) is not None
+    no_track = Pipeline("nt", (Centralize(track_weight=0.0),))
+    assert set(gal.query(no_track, qq, 3).ids[0]) != {0, 1, 2}
+
+
+def test_k_reciprocal_step_equals_the_function_on_the_pool() -> None:
+    rng = np.random.default_rng(6)
+    x = _n(rng.normal(size=(80, 12))).astype(np.float32)
+    gal = _gallery(x)
+    q = _n(rng.normal(size=(1, 12))).astype(np.float32)
+    out = gal.query(Pipeline("kr", (KReciprocal(6, 3, 0.3, pool=40),)), q, 40)
+    pool = np.argsort(-(x @ q[0]), kind="stable")[:40]
+    dist, pos = k_reciprocal_rerank(q, x[pool], 40, k1=6, k2=3, lambda_value=0.3)
+    assert np.array_equal(out.ids[0], pool[pos[0]])
+
+
+def test_same_person_pooling_gives_one_list() -> None:
+    rng = np.random.default_rng(7)
+    x = _n(rng.normal(size=(30, 8))).astype(np.float32)
+    gal = _gallery(x)
+    q = _n(x[:2] + 0.3 * rng.normal(size=(2, 8))).astype(np.float32)
+    out = gal.query(Pipeline("sp", (SamePersonPool(),)), q, 30, same_person=True)
+    assert np.array_equal(out.ids[0], out.ids[1])
+    want = (x @ q.T).mean(1)
+    assert np.array_equal(out.ids[0], np.argsort(-want, kind="stable"))
+
+
+def test_attribute_fusion_step_wraps_fuse_rank() -> None:
+    from reid_engine.attributes import fusion
+    from reid_engine.attributes.groups import WIDTH
+
+    rng = np.random.default_rng(8)
+    x = _n(rng.normal(size=(20, 8))).astype(np.float32)
+    attrs = rng.uniform(size=(20, WIDTH)).astype(np.float32)
+    gal = MemoryGallery(8)
+    gal.add(np.arange(20), x, rows=[{"extra": {}} for _ in range(20)])
+    from reid_engine.attributes.groups import notes_to_matrix  # noqa: F401
+    qa = rng.uniform(size=(1, WIDTH)).astype(np.float32)
+    # gallery attributes travel in the rows; fake the stored notes through a matrix-backed lookup
+    step = AttributeFusion("clothes-change")
+    s = x @ x[3]
+    order = np.argsort(-s, kind="stable")
+    pool = Candidates.sorted(order[None], s[order][None])
+    ctx = RerankContext(gallery=gal, k=20, query_attributes=qa)
+    import reid_engine.attributes.groups as groups
+    orig = groups.notes_to_matrix
+    try:
+        groups.notes_to_matrix = lambda notes: np.full((len(notes), WIDTH), np.nan, np.float32)
+        got = step.rerank(x[3:4], pool, ctx)
+    finally:
+        groups.notes_to_matrix = orig
+    d, pos = fusion.fuse_rank(1 - s[order][None], order[None], qa, np.full((1, 20, WIDTH), np.nan, np.float32), 20,
+                              fusion.resolve_fusion("clothes-change"))
+    assert np.array_equal(got.ids, pos)
+
+
+def test_batch_independence_on_real_crops(pku, osnet_onnx) -> None:
+    from reid_engine.encoders import create_encoder
+
+    with open(pku / "protocol_cross_camera.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    pick = [r for r in rows if int(r["pid"]) <= 6]
+    enc = create_encoder(weights=osnet_onnx)
+    f = enc.encode([pku / r["file"] for r in pick], batch_size=32)
+    f = (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32)
+    g = np.array([r["role"] == "gallery" for r in pick])
+    gal = MemoryGallery(f.shape[1])
+    gal.add(np.arange(g.sum()), f[g], {"camera": [r["camid"] for r, m in zip(pick, g) if m]})
+    q = f[~g]
+    cams = [r["camid"] for r, m in zip(pick, g) if not m]
+    for name in ("default", "nfc", "kr", "qe"):
+        pipe = get_pipeline(name)
+        together = gal.query(pipe, q, 10, query_cameras=cams)
+        for i in range(len(q)):
+            alone = gal.query(pipe, q[i:i + 1], 10, query_cameras=cams[i:i + 1])
+            assert np.array_equal(alone.ids[0], together.ids[i]), name
+
+
+@pytest.mark.parametrize("name", ["none", "default", "nfc", "kr", "qe", "nfc+qe", "nfc+kr", "camera"])
+def test_every_preset_returns_a_sorted_pool(name: str) -> None:
+    rng = np.random.default_rng(9)
+    x = _n(rng.normal(size=(50, 8))).astype(np.float32)
+    gal = _gallery(x, cams=["a", "b"] * 25)
+    out = gal.query(get_pipeline(name), x[:3], 10, query_cameras=["a", None, "b"])
+    assert out.ids.shape == (3, 10)
+    assert (np.diff(out.scores, axis=1) <= 1e-7).all()
+    assert all(len(set(r)) == 10 for r in out.ids)

@@ -1,0 +1,298 @@
+"""Scale benchmark: build, open and query galleries of 100k and 1M crops end to end; prints one JSON line.
+
+The gallery is synthetic rows that look like real embeddings plus the real
+pku_reid_dev camera-02 crops: every synthetic identity's centre is a random mix
+of two real OSNet embeddings plus noise, so synthetic rows sit in the same cone
+as real features and compete with the true matches. Queries are the real
+camera-01 images (encoded by the engine, one image per call: encode + search +
+default re-ranking + SQL rows) and held-out synthetic crops (for mAP on the
+labelled synthetic rows).
+
+Each phase runs in its own process so that peak RSS (VmHWM) is that phase's:
+
+    python tools/bench_scale.py --sizes 100000,1000000
+    python tools/bench_scale.py --sizes 100000 --old-checkout /tmp/old   # also the previous engine, same data
+
+Beside the engine it measures, in the same run, brute-force NumPy top-k over
+the same vectors, and (with --old-checkout, a checkout of an earlier commit) the
+previous exact path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DIM = 512
+CROPS_PER_ID = 8
+CAMERAS = [f"{c:02d}" for c in range(1, 9)]
+CHUNK = 65536
+SYN_QUERIES = 200
+
+log = logging.getLogger("bench_scale")
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _shared(rel: str) -> Path:
+    sys.path.insert(0, str(ROOT))
+    from reid_engine.assets import shared_path
+
+    return shared_path(rel)
+
+
+def _pku_rows() -> list[dict[str, str]]:
+    import csv
+
+    root = _shared("data/pku_reid_dev")
+    with open(root / "protocol_cross_camera.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["path"] = str(root / r["file"])
+    return rows
+
+
+def _real_features(work: Path, weights: Path) -> dict[str, np.ndarray]:
+    """OSNet embeddings of the pku crops (cached), through the engine's own encoder."""
+    cache = work / "pku_features.npz"
+    if cache.exists():
+        return dict(np.load(cache, allow_pickle=True))
+    from reid_engine import create_encoder
+
+    rows = _pku_rows()
+    enc = create_encoder(None, weights)
+    f = enc.encode([r["path"] for r in rows], batch_size=64)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    data = {
+        "feats": f.astype(np.float32), "pid": np.array([r["pid"] for r in rows]),
+        "role": np.array([r["role"] for r in rows]), "path": np.array([r["path"] for r in rows]),
+    }
+    np.savez(cache, **data)
+    return data
+
+
+def synthetic_chunk(real: np.ndarray, start: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``start .. start+n`` of the synthetic gallery: (vectors, identity labels); deterministic per row."""
+    ids = np.arange(start, start + n) // CROPS_PER_ID
+    uniq = np.unique(ids)
+    centres = np.empty((len(uniq), real.shape[1]), np.float32)
+    for j, ident in enumerate(uniq):
+        r = np.random.default_rng((seed, int(ident)))
+        a, b = r.integers(0, len(real), 2)
+        w = r.uniform(0.2, 0.8)
+        c = w * real[a] + (1 - w) * real[b] + 0.35 * r.standard_normal(real.shape[1]).astype(np.float32) / np.sqrt(
+            real.shape[1]
+        ) * 4
+        centres[j] = c / np.linalg.norm(c)
+    pos = np.searchsorted(uniq, ids)
+    rng = np.random.default_rng((seed, start, n))
+    x = centres[pos] + 0.25 * rng.standard_normal((n, real.shape[1])).astype(np.float32) / np.sqrt(real.shape[1]) * 4
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), ids.astype(np.int64)
+
+
+def synthetic_queries(real: np.ndarray, n_gallery: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out crops of synthetic identities that have crops in the gallery."""
+    n_ids = n_gallery // CROPS_PER_ID
+    rng = np.random.default_rng(seed)
+    idents = rng.choice(n_ids, SYN_QUERIES, replace=False)
+    out = np.empty((SYN_QUERIES, real.shape[1]), np.float32)
+    for j, ident in enumerate(idents):
+        # a fresh crop of that identity: same centre, other noise (row index beyond the gallery)
+        x, _ = synthetic_chunk(real, int(ident) * CROPS_PER_ID, CROPS_PER_ID, seed=0)
+        centre = x.mean(axis=0)
+        noise = np.random.default_rng((seed, j)).standard_normal(real.shape[1]).astype(np.float32)
+        q = centre / np.linalg.norm(centre) + 0.25 * noise / np.sqrt(real.shape[1]) * 4
+        out[j] = q / np.linalg.norm(q)
+    return out, idents.astype(np.int64)
+
+
+# -- phases (each in its own process) ------------------------------------------------------------
+def phase_build(args: argparse.Namespace) -> dict[str, Any]:
+    from reid_engine import CropItem, Engine
+
+    work = Path(args.work)
+    real = _real_features(work, Path(args.weights))
+    gal = real["role"] == "gallery"
+    folder = work / f"index_{args.n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    eng = Engine.create(folder, weights=args.weights)
+    n_syn = args.n - int(gal.sum()) - 4096
+    done = 0
+    while done < n_syn:
+        m = min(CHUNK, n_syn - done)
+        x, ids = synthetic_chunk(real["feats"], done, m)
+        items = [CropItem(Path(f"syn/{done + j}.png"), {"pid": f"s{ids[j]}", "camera": CAMERAS[(done + j) % 8]})
+                 for j in range(m)]
+        eng.add_features(x, items, hashes=[f"syn{done + j:012d}" for j in range(m)])
+        done += m
+        log.info("built %d / %d", done, n_syn)
+    items = [CropItem(Path(p), {"pid": f"p{pid}", "camera": "02"})
+             for p, pid in zip(real["path"][gal], real["pid"][gal])]
+    eng.add_features(real["feats"][gal], items, hashes=[f"pku{j:06d}" for j in range(len(items))])
+    build_s = time.perf_counter() - t0
+    # one more block of 4,096 crops on the full index: the cost of a typical commit
+    x, ids = synthetic_chunk(real["feats"], n_syn, 4096, seed=7)
+    items = [CropItem(Path(f"new/{j}.png"), {"pid": f"n{ids[j]}", "camera": CAMERAS[j % 8]}) for j in range(4096)]
+    t1 = time.perf_counter()
+    eng.add_features(x, items, hashes=[f"new{j:012d}" for j in range(4096)])
+    add_s = time.perf_counter() - t1
+    stats = eng.stats()
+    eng.close()
+    return {"n": stats["crops"], "build_s": round(build_s, 1), "add4096_s": round(add_s, 2),
+            "disk_mb": round(stats["bytes_on_disk"] / 2**20, 1), "build_peak_rss_mb": round(_peak_rss_mb()),
+            "index": stats["backend"]}
+
+
+def _map_at(ranked: np.ndarray, relevant: list[np.ndarray]) -> float:
+    """Mean average precision of ranked id lists, counting every relevant id (missing ones score 0)."""
+    aps = []
+    for row, rel in zip(ranked, relevant):
+        hit = np.isin(row, rel)
+        if not len(rel):
+            continue
+        prec = np.cumsum(hit) / np.arange(1, len(row) + 1)
+        aps.append(float((prec * hit).sum() / len(rel)))
+    return 100.0 * float(np.mean(aps))
+
+
+def phase_query(args: argparse.Namespace) -> dict[str, Any]:
+    from reid_engine import Engine
+
+    work = Path(args.work)
+    real = _real_features(work, Path(args.weights))
+    folder = work / f"index_{args.n}"
+    t0 = time.perf_counter()
+    eng = Engine.open(folder, weights=args.weights)
+    open_s = time.perf_counter() - t0
+    qpaths = list(real["path"][real["role"] == "query"])
+    eng.query(qpaths[:3], k=10)  # warm the encoder
+    out: dict[str, Any] = {"open_s": round(open_s, 3)}
+    for name, filt in (("query", {}), ("query_camera", {"cameras": ["02"]})):
+        lat = []
+        for p in qpaths[: args.queries]:
+            t = time.perf_counter()
+            eng.query([p], k=10, **filt)
+            lat.append(1000 * (time.perf_counter() - t))
+        out[f"{name}_p50_ms"] = round(float(np.percentile(lat, 50)), 1)
+        out[f"{name}_p99_ms"] = round(float(np.percentile(lat, 99)), 1)
+    # first-stage recall@10 against exact search, synthetic held-out queries
+    sq, sid = synthetic_queries(real["feats"], args.n)
+    _, approx = eng.store.search(sq, 10)
+    _, exact = eng.store.search(sq, 10, params=_exact())
+    out["recall_at_10"] = round(float(np.mean([len(np.intersect1d(a, e)) / 10 for a, e in zip(approx, exact)])), 4)
+    # mAP of the default re-ranking on candidates vs with an exact first stage (labelled synthetic rows)
+    rel = [eng.store.ids_where(_pid_clause(f"s{i}")) for i in sid]
+    for label, params in (("map_default", None), ("map_default_exact", {"exact": True})):
+        res = eng.query_features(sq, k=100, search_params=params)
+        ranked = np.array([[h.id for h in r.hits] + [-1] * (100 - len(r.hits)) for r in res])
+        out[label] = round(_map_at(ranked, rel), 2)
+    res = eng.query_features(sq, k=100, rerank="none")
+    out["map_cosine"] = round(_map_at(np.array([[h.id for h in r.hits] for r in res]), rel), 2)
+    out["query_peak_rss_mb"] = round(_peak_rss_mb())
+    eng.close()
+    return out
+
+
+def _exact() -> Any:
+    from reid_engine.index.backend import SearchParams
+
+    return SearchParams(exact=True)
+
+
+def _pid_clause(pid: str) -> Any:
+    from reid_engine.index import db
+
+    return db.filter_clause(pids=[pid])
+
+
+def phase_numpy(args: argparse.Namespace) -> dict[str, Any]:
+    """Brute-force NumPy top-10 over the same vectors (what a user would otherwise write)."""
+    work = Path(args.work)
+    real = _real_features(work, Path(args.weights))
+    n = args.n
+    gallery = np.empty((n, DIM), np.float32)
+    done = 0
+    while done < n:
+        m = min(CHUNK, n - done)
+        gallery[done : done + m] = synthetic_chunk(real["feats"], done, m)[0]
+        done += m
+    sq, _ = synthetic_queries(real["feats"], n)
+    lat = []
+    for q in sq[:50]:
+        t = time.perf_counter()
+        s = gallery @ q
+        top = np.argpartition(-s, 10)[:10]
+        top[np.argsort(-s[top])]
+        lat.append(1000 * (time.perf_counter() - t))
+    return {"numpy_p50_ms": round(float(np.percentile(lat, 50)), 1), "numpy_peak_rss_mb": round(_peak_rss_mb())}
+
+
+PHASES = {"build": phase_build, "query": phase_query, "numpy": phase_numpy}
+
+
+def _run_phase(phase: str, args: argparse.Namespace, n: int, python: str, cwd: Path) -> dict[str, Any]:
+    cmd = [python, str(Path(__file__).resolve()), "--phase", phase, "--n", str(n), "--work", args.work,
+           "--weights", args.weights, "--queries", str(args.queries)]
+    env = dict(os.environ, PYTHONPATH=str(cwd))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--work", default="/tmp/reid_bench_scale")
+    ap.add_argument("--weights", default=None, help="OSNet ONNX weights (default: shared osnet_x0_25_msmt17.onnx)")
+    ap.add_argument("--queries", type=int, default=200, help="single-image queries timed per setting")
+    ap.add_argument("--old-checkout", default=None, help="a checkout of an earlier commit to compare (<= 100k)")
+    ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args.weights = args.weights or str(_shared("weights/osnet/osnet_x0_25_msmt17.onnx"))
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    if args.phase:
+        print(json.dumps(PHASES[args.phase](args)))
+        return 0
+    result: dict[str, Any] = {"bench": "scale", "machine_cores": os.cpu_count()}
+    for n in [int(x) for x in args.sizes.split(",")]:
+        row: dict[str, Any] = {}
+        row.update(_run_phase("build", args, n, sys.executable, ROOT))
+        row.update(_run_phase("query", args, n, sys.executable, ROOT))
+        row.update(_run_phase("numpy", args, n, sys.executable, ROOT))
+        if args.old_checkout and n <= 100_000:
+            old_work = Path(args.work) / "old"
+            old_args = argparse.Namespace(**{**vars(args), "work": str(old_work)})
+            old_work.mkdir(exist_ok=True)
+            if (Path(args.work) / "pku_features.npz").exists():
+                shutil.copy(Path(args.work) / "pku_features.npz", old_work / "pku_features.npz")
+            old = {**_run_phase("build", old_args, n, sys.executable, Path(args.old_checkout)),
+                   **_run_phase("query", old_args, n, sys.executable, Path(args.old_checkout))}
+            row["old"] = {k: v for k, v in old.items() if k.endswith(("_ms", "_s", "_mb", "error"))}
+        result[str(n)] = row
+        shutil.rmtree(Path(args.work) / f"index_{n}", ignore_errors=True)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
