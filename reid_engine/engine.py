@@ -29,7 +29,7 @@ from .index.store import IndexStore, SqlHook
 from .index.vectors import l2_normalize
 from .ingest.crops import CropItem, parse_time
 from .rerank.base import Candidates, Pipeline, RerankContext, get_pipeline, list_hooks
-from .results import Hit, QueryResult, check_queries
+from .results import Hit, QueryResult, check_k, check_queries
 
 if TYPE_CHECKING:
     from .ingest.pipeline import IngestReport
@@ -157,6 +157,15 @@ def resolve_pipeline(rerank: Union[None, str, Pipeline]) -> Pipeline:
     if isinstance(rerank, Pipeline):
         return rerank
     return get_pipeline(DEFAULT_RERANK if rerank is None else str(rerank))
+
+
+def _names(what: str, values: Optional[Sequence[Any]]) -> Optional[tuple[str, ...]]:
+    """A filter's list of names as a tuple of strings; a bare string is refused (it is not a list of names)."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)):
+        raise InvalidInputError(f"{what}={values!r}: expected a list of names, e.g. [{values!r}]")
+    return tuple(str(v) for v in values)
 
 
 def _describe_mismatch(built: dict[str, Any], asked: dict[str, Any]) -> list[str]:
@@ -356,28 +365,29 @@ class Engine:
                     raise ImageReadError(reason) from None
                 log.warning("skipping %s", reason)
                 report.failed.append((str(it.path), reason))
-        known = self.store.known_hashes([h for _, h in hashed])
-        todo: list[tuple[CropItem, str]] = []
-        for it, h in hashed:
-            if h in known:
-                report.duplicates += 1
-            else:
-                known.add(h)
-                todo.append((it, h))
-        for start in range(0, len(todo), max(1, commit_every)):
-            block = todo[start : start + commit_every]
-            inputs = [it.image if it.image is not None else it.path for it, _ in block]
-            res = self.encoder.encode_files(inputs, batch_size=batch_size, show_progress=show_progress, strict=strict)
-            for pos, reason in res.failures:
-                report.failed.append((str(block[pos][0].path), reason))
-            rows = [_row_from_meta(block[pos][0], block[pos][1]) for pos in res.ok]
-            for ann in self.annotators:
-                notes = ann.annotate([inputs[pos] for pos in res.ok])
-                for row, note in zip(rows, notes):
-                    row["extra"] = {**(row["extra"] or {}), ann.name: note}
-            ids = self.store.add(l2_normalize(res.features), rows, sql_hook)
-            report.ids.extend(ids)
-            report.added += len(ids)
+        with self.store.writing():  # one writer at a time; dedup against what is committed now
+            known = self.store.known_hashes([h for _, h in hashed])
+            todo: list[tuple[CropItem, str]] = []
+            for it, h in hashed:
+                if h in known:
+                    report.duplicates += 1
+                else:
+                    known.add(h)
+                    todo.append((it, h))
+            for start in range(0, len(todo), max(1, commit_every)):
+                block = todo[start : start + commit_every]
+                inputs = [it.image if it.image is not None else it.path for it, _ in block]
+                res = self.encoder.encode_files(inputs, batch_size=batch_size, show_progress=show_progress, strict=strict)
+                for pos, reason in res.failures:
+                    report.failed.append((str(block[pos][0].path), reason))
+                rows = [_row_from_meta(block[pos][0], block[pos][1]) for pos in res.ok]
+                for ann in self.annotators:
+                    notes = ann.annotate([inputs[pos] for pos in res.ok])
+                    for row, note in zip(rows, notes):
+                        row["extra"] = {**(row["extra"] or {}), ann.name: note}
+                ids = self.store.add(l2_normalize(res.features), rows, sql_hook)
+                report.ids.extend(ids)
+                report.added += len(ids)
         report.seconds = time.perf_counter() - t0
         log.info("%s: %s", self.path, report.summary())
         return report
@@ -493,10 +503,10 @@ class Engine:
         else:
             groups[None] = list(range(n))
         base = dict(
-            cameras=None if cameras is None else tuple(str(c) for c in cameras),
-            exclude_cameras=tuple(str(c) for c in exclude_cameras or ()),
-            sources=None if sources is None else tuple(str(x) for x in sources),
-            tracks=None if tracks is None else tuple(str(x) for x in tracks),
+            cameras=_names("cameras", cameras),
+            exclude_cameras=_names("exclude_cameras", exclude_cameras) or (),
+            sources=_names("sources", sources),
+            tracks=_names("tracks", tracks),
             time_from=parse_time(time_from),
             time_to=parse_time(time_to),
         )
@@ -630,8 +640,7 @@ class Engine:
         rule = self._attribute_rule(attributes, threshold)
         if rule is None:
             raise InvalidInputError("attribute search needs at least one attribute term")
-        if k < 1:
-            raise InvalidInputError(f"k {k}: expected a positive integer")
+        k = check_k(k)
         table = self._gallery_attributes()
         ids, matrix = table.ids, table.matrix
         where = db.filter_clause(
@@ -670,7 +679,8 @@ class Engine:
         """
         from .ingest.pipeline import ingest_video
 
-        return ingest_video(self, source, camera, **options)
+        with self.store.writing():  # progress rows and crops of one source have one writer
+            return ingest_video(self, source, camera, **options)
 
     def query_tracks(
         self,

@@ -79,10 +79,12 @@ def check_queries(
     try:
         arr = np.atleast_2d(np.asarray(features, np.float32))
     except (TypeError, ValueError):
-        raise InvalidInputError(f"query features of type {type(features).__name__}: expected an (N, {dim}) array") from None
+        what = type(features).__name__
+        raise InvalidInputError(f"query features of type {what}: expected an (N, {dim}) array") from None
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise InvalidInputError(
-            f"query features of dimension {arr.shape[-1]} (shape {arr.shape}): the index holds {dim}, expected (N, {dim})"
+            f"query features of dimension {arr.shape[-1]} (shape {arr.shape}): "
+            f"the index holds {dim}, expected (N, {dim})"
         )
     if not np.isfinite(arr).all():
         raise InvalidInputError("query features hold NaN or infinite values")
@@ -90,7 +92,7 @@ def check_queries(
     n = len(q)
     # labels are shown and serialised: undecodable file-name bytes are escaped
     names = [printable(str(x)) for x in labels] if labels is not None else [f"<features {i}>" for i in range(n)]
-    cams = list(cameras) if cameras is not None else [None] * n
+    cams: list[Optional[str]] = list(cameras) if cameras is not None else [None] * n
     if len(names) != n or len(cams) != n:
         raise InvalidInputError(f"{n} queries but {len(names)} labels and {len(cams)} cameras")
     return q, names, cams

@@ -2,6 +2,7 @@
 
 Everything is tiny and built in memory or in a temporary folder; nothing comes from the shared assets.
 """
+
 from __future__ import annotations
 
 import struct
@@ -83,8 +84,11 @@ BAD_IMAGES: dict[str, tuple[str, Callable[[], bytes], tuple[str, ...]]] = {
     "empty": ("empty.png", lambda: b"", ("empty",)),
     "text": ("notes.png", lambda: b"this is not an image\n", ("not a readable image",)),
     "html": ("page.jpg", lambda: b"<html><body>404</body></html>", ("not a readable image",)),
-    "random": ("noise.jpg", lambda: np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
-               ("not a readable image",)),
+    "random": (
+        "noise.jpg",
+        lambda: np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        ("not a readable image",),
+    ),
     "png_signature_only": ("sig.png", lambda: b"\x89PNG\r\n\x1a\n", ("not a readable image",)),
     "jpeg_soi_only": ("soi.jpg", lambda: b"\xff\xd8\xff", ("not a readable image",)),
     "png_zero_width": ("zero.png", lambda: png_claiming(0, 10), ("not a readable image",)),

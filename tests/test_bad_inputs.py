@@ -6,9 +6,9 @@ an existing index is unchanged (its crop count and a query's answer before and a
 
 The index used is built once per session with the tiny test encoder; cases that write get a copy.
 
-TODO(storage owner): damaged-index cases on the vector / neighbour (segment) files are left to the
-new storage format; see VECTOR_FILE_CASES_TODO at the end of this file.
+Damaged vector segment files and committed state close the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,11 +32,11 @@ from reid_engine.errors import (
     ImageReadError,
     ImageTooLargeError,
     IndexCorruptError,
-    IndexNotFoundError,
     InvalidInputError,
     ReidEngineError,
 )
 from reid_engine.eval.datasets import read_dataset
+from reid_engine.images import image_size
 from reid_engine.index import db
 from reid_engine.ingest.crops import CropItem, scan_source
 from reid_engine.ingest.pipeline import ingest_video
@@ -185,7 +185,7 @@ def test_bad_image_with_strict_index_stops_and_keeps_the_index(
     case: str, world: World, tmp_path: Path, unchanged: None
 ) -> None:
     name, make, needles = BAD_IMAGES[case]
-    img = _write(tmp_path / "src" / name, make())
+    _write(tmp_path / "src" / name, make())
     assert_cli_error(cli("index", tmp_path / "src", "--index", world.index, "--strict"), 1, name, *needles)
 
 
@@ -211,7 +211,9 @@ def test_bad_image_in_library_query_raises_image_read_error(case: str, world: Wo
         assert_raises(ImageReadError, lambda: eng.query([str(img)], k=3), str(img), *needles)
 
 
-def test_pixel_limit_is_configurable(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unchanged: None) -> None:
+def test_pixel_limit_is_configurable(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unchanged: None
+) -> None:
     img = _write(tmp_path / "crop.png", real_png(1, 32, 16))
     assert_cli_ok(cli("query", img, "--index", world.index, "-k", "2"))
     monkeypatch.setenv("REID_ENGINE_MAX_PIXELS", "500")  # the crop has 512 pixels
@@ -223,7 +225,9 @@ def test_pixel_limit_is_configurable(world: World, tmp_path: Path, monkeypatch: 
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "abc", "nan"])
-def test_bad_pixel_limit_setting(value: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unchanged: None) -> None:
+def test_bad_pixel_limit_setting(
+    value: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unchanged: None
+) -> None:
     img = _write(tmp_path / "crop.png", real_png(1))
     monkeypatch.setenv("REID_ENGINE_MAX_PIXELS", value)
     assert_cli_error(cli("query", img, "--index", world.index), 1, "REID_ENGINE_MAX_PIXELS", repr(value))
@@ -236,6 +240,17 @@ def test_query_image_that_is_not_a_file(what: str, world: World, tmp_path: Path,
         target.mkdir()
     needle = "no such image file" if what == "missing" else "is a folder"
     assert_cli_error(cli("query", target, "--index", world.index), 1, str(target), needle)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".tif", ".webp", ".ppm", ".pgm"])
+@pytest.mark.parametrize("hw", [(1, 1), (7, 5), (300, 17), (33, 1025)])
+def test_header_size_agrees_with_the_decoded_image(ext: str, hw: tuple[int, int]) -> None:
+    """The cheap header read (used for the pixel limit) against OpenCV's full decode."""
+    img = np.random.default_rng(hw[0]).integers(0, 256, (*hw, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(ext, img[:, :, 0] if ext == ".pgm" else img)
+    assert ok
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    assert image_size(buf.tobytes()) == (decoded.shape[1], decoded.shape[0])
 
 
 # -- folders ------------------------------------------------------------------------------------------
@@ -256,7 +271,6 @@ def test_non_utf8_file_name_is_indexed_and_shown_escaped(world: World, tmp_path:
         assert bytes.fromhex(hits[0].extra["path_bytes"]) == os.fsencode(src.resolve() / f"{NON_UTF8}.png")
 
 
-@pytest.mark.xfail(reason="service/ops.run_query puts the raw path back as the query label (service-layer owner)")
 def test_non_utf8_query_file_name_is_printed_escaped(world: World, tmp_path: Path, unchanged: None) -> None:
     img = _write(tmp_path / f"{NON_UTF8}.png", real_png(21))
     out = assert_cli_ok(cli("query", img, "--index", world.index, "-k", "1"))
@@ -266,7 +280,9 @@ def test_non_utf8_query_file_name_is_printed_escaped(world: World, tmp_path: Pat
 def test_non_utf8_unreadable_file_is_reported_escaped(world: World, tmp_path: Path, unchanged: None) -> None:
     _write(tmp_path / "src" / f"{NON_UTF8}.png", b"broken")
     assert_cli_error(cli("index", tmp_path / "src", "--index", world.index, "--strict"), 1, "caf\\xe9_\\xff.png")
-    assert_cli_error(cli("query", tmp_path / "src" / f"{NON_UTF8}.png", "--index", world.index), 1, "caf\\xe9_\\xff.png")
+    assert_cli_error(
+        cli("query", tmp_path / "src" / f"{NON_UTF8}.png", "--index", world.index), 1, "caf\\xe9_\\xff.png"
+    )
 
 
 def test_non_utf8_folder_name(world: World, tmp_path: Path) -> None:
@@ -312,7 +328,9 @@ def test_market_names_mixed_with_other_names_keep_every_field(world: World, tmp_
         ("txt_file", (), ("expected a folder, a CSV manifest or an image file",)),
     ],
 )
-def test_bad_folder_sources(setup: str, args: tuple, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
+def test_bad_folder_sources(
+    setup: str, args: tuple, needles: tuple, world: World, tmp_path: Path, unchanged: None
+) -> None:
     src = tmp_path / "src"
     if setup == "empty":
         src.mkdir()
@@ -351,15 +369,27 @@ GOOD_CSV = "file,pid,camid,role,timestamp\nimg0.png,012,1,gallery,2024-05-01T10:
 @pytest.mark.parametrize(
     "name, text, bom, role",
     [
-        ("spaces_in_header", "file, pid, camid, role\nimg0.png, 012, 1, gallery\nimg1.png,013,2,gallery\n", False, "gallery"),
+        (
+            "spaces_in_header",
+            "file, pid, camid, role\nimg0.png, 012, 1, gallery\nimg1.png,013,2,gallery\n",
+            False,
+            "gallery",
+        ),
         ("bom_excel", GOOD_CSV, True, "gallery"),
         ("bom_no_role", "file,pid,camid\nimg0.png,012,1\nimg1.png,013,2\n", True, None),
-        ("upper_case_header", "FILE,PID,CAMID,ROLE\nimg0.png,012,1,gallery\nimg1.png,013,2,Gallery\n", False, "gallery"),
+        (
+            "upper_case_header",
+            "FILE,PID,CAMID,ROLE\nimg0.png,012,1,gallery\nimg1.png,013,2,Gallery\n",
+            False,
+            "gallery",
+        ),
         ("crlf_line_ends", GOOD_CSV.replace("\n", "\r\n"), False, "gallery"),
         ("blank_lines", GOOD_CSV.replace("\n", "\n\n"), False, "gallery"),
     ],
 )
-def test_csv_variants_that_must_be_read(name: str, text: str, bom: bool, role: Optional[str], world: World, tmp_path: Path) -> None:
+def test_csv_variants_that_must_be_read(
+    name: str, text: str, bom: bool, role: Optional[str], world: World, tmp_path: Path
+) -> None:
     csv_path = _csv_world(tmp_path, text, bom=bom)
     idx = world.copy(tmp_path / "idx")
     args = ("--role", role) if role else ()
@@ -371,7 +401,9 @@ def test_csv_variants_that_must_be_read(name: str, text: str, bom: bool, role: O
 
 
 @pytest.mark.parametrize("empty_col", ["pid", "camid", "timestamp"])
-def test_csv_empty_cell_in_the_first_row_loses_nothing_in_the_others(empty_col: str, world: World, tmp_path: Path) -> None:
+def test_csv_empty_cell_in_the_first_row_loses_nothing_in_the_others(
+    empty_col: str, world: World, tmp_path: Path
+) -> None:
     cells = {"pid": ["012", "013", "014"], "camid": ["1", "2", "3"], "timestamp": ["10", "20", "30"]}
     cells[empty_col][0] = ""
     lines = ["file,pid,camid,timestamp"] + [
@@ -414,7 +446,9 @@ def test_csv_later_row_with_empty_pid(world: World, tmp_path: Path) -> None:
         ("header_only", "file,pid\n", (), ("no images found",)),
     ],
 )
-def test_bad_csv_manifests(name: str, text: str, args: tuple, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
+def test_bad_csv_manifests(
+    name: str, text: str, args: tuple, needles: tuple, world: World, tmp_path: Path, unchanged: None
+) -> None:
     csv_path = _csv_world(tmp_path, text)
     assert_cli_error(cli("index", csv_path, "--index", world.index, *args), 1, "list.csv", *needles)
 
@@ -430,7 +464,9 @@ def test_csv_not_utf8(world: World, tmp_path: Path, unchanged: None) -> None:
         ("pid_too_long", "img0.png,," + "p" * 80, ("pid", "64")),
     ],
 )
-def test_csv_values_the_table_cannot_hold(name: str, meta_line: str, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
+def test_csv_values_the_table_cannot_hold(
+    name: str, meta_line: str, needles: tuple, world: World, tmp_path: Path, unchanged: None
+) -> None:
     csv_path = _csv_world(tmp_path, "file,frame,pid\n" + meta_line + "\n")
     assert_cli_error(cli("index", csv_path, "--index", world.index), 1, "img0.png", *needles)
 
@@ -448,8 +484,12 @@ EVAL_GOOD = "file,pid,camid,role\nimg0.png,1,1,query\nimg1.png,1,2,gallery\nimg2
 
 @pytest.mark.parametrize(
     "name, text, bom",
-    [("plain", EVAL_GOOD, False), ("bom", EVAL_GOOD, True), ("spaces", EVAL_GOOD.replace(",", ", "), False),
-     ("upper_roles", EVAL_GOOD.replace("query", "Query"), False)],
+    [
+        ("plain", EVAL_GOOD, False),
+        ("bom", EVAL_GOOD, True),
+        ("spaces", EVAL_GOOD.replace(",", ", "), False),
+        ("upper_roles", EVAL_GOOD.replace("query", "Query"), False),
+    ],
 )
 def test_eval_csv_variants_are_read(name: str, text: str, bom: bool, tmp_path: Path) -> None:
     split = read_dataset(_csv_world(tmp_path, text, bom=bom))
@@ -459,7 +499,11 @@ def test_eval_csv_variants_are_read(name: str, text: str, bom: bool, tmp_path: P
 @pytest.mark.parametrize(
     "name, text, needles",
     [
-        ("only_train_roles", EVAL_GOOD.replace("query", "train").replace("gallery", "train"), ("no row has role 'query'", "'train' (3)")),
+        (
+            "only_train_roles",
+            EVAL_GOOD.replace("query", "train").replace("gallery", "train"),
+            ("no row has role 'query'", "'train' (3)"),
+        ),
         ("no_gallery", EVAL_GOOD.replace("gallery", "query"), ("no row has role 'gallery'", "'query' (3)")),
         ("unknown_role", EVAL_GOOD.replace("gallery", "probe", 1), ("list.csv:3", "'probe'")),
         ("empty_pid_later", "file,pid,camid,role\nimg0.png,1,1,query\nimg1.png,,2,gallery\n", ("list.csv:3", "'pid'")),
@@ -484,12 +528,19 @@ def test_eval_cli_roles_that_match_nothing(world: World, tmp_path: Path) -> None
 
 
 # -- option values --------------------------------------------------------------------------------------
-def test_empty_index_path_builds_nothing_in_the_current_folder(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_empty_index_path_builds_nothing_in_the_current_folder(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     for args in (("index", world.gallery), ("query", world.query), ("info",), ("remove", "--id", "1")):
-        res = cli(*args, "--index", "", *(("--encoder", "tiny-test", "--weights", world.weights) if args[0] == "index" else ()))
+        res = cli(
+            *args,
+            "--index",
+            "",
+            *(("--encoder", "tiny-test", "--weights", world.weights) if args[0] == "index" else ()),
+        )
         assert_cli_error(res, res.exit_code if res.exit_code in (1, 2) else 1, "index")  # usage or library error
     assert list(cwd.iterdir()) == []
 
@@ -499,8 +550,12 @@ def test_empty_index_path_builds_nothing_in_the_current_folder(world: World, tmp
 def test_index_path_at_or_below_a_regular_file(command: str, where: str, world: World, tmp_path: Path) -> None:
     f = _write(tmp_path / "plain.txt", b"not an index")
     target = f if where == "file" else f / "idx"
-    before, after = {"index": ((world.gallery,), ("--encoder", "tiny-test", "--weights", world.weights)),
-                     "query": ((world.query,), ()), "info": ((), ()), "remove": ((), ("--id", "1"))}[command]
+    before, after = {
+        "index": ((world.gallery,), ("--encoder", "tiny-test", "--weights", world.weights)),
+        "query": ((world.query,), ()),
+        "info": ((), ()),
+        "remove": ((), ("--id", "1")),
+    }[command]
     line = assert_cli_error(cli(command, *before, "--index", target, *after), 1)
     assert str(f) in line
     assert f.read_bytes() == b"not an index"
@@ -564,10 +619,14 @@ def test_query_with_a_huge_k_is_clipped_to_the_gallery(world: World, unchanged: 
         (("--db-url", "mysql+pymysql://user:secret@localhost/db"), 1, ("pymysql", "not installed")),
         (("--db-url", "nosuchdialect://x/y"), 1, ("nosuchdialect", "unknown database")),
         (("--db-url", "not a url"), 1, ("not a url",)),
+        (("--db-url", "postgresql+psycopg://u:secret@127.0.0.1:1/x"), 1, ("127.0.0.1:1", "cannot use the database")),
+        (("--db-url", "sqlite:////nonexistent-dir/zz/crops.db"), 1, ("nonexistent-dir", "cannot use the database")),
         (("--encoder", "no-such-encoder"), 1, ("no-such-encoder",)),
     ],
 )
-def test_bad_index_options_for_a_new_index(args: tuple, code: int, needles: tuple, world: World, tmp_path: Path) -> None:
+def test_bad_index_options_for_a_new_index(
+    args: tuple, code: int, needles: tuple, world: World, tmp_path: Path
+) -> None:
     target = tmp_path / "new_idx"
     res = cli("index", world.gallery, "--index", target, "--encoder", "tiny-test", "--weights", world.weights, *args)
     line = assert_cli_error(res, code, *needles)
@@ -576,7 +635,9 @@ def test_bad_index_options_for_a_new_index(args: tuple, code: int, needles: tupl
 
 
 def test_missing_weights_file(world: World, tmp_path: Path) -> None:
-    res = cli("index", world.gallery, "--index", tmp_path / "n", "--encoder", "tiny-test", "--weights", tmp_path / "no.w")
+    res = cli(
+        "index", world.gallery, "--index", tmp_path / "n", "--encoder", "tiny-test", "--weights", tmp_path / "no.w"
+    )
     assert_cli_error(res, 1, "no.w")
 
 
@@ -713,7 +774,8 @@ def test_commit_every_one_adds_everything(world: World, tmp_path: Path) -> None:
 def test_library_index_paths(bad: Any, world: World) -> None:
     assert_raises(InvalidInputError, lambda: Engine.open(bad), repr(bad) if bad is not None and bad != 5 else str(bad))
     assert_raises(
-        InvalidInputError, lambda: Engine.create(bad, encoder="tiny-test", weights=world.weights),
+        InvalidInputError,
+        lambda: Engine.create(bad, encoder="tiny-test", weights=world.weights),
         repr(bad) if bad is not None and bad != 5 else str(bad),
     )
 
@@ -737,14 +799,22 @@ MANIFEST_DAMAGE: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "dim_missing": (lambda i: _edit_manifest(i, lambda d: (d.pop("dim"), None)[1]), ("lacks dim",)),
     "db_url_null": (lambda i: _edit_manifest(i, lambda d: d.update(db_url=None)), ("'db_url'",)),
     "db_url_number": (lambda i: _edit_manifest(i, lambda d: d.update(db_url=5)), ("'db_url'",)),
-    "db_driver_missing": (lambda i: _edit_manifest(i, lambda d: d.update(db_url="mysql+pymysql://u@h/d")),
-                          ("pymysql", "not installed")),
+    "db_driver_missing": (
+        lambda i: _edit_manifest(i, lambda d: d.update(db_url="mysql+pymysql://u@h/d")),
+        ("pymysql", "not installed"),
+    ),
     "db_dialect_unknown": (lambda i: _edit_manifest(i, lambda d: d.update(db_url="nosuch://x")), ("nosuch",)),
     "format_version_99": (lambda i: _edit_manifest(i, lambda d: d.update(format_version=99)), ("format version 99",)),
-    "format_version_missing": (lambda i: _edit_manifest(i, lambda d: (d.pop("format_version"), None)[1]), ("format version None",)),
+    "format_version_missing": (
+        lambda i: _edit_manifest(i, lambda d: (d.pop("format_version"), None)[1]),
+        ("format version None",),
+    ),
     "annotators_text": (lambda i: _edit_manifest(i, lambda d: d.update(annotators="attributes")), ("'annotators'",)),
     "hooks_number": (lambda i: _edit_manifest(i, lambda d: d.update(hooks=5)), ("'hooks'",)),
-    "backend_options_list": (lambda i: _edit_manifest(i, lambda d: d.update(backend_options=[])), ("'backend_options'",)),
+    "backend_options_list": (
+        lambda i: _edit_manifest(i, lambda d: d.update(backend_options=[])),
+        ("'backend_options'",),
+    ),
     "generation_text": (lambda i: _edit_manifest(i, lambda d: d.update(generation="x")), ("'generation'",)),
     "not_json": (lambda i: (i / "manifest.json").write_text("{not json"), ("unreadable manifest",)),
     "empty_file": (lambda i: (i / "manifest.json").write_bytes(b""), ("unreadable manifest",)),
@@ -801,8 +871,16 @@ def _checkpoint_wal(idx: Path) -> None:
 
 
 DB_DAMAGE: dict[str, tuple[Callable[[Path], None], tuple[str, ...], type]] = {
-    "text_file": (lambda i: (i / "crops.db").write_text("these are not rows\n" * 50), ("crops.db", "not"), IndexCorruptError),
-    "random_bytes": (lambda i: (i / "crops.db").write_bytes(np.random.default_rng(1).bytes(8192)), ("crops.db",), IndexCorruptError),
+    "text_file": (
+        lambda i: (i / "crops.db").write_text("these are not rows\n" * 50),
+        ("crops.db", "not"),
+        IndexCorruptError,
+    ),
+    "random_bytes": (
+        lambda i: (i / "crops.db").write_bytes(np.random.default_rng(1).bytes(8192)),
+        ("crops.db",),
+        IndexCorruptError,
+    ),
     "truncated_100": (lambda i: _truncate(i / "crops.db", 100), ("crops.db",), IndexCorruptError),
     "truncated_half": (lambda i: _truncate(i / "crops.db", (i / "crops.db").stat().st_size // 2), (), ReidEngineError),
     "generation_text": (lambda i: _set_meta(i, "generation", "seven"), ("seven",), IndexCorruptError),
@@ -846,11 +924,14 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _ingest(engine: Engine, video: Path, **kw: Any) -> Any:
     kw.setdefault("checkpoint_frames", 20)
-    return ingest_video(engine, video, "cam9", detector=StubDetector(), show_progress=False,
-                        start_time="2024-01-01T00:00:00", **kw)
+    return ingest_video(
+        engine, video, "cam9", detector=StubDetector(), show_progress=False, start_time="2024-01-01T00:00:00", **kw
+    )
 
 
-def test_a_video_replaced_by_a_longer_one_is_ingested_again(videos: dict[str, Path], world: World, tmp_path: Path) -> None:
+def test_a_video_replaced_by_a_longer_one_is_ingested_again(
+    videos: dict[str, Path], world: World, tmp_path: Path
+) -> None:
     ref_idx = world.copy(tmp_path / "ref")
     with Engine.open(ref_idx) as eng:
         full = _ingest(eng, videos["full"])
@@ -918,14 +999,17 @@ def test_truncated_video_file_does_not_crash(videos: dict[str, Path], world: Wor
         ({"start_time": "last tuesday"}, ("'last tuesday'",)),
     ],
 )
-def test_bad_ingest_arguments(kwargs: dict, needles: tuple, videos: dict[str, Path], world: World, unchanged: None) -> None:
+def test_bad_ingest_arguments(
+    kwargs: dict, needles: tuple, videos: dict[str, Path], world: World, unchanged: None
+) -> None:
     kwargs = dict(kwargs)
     start = kwargs.pop("start_time", "2024-01-01T00:00:00")
     with Engine.open(world.index) as eng:
         assert_raises(
             InvalidInputError,
-            lambda: ingest_video(eng, videos["full"], "cam9", detector=StubDetector(), show_progress=False,
-                                 start_time=start, **kwargs),
+            lambda: ingest_video(
+                eng, videos["full"], "cam9", detector=StubDetector(), show_progress=False, start_time=start, **kwargs
+            ),
             *needles,
         )
 
@@ -938,9 +1022,14 @@ def test_bad_ingest_arguments(kwargs: dict, needles: tuple, videos: dict[str, Pa
         ("empty", ("empty.avi",)),
     ],
 )
-def test_bad_video_files_through_the_cli(video: str, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
-    path = {"missing": tmp_path / "missing.avi", "text": _write(tmp_path / "text.avi", b"not a video\n" * 20),
-            "empty": _write(tmp_path / "empty.avi", b"")}[video]
+def test_bad_video_files_through_the_cli(
+    video: str, needles: tuple, world: World, tmp_path: Path, unchanged: None
+) -> None:
+    path = {
+        "missing": tmp_path / "missing.avi",
+        "text": _write(tmp_path / "text.avi", b"not a video\n" * 20),
+        "empty": _write(tmp_path / "empty.avi", b""),
+    }[video]
     assert_cli_error(cli("ingest", path, "--index", world.index), 1, path.name, *needles)
 
 
@@ -954,17 +1043,73 @@ def test_bad_video_files_through_the_cli(video: str, needles: tuple, world: Worl
         (("--start-time", "not a time"), 1, ("'not a time'",)),
     ],
 )
-def test_bad_ingest_options(args: tuple, code: int, needles: tuple, videos: dict[str, Path], world: World, unchanged: None) -> None:
-    assert_cli_error(cli("ingest", videos["full"], "--index", world.index, "--detector", "no-such", *args), code, *needles)
+def test_bad_ingest_options(
+    args: tuple, code: int, needles: tuple, videos: dict[str, Path], world: World, unchanged: None
+) -> None:
+    assert_cli_error(
+        cli("ingest", videos["full"], "--index", world.index, "--detector", "no-such", *args), code, *needles
+    )
 
 
 # Cases for the storage owner to add once the segment format lands (vector / neighbour files):
-VECTOR_FILE_CASES_TODO = [
-    "segment vector file truncated to half (was: truncated nfc-*.npz -> BadZipFile)",
-    "segment vector file replaced by random bytes",
-    "segment vector file of another dimension",
-    "segment file named by the committed state is missing",
-    "neighbour (NFC hook) file truncated / not an npz / holding other ids",
-    "state JSON naming a segment with a non-integer or negative count",
-    "tombstone file damaged",
-]
+def _segment(idx: Path, suffix: str) -> Path:
+    """The (first) committed segment file of the index with this suffix."""
+    state = json.loads(_get_meta(idx, "state"))
+    files = sorted(p for p in idx.glob(f"seg-*{suffix}") if p.name.split(".")[0] in json.dumps(state))
+    assert files, f"no committed segment file *{suffix} in {idx}"
+    return files[0]
+
+
+def _get_meta(idx: Path, key: str) -> str:
+    con = sqlite3.connect(idx / "crops.db")
+    (value,) = con.execute("SELECT value FROM reid_meta WHERE key = ?", (key,)).fetchone()
+    con.close()
+    return str(value)
+
+
+def _edit_state(idx: Path, change: Callable[[dict], None]) -> None:
+    state = json.loads(_get_meta(idx, "state"))
+    change(state)
+    _set_meta(idx, "state", json.dumps(state))
+
+
+def _rewrite_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr)
+
+
+VECTOR_DAMAGE: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
+    "vectors_truncated_half": (
+        lambda i: _truncate(_segment(i, ".vec.npy"), _segment(i, ".vec.npy").stat().st_size // 2), ("seg-",)),
+    "vectors_truncated_to_header": (lambda i: _truncate(_segment(i, ".vec.npy"), 64), ("seg-",)),
+    "vectors_random_bytes": (
+        lambda i: _segment(i, ".vec.npy").write_bytes(np.random.default_rng(2).bytes(4096)), ("seg-",)),
+    "vectors_other_dimension": (
+        lambda i: _rewrite_npy(_segment(i, ".vec.npy"), np.zeros((world_rows(i), 7), np.float32)), ("seg-",)),
+    "vectors_missing": (lambda i: _segment(i, ".vec.npy").unlink(), ("seg-",)),
+    "ids_missing": (lambda i: _segment(i, ".ids.npy").unlink(), ("seg-",)),
+    "ids_random_bytes": (lambda i: _segment(i, ".ids.npy").write_bytes(b"\x93NUMPY garbage"), ("seg-",)),
+    "segment_json_not_json": (lambda i: _segment(i, ".json").write_text("{oops"), ("seg-",)),
+    "state_segment_count_text": (
+        lambda i: _edit_state(i, lambda s: s["backend"]["segments"][0].update(rows="many")), ("state",)),
+    "state_names_unknown_segment": (
+        lambda i: _edit_state(i, lambda s: s["backend"]["segments"][0].update(name="seg-999999-dead")), ("seg-",)),
+    "state_backend_not_object": (lambda i: _edit_state(i, lambda s: s.update(backend=[1, 2])), ("state",)),
+}
+
+
+def world_rows(idx: Path) -> int:
+    return int(np.load(_segment(idx, ".vec.npy"), mmap_mode="r").shape[0])
+
+
+@pytest.mark.parametrize("case", sorted(VECTOR_DAMAGE))
+def test_damaged_vector_files(case: str, world: World, tmp_path: Path) -> None:
+    idx = world.copy(tmp_path / "idx")
+    _checkpoint_wal(idx)
+    damage, needles = VECTOR_DAMAGE[case]
+    damage(idx)
+    files_before = {p.name: p.read_bytes() for p in idx.iterdir() if p.is_file() and not p.name.startswith("crops.db")}
+    assert_cli_error(cli("query", world.query, "--index", idx), 1, *needles)
+    assert_raises(IndexCorruptError, lambda: Engine.open(idx).query_features(np.ones((1, 16), np.float32)), *needles)
+    files_after = {p.name: p.read_bytes() for p in idx.iterdir() if p.is_file() and not p.name.startswith("crops.db")}
+    assert files_after == files_before  # a reader never "repairs" (deletes or rewrites) what it cannot read

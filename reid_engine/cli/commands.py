@@ -77,8 +77,14 @@ def _print_track_results(results: list[Any]) -> None:
 @index_option
 @encoder_option
 @weights_option
-@click.option("--factory", default="Flat", show_default=True, help="FAISS index-factory string for a new index (e.g. Flat, HNSW32, IVF1024,PQ64).")
+@click.option("--factory", default=None,
+              help="Index type of a new index: Flat (always exact) or IVF<n>,Flat; default: exact while the gallery "
+                   "is small, then an IVF trained and re-trained automatically as it grows.")
 @click.option("--db-url", default=None, help="SQLAlchemy URL for the crop table of a new index (default: SQLite in the index folder).")
+@click.option("--backend", default="faiss", show_default=True, help="Vector backend of a new index: faiss or milvus.")
+@click.option("--backend-uri", default=None, help="Milvus: a Milvus Lite file (./x.db) or http://HOST:19530.")
+@click.option("--nprobe", default=None, type=click.IntRange(1, 65536),
+              help="Default IVF lists probed per search, stored in a new index (per query: query --nprobe).")
 @click.option("--glob", "glob_pattern", default="**/*", show_default=True, help="Which files of a folder to take.")
 @click.option(
     "--pattern", default="auto", show_default=True,
@@ -95,15 +101,15 @@ def _print_track_results(results: list[Any]) -> None:
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(
-    source: Path, index_path: str, encoder: Optional[str], weights: Optional[Path], factory: str,
-    db_url: Optional[str], glob_pattern: str, pattern: str, camera: Optional[str], role: Optional[str],
+    source: Path, index_path: str, encoder: Optional[str], weights: Optional[Path], factory: Optional[str],
+    db_url: Optional[str], backend: str, backend_uri: Optional[str], nprobe: Optional[int], glob_pattern: str, pattern: str, camera: Optional[str], role: Optional[str],
     source_name: Optional[str], strict: bool, batch_size: int, commit_every: int, with_attributes: bool,
     device: Optional[str], as_json: bool,
 ) -> None:
     """Index the person crops of SOURCE (a folder, a CSV manifest or one image), adding to the index if it exists."""
     req = svc.IndexRequest(
         source=source, index=index_path, encoder=encoder, weights=weights, factory=factory, db_url=db_url,
-        glob=glob_pattern, pattern=pattern, camera=camera, role=role, source_name=source_name, strict=strict,
+        backend=backend, backend_uri=backend_uri, nprobe=nprobe, glob=glob_pattern, pattern=pattern, camera=camera, role=role, source_name=source_name, strict=strict,
         batch_size=batch_size, commit_every=commit_every, attributes=with_attributes, device=device,
     )
     doc = svc.run_index(req, show_progress=_progress())
@@ -139,6 +145,11 @@ def index_cmd(
 @device_option
 @click.option("--tracks", "by_track", is_flag=True,
               help="One hit per track of ingested footage (camera, start and end time, best crop) instead of per crop.")
+@click.option("--same-person", is_flag=True,
+              help="The IMAGES show one person: answer with one list pooled over all of them.")
+@click.option("--nprobe", default=None, type=click.IntRange(1, 65536),
+              help="IVF lists probed by this search (more: slower, closer to exact).")
+@click.option("--exact", is_flag=True, help="Exhaustive first-stage search instead of the approximate index.")
 @click.option("--save-crops", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Write the matched crops into DIR/<query>/.")
 @click.option("--render", "render_dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
@@ -149,7 +160,7 @@ def query_cmd(
     exclude_same_camera: bool, query_camera: Optional[str], sources: tuple[str, ...], time_from: Optional[str],
     time_to: Optional[str], rerank: Optional[str], fusion: Optional[str], attr_terms: tuple[str, ...],
     attr_threshold: float, weights: Optional[Path], device: Optional[str], by_track: bool,
-    save_crops: Optional[Path], render_dir: Optional[Path], as_json: bool,
+    same_person: bool, nprobe: Optional[int], exact: bool, save_crops: Optional[Path], render_dir: Optional[Path], as_json: bool,
 ) -> None:
     """Find the gallery crops (or, with --tracks, the appearances) most like each query IMAGE.
 
@@ -160,6 +171,7 @@ def query_cmd(
         filters=svc.Filters.build(cameras, exclude_cameras, sources, time_from, time_to),
         exclude_same_camera=exclude_same_camera, query_camera=query_camera, rerank=rerank, fusion=fusion,
         attributes=attr_terms, attribute_threshold=attr_threshold, by_track=by_track,
+        same_person=same_person, nprobe=nprobe, exact=exact,
     )
     with svc.open_engine(index_path, weights=weights, device=device) as engine:
         results = svc.run_query(engine, req)

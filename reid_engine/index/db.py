@@ -97,11 +97,13 @@ ingest_detections = sa.Table(
 CROP_FIELDS = ("pid", "camera", "timestamp", "frame", "box_x", "box_y", "box_w", "box_h", "track", "source", "extra")
 
 
-def connect(url: str, wal: bool = False) -> Engine:
-    """An SQLAlchemy engine for ``url`` with the schema created.
+def connect(url: str, wal: bool = False, create: bool = True) -> Engine:
+    """An SQLAlchemy engine for ``url`` with the schema created (``create``) or checked.
 
     ``wal`` (when creating a SQLite index) switches the file to write-ahead
     logging, so readers never wait for a writer; the mode is kept in the file.
+    With ``create=False`` (opening an index) nothing is written: a database
+    without the index's tables is refused.
     """
     shown = _shown_url(url)
     kwargs: dict[str, Any] = {"future": True}
@@ -123,7 +125,16 @@ def connect(url: str, wal: bool = False) -> Engine:
         if wal and eng.dialect.name == "sqlite":
             with eng.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-        metadata.create_all(eng)
+        if create:
+            metadata.create_all(eng)
+        else:
+            missing = set(metadata.tables) - set(sa.inspect(eng).get_table_names())
+            if missing:
+                eng.dispose()
+                raise IndexCorruptError(
+                    f"{shown}: the database lacks the index's tables ({', '.join(sorted(missing))}); "
+                    "wrong --db-url, or not a reid-engine index"
+                )
     except sa.exc.DatabaseError as exc:
         eng.dispose()
         reason = short_error(exc)
@@ -225,7 +236,8 @@ def filter_clause(
     if cameras is not None:
         parts.append(crops.c.camera.in_(_texts("cameras", cameras)))
     if exclude_cameras:
-        parts.append(sa.or_(crops.c.camera.is_(None), crops.c.camera.not_in(_texts("exclude_cameras", exclude_cameras))))
+        excluded = _texts("exclude_cameras", exclude_cameras)
+        parts.append(sa.or_(crops.c.camera.is_(None), crops.c.camera.not_in(excluded)))
     if sources is not None:
         parts.append(crops.c.source.in_(_texts("sources", sources)))
     if time_from is not None:

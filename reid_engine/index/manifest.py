@@ -109,7 +109,9 @@ def read_manifest(folder: Path) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8 text
-        raise IndexCorruptError(f"{path}: unreadable manifest ({exc}); restore it from a backup or rebuild the index") from None
+        raise IndexCorruptError(
+            f"{path}: unreadable manifest ({exc}); restore it from a backup or rebuild the index"
+        ) from None
     return Manifest.from_dict(data, path)
 
 

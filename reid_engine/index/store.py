@@ -102,12 +102,12 @@ class IndexStore:
             annotators=list(annotators), backend=backend, backend_options=options, hooks=list(hooks),
             search=dict(search or {}), created_at=now, updated_at=now,
         )
+        be = backend_cls(folder, int(dim), options)  # validates options before anything is written
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise InvalidInputError(f"{folder}: cannot create an index folder there (a file is in the way)") from None
         sql = db.connect(cls.resolve_db_url(folder, manifest.db_url), wal=True)
-        be = backend_cls(folder, int(dim), options)  # validates options before anything is written
         store = cls(folder, manifest, sql, be)
         with sql.begin() as conn:
             if db.count_rows(conn) or db.get_meta(conn, "generation") is not None:
@@ -130,7 +130,7 @@ class IndexStore:
         if not folder.is_dir():
             raise IndexNotFoundError(f"{folder}: no such index folder")
         manifest = read_manifest(folder)
-        sql = db.connect(cls.resolve_db_url(folder, manifest.db_url))
+        sql = db.connect(cls.resolve_db_url(folder, manifest.db_url), create=False)
         backend = get_backend(manifest.backend)(folder, manifest.dim, manifest.backend_options)
         store = cls(folder, manifest, sql, backend)
         gen, state = store._read_committed()
@@ -161,7 +161,19 @@ class IndexStore:
         return gen, state
 
     def _load(self, generation: int, state: dict[str, Any]) -> None:
-        self.backend.load(state["backend"])
+        try:
+            if not isinstance(state.get("backend"), dict) or not isinstance(state.get("hooks", {}), dict):
+                raise ValueError("the backend and hook states must be JSON objects")
+            self.backend.load(state["backend"])
+        except ReidEngineError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+            what = getattr(exc, "filename", None)
+            detail = f"{Path(what).name}: " if what else ""
+            raise IndexCorruptError(
+                f"{self.folder}: cannot load the committed vector state of generation {generation} "
+                f"({detail}{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
         self.generation = generation
         self.committed = state
 

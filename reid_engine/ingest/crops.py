@@ -74,7 +74,9 @@ def parse_time(value: Union[str, float, int, datetime, None]) -> Optional[float]
         try:
             dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            raise InvalidInputError(f"time {text!r}: expected ISO-8601 (e.g. 2024-05-01T12:00:00) or epoch seconds") from None
+            raise InvalidInputError(
+                f"time {text!r}: expected ISO-8601 (e.g. 2024-05-01T12:00:00) or epoch seconds"
+            ) from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
@@ -86,7 +88,8 @@ def _finite_time(value: Any, shown: Any = None) -> float:
     except OverflowError:
         x = math.inf
     if not math.isfinite(x):
-        raise InvalidInputError(f"time {shown if shown is not None else value!r}: expected a finite number of epoch seconds")
+        what = shown if shown is not None else value
+        raise InvalidInputError(f"time {what!r}: expected a finite number of epoch seconds")
     return x
 
 

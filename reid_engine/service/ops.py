@@ -13,7 +13,7 @@ from ..attributes import ANNOTATOR_NAME as ATTRIBUTES
 from ..attributes import FUSION_MODES, AttributesNotIndexedError, needs_attributes
 from ..attributes.search import VOCABULARY
 from ..engine import Engine
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, printable
 from ..ingest import scan_source
 from ..ingest.crops import CropItem
 from ..results import Hit, QueryResult
@@ -78,7 +78,7 @@ def run_query(engine: Engine, req: QueryRequest) -> list[AnyResult]:
     crop_opts: dict[str, Any] = dict(rerank=req.rerank, fusion=req.fusion)
     if req.attributes:
         crop_opts.update(attributes=list(req.attributes), attribute_threshold=req.attribute_threshold)
-    if req.same_person:  # newer engines only: passed when asked for
+    if req.same_person:
         crop_opts["same_person"] = True
     if req.search_params() is not None:
         crop_opts["search_params"] = req.search_params()
@@ -92,7 +92,7 @@ def run_query(engine: Engine, req: QueryRequest) -> list[AnyResult]:
         else:
             found = list(engine.query(list(req.images), req.k, **common, **crop_opts))
         for res, label in zip(found, req.image_labels()):
-            res.query = label
+            res.query = printable(label)
         results.extend(found)
     if req.crop_ids:
         ids = [int(i) for i in req.crop_ids]
@@ -127,8 +127,8 @@ def run_index(req: IndexRequest, show_progress: Optional[bool] = None) -> dict[s
     if not items:
         raise InvalidInputError(f"{req.source}: no images found (glob {req.glob!r})")
     engine = Engine.open_or_create(
-        req.index, encoder=req.encoder, weights=req.weights, factory=req.factory, db_url=req.db_url,
-        device=req.device, annotators=[ATTRIBUTES] if req.attributes else [],
+        req.index, encoder=req.encoder, weights=req.weights, device=req.device,
+        annotators=[ATTRIBUTES] if req.attributes else [], **req.create_options(),
     )
     with engine:
         if req.attributes and ATTRIBUTES not in engine.store.manifest.annotators:

@@ -215,8 +215,11 @@ class IndexRequest:
     index: str
     encoder: Optional[str] = None
     weights: Optional[Path] = None
-    factory: str = "Flat"
+    factory: Optional[str] = None  # None: the backend picks the index type from the gallery's size
     db_url: Optional[str] = None
+    backend: str = "faiss"
+    backend_uri: Optional[str] = None  # Milvus: a Milvus Lite file or http://host:19530
+    nprobe: Optional[int] = None  # stored default search parameter of a new index
     glob: str = "**/*"
     pattern: str = "auto"
     camera: Optional[str] = None
@@ -233,6 +236,17 @@ class IndexRequest:
             raise InvalidInputError("batch size and commit-every must be positive integers")
         if not str(self.index).strip():
             raise RequestError("name the index (a folder or a bare name)")
+        if self.nprobe is not None and (isinstance(self.nprobe, bool) or not 1 <= int(self.nprobe) <= 65536):
+            raise InvalidInputError(f"nprobe {self.nprobe!r}: expected an integer from 1 to 65536")
+
+    def create_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Engine.create`` beyond the encoder."""
+        opts: dict[str, Any] = {"factory": self.factory, "db_url": self.db_url, "backend": self.backend}
+        if self.backend_uri:
+            opts["backend_options"] = {"uri": self.backend_uri}
+        if self.nprobe is not None:
+            opts["search_params"] = {"nprobe": int(self.nprobe)}
+        return opts
 
 
 @dataclass(frozen=True)
