@@ -14,11 +14,11 @@ from tqdm.auto import tqdm
 
 from .annotators import Annotator, create_annotator
 from .attributes import ANNOTATOR_NAME as ATTRIBUTES
-from .attributes import FUSION_POOL, AttributeModel, AttributeQuery, AttributesNotIndexedError, FusionConfig
+from .attributes import AttributeModel, AttributeQuery, AttributesNotIndexedError, FusionConfig
 from .attributes import fusion as attr_fusion
 from .attributes.groups import WIDTH as ATTR_WIDTH, notes_to_matrix
 from .attributes.search import DEFAULT_THRESHOLD, rank_by_attributes
-from .attributes.store import GalleryAttributes, NeighbourCache, load_gallery_attributes
+from .attributes.store import GalleryAttributes, load_gallery_attributes
 from .encoders import Encoder, create_encoder, get_spec
 from .encoders.registry import default_weights_path
 from .errors import EncoderMismatchError, ImageReadError, InvalidInputError, WeightsError
@@ -188,7 +188,6 @@ class Engine:
         self._device = device
         self._annotators: Optional[list[Annotator]] = None
         self._gallery_attrs: Optional[GalleryAttributes] = None  # attribute matrix of one generation
-        self._attr_neighbours: Optional[NeighbourCache] = None  # appearance neighbours for attribute smoothing
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -482,6 +481,10 @@ class Engine:
         self.store.refresh()
         pipe = resolve_pipeline(rerank)
         fcfg = attr_fusion.resolve_fusion(fusion)
+        if fcfg is not None:
+            from .rerank.steps import AttributeFusion
+
+            pipe = pipe.with_steps(AttributeFusion(fcfg))
         params = self.store.search_params(search_params)
         rule = self._attribute_rule(attributes, attribute_threshold)
         q, labels, qcams = check_queries(features, self.store.manifest.dim, k, query_labels, query_cameras)
@@ -512,8 +515,6 @@ class Engine:
         )
         allowed = self._attribute_ids(rule) if rule is not None else None
         pool = pipe.pool_size(min(k, RERANK_K))
-        if fcfg is not None:
-            pool = max(pool, FUSION_POOL)
         sims = np.full((n, k), -np.inf, np.float32)
         ids = np.full((n, k), -1, np.int64)
         for cam, members in groups.items():
@@ -523,16 +524,17 @@ class Engine:
                 continue
             qm = q if same_person else q[members]
             first = l2_normalize(qm.mean(axis=0, keepdims=True)) if same_person else qm
-            s, i = self.store.search(first, max(k, pool), where, params)
+            # one query at a time: a batched product may round near-ties differently, and an answer
+            # must not depend on which other queries share the call
+            found = [self.store.search(first[r : r + 1], max(k, pool), where, params) for r in range(len(first))]
+            s = np.concatenate([f[0] for f in found])
+            i = np.concatenate([f[1] for f in found])
             ctx = RerankContext(
                 gallery=self.store, k=k, query_cameras=[qcams[m] for m in members], query_tracks=[None] * len(members),
                 same_person=same_person and len(q) > 1, where=where,
                 query_attributes=None if qattrs is None else qattrs[members],
             )
             head = pipe.run(qm, Candidates.sorted(i[:, :pool], s[:, :pool]), ctx)
-            if fcfg is not None:
-                fs, fi = self._fuse(head.scores, head.ids, qattrs[members], head.ids.shape[1], fcfg)  # type: ignore[index]
-                head = Candidates.sorted(fi, fs)
             top_i = np.concatenate([head.ids, i[:, pool:]], axis=1)[:, :k]
             top_s = np.concatenate([head.scores, s[:, pool:]], axis=1)[:, :k]
             sims[members, : top_s.shape[1]] = top_s
@@ -580,7 +582,7 @@ class Engine:
         return table.ids[rule.matches(table.matrix)]
 
     def _query_attributes(self, fcfg: FusionConfig, given: Any, q: np.ndarray) -> np.ndarray:
-        """Validated (N, WIDTH) query attributes, smoothed over the query batch when the mode says so."""
+        """Validated (N, WIDTH) query attributes."""
         self._require_attributes("attribute fusion")
         if given is None:
             raise InvalidInputError(
@@ -589,36 +591,7 @@ class Engine:
         qa = np.asarray(given, np.float32) if isinstance(given, np.ndarray) else notes_to_matrix(list(given))
         if qa.shape != (len(q), ATTR_WIDTH):
             raise InvalidInputError(f"query attributes of shape {qa.shape}: expected ({len(q)}, {ATTR_WIDTH})")
-        if fcfg.smooth and len(q) > 1:
-            qa = attr_fusion.smooth_attributes(qa, attr_fusion.neighbour_lists(q, fcfg.smooth_k), fcfg.smooth)
-        return qa
-
-    def _candidate_attributes(self, ids: np.ndarray, fcfg: FusionConfig) -> np.ndarray:
-        """(Q, P, WIDTH) attributes of candidate ids, smoothed over their gallery neighbours when asked."""
-        table = self._gallery_attributes()
-        if not fcfg.smooth:
-            return table.lookup(ids)
-        cache = self._attr_neighbours
-        if cache is None or cache.generation != self.store.generation or cache.k != fcfg.smooth_k:
-            cache = self._attr_neighbours = NeighbourCache(fcfg.smooth_k, self.store.generation)
-        cands = np.unique(ids[ids >= 0])
-        cache.ensure(self.store, cands)
-        rows = np.unique(np.concatenate([cands, *[cache.lists[int(c)] for c in cands]]).astype(np.int64))
-        cache.ensure(self.store, rows)  # the neighbours' own lists decide which links are mutual
-        smoothed = attr_fusion.smooth_attributes(table.lookup(rows), cache.local_lists(rows), fcfg.smooth)
-        at = np.clip(np.searchsorted(rows, ids), 0, max(0, len(rows) - 1))
-        out = smoothed[at] if len(rows) else np.full((*ids.shape, ATTR_WIDTH), np.nan, np.float32)
-        out[ids < 0] = np.nan
-        return out
-
-    def _fuse(
-        self, sims: np.ndarray, ids: np.ndarray, qattrs: np.ndarray, k: int, fcfg: FusionConfig
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Re-score a candidate pool (similarities, ids) with attributes; the best ``k`` as (similarities, ids)."""
-        ids = np.asarray(ids, np.int64)
-        dist = np.where(ids >= 0, 1.0 - np.asarray(sims, np.float32), np.inf).astype(np.float32)
-        d, pos = attr_fusion.fuse_rank(dist, ids, qattrs, self._candidate_attributes(ids, fcfg), k, fcfg)
-        return 1.0 - d, pos
+        return qa  # no smoothing over the other queries of the call: answers stay batch independent
 
     def find(
         self,

@@ -13,7 +13,7 @@ from reid_engine.errors import InvalidInputError
 from reid_engine.index.backend import Changes, SearchFilter, SearchParams, get_backend
 from reid_engine.index.faiss_backend import FaissBackend, parse_factory, topk_merge
 
-from .backend_conformance import DIM, BackendConformance, Gallery, assert_same, make_fields, unit
+from .backend_conformance import DIM, BackendConformance, Gallery, assert_same, unit
 
 
 class TestFaissConformance(BackendConformance):

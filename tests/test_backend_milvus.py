@@ -81,6 +81,10 @@ class TestMilvusConformance(BackendConformance):
     def storage_files(self, backend):
         return raw_rows(backend)
 
+    @pytest.mark.slow
+    def test_approximate_regime_recall(self, tmp_path):
+        super().test_approximate_regime_recall(tmp_path)
+
 
 @pytest.fixture
 def backend(tmp_path: Path):
@@ -187,6 +191,7 @@ def test_uncommitted_rows_stay_invisible_after_a_crash(tmp_path: Path):
     r.close()
 
 
+@pytest.mark.slow
 def test_index_type_follows_size_and_params(tmp_path: Path):
     ids, vecs, fields = make_data(400, seed=3)
     b = get_backend("milvus")(tmp_path, DIM, {"exact_threshold": 100})

@@ -24,9 +24,16 @@ def test_rank1_matches_the_reference_figure(pku_engine, pku):
 
 def test_default_rerank_through_the_index_beats_plain_cosine(pku_engine, pku):
     queries = scan_source(pku / "protocol_cross_camera.csv", role="query")
-    results = pku_engine.query([q.path for q in queries], k=10)  # default preset, stored gallery NFC
-    rank1 = 100 * np.mean([r.hits[0].pid == q.meta["pid"] for r, q in zip(results, queries)])
-    assert rank1 >= 78.0, rank1  # docs/rerank.md: the default preset gives 80.4 on this split
+    paths = [q.path for q in queries]
+    pids = [q.meta["pid"] for q in queries]
+
+    def rank1(results):
+        return 100 * np.mean([r.hits[0].pid == p for r, p in zip(results, pids)])
+
+    cosine = rank1(pku_engine.query(paths, k=10, rerank="none"))
+    default = rank1(pku_engine.query(paths, k=10))  # default preset, neighbour lists kept at index time
+    # docs/rerank.md: held out, the default gives 76.4 against cosine 74.7 on this split
+    assert default >= cosine + 1.0 and default >= 76.0, (default, cosine)
 
 
 def test_batched_encoder_equals_one_at_a_time(pku, osnet_onnx):

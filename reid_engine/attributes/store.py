@@ -5,8 +5,8 @@ keeps them in memory and drops them when the generation changes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
@@ -47,36 +47,3 @@ def load_gallery_attributes(sql: sa.engine.Engine, generation: int = -1, chunk: 
             ids.append(int(cid))
             notes.append(extra.get(ANNOTATOR_NAME) if isinstance(extra, dict) else None)
     return GalleryAttributes(np.asarray(ids, np.int64), notes_to_matrix(notes), generation)
-
-
-@dataclass
-class NeighbourCache:
-    """Each gallery crop's nearest other crops by appearance, searched on demand and remembered.
-
-    Only the crops a query touches are searched (in the index's own FAISS
-    index), so no all-pairs work is done for large galleries.
-    """
-
-    k: int
-    generation: int = -1
-    lists: dict[int, np.ndarray] = field(default_factory=dict)
-
-    def ensure(self, store: Any, ids: Sequence[int]) -> None:
-        """Search the neighbour lists of the ids not seen yet (``store`` is an ``IndexStore``)."""
-        todo = np.array(sorted({int(i) for i in ids if int(i) >= 0} - self.lists.keys()), np.int64)
-        for start in range(0, len(todo), 1024):
-            part = todo[start : start + 1024]
-            _, found = store.search(store.vectors(part), self.k + 1)
-            for cid, row in zip(part, found):
-                row = row[(row >= 0) & (row != cid)][: self.k]
-                self.lists[int(cid)] = row.astype(np.int64)
-
-    def local_lists(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), k) neighbour lists as positions within ``rows`` (-1 outside it or missing)."""
-        rows = np.asarray(rows, np.int64)
-        where = {int(c): i for i, c in enumerate(rows)}
-        out = np.full((len(rows), self.k), -1, np.int64)
-        for i, cid in enumerate(rows):
-            for j, nb in enumerate(self.lists.get(int(cid), ())):
-                out[i, j] = where.get(int(nb), -1)
-        return out

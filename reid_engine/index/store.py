@@ -31,6 +31,8 @@ from .manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
 log = logging.getLogger(__name__)
 
 DEFAULT_DB_URL = "sqlite:///{index}/crops.db"
+#: a hook whose state spans more files than this is folded (hook.compact) after a commit
+HOOK_FOLD_FILES = 32
 #: called inside an add's transaction with (connection, new ids, rows, features)
 SqlHook = Callable[[Connection, list[int], Sequence[dict[str, Any]], np.ndarray], None]
 
@@ -264,10 +266,11 @@ class IndexStore:
     def _maybe_compact(self, force: bool) -> bool:
         new_gen = self.generation + 1
         backend_state = self.backend.compact(new_gen, force=force)
-        hook_states = {
-            name: hook.compact(self.folder, new_gen, self.committed["hooks"].get(name) or hook.empty_state(), self)
-            for name, hook in self._hook_objects.items()
-        } if (force or backend_state is not None) else self.committed["hooks"]
+        hook_states = dict(self.committed["hooks"])
+        for name, hook in self._hook_objects.items():
+            st = hook_states.get(name) or hook.empty_state()
+            if force or len(hook.files(st)) > HOOK_FOLD_FILES:
+                hook_states[name] = hook.compact(self.folder, new_gen, st, self)
         if backend_state is None and hook_states == self.committed["hooks"]:
             return False
         state = {"backend": backend_state if backend_state is not None else self.committed["backend"], "hooks": hook_states}

@@ -10,7 +10,7 @@ is widened (up to ``max_search`` results) until its last similarity is below the
 smallest ``width``-th similarity of the gallery, so with an exact search and no
 ties the lists equal an all-pairs computation; past ``max_search`` an old row
 can miss a new neighbour. Removed ids are dropped from the lists (the lists that
-shrank are refilled by ``compact``). Files: one ``neighbours.<generation>.npz``
+shrank are refilled by ``compact``). Files: one ``hook-neighbours-<generation>.npz``
 per commit (replacement lists of new and changed rows, plus the removed ids);
 ``load`` applies them in order, ``compact`` folds them into one.
 
@@ -23,12 +23,14 @@ Neither stores anything per query.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..errors import IndexCorruptError
 from .base import GalleryView, IndexHook, register_hook
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 NEIGHBOUR_WIDTH = 16
 #: most results one new row's search may ask for in the reverse check
 MAX_SEARCH = 256
+#: galleries up to this size keep exact lists (the reverse check may widen searches up to MAX_SEARCH)
+EXACT_LISTS_UP_TO = 50_000
+#: the neighbour files of this many commits are folded into one by the store's compaction
+FOLD_FILES = 32
 #: key standing for "camera unknown" in the camera statistics
 NO_CAMERA = "\x00none"
 
@@ -134,6 +140,26 @@ class NeighbourTable:
         return NeighbourTable(t_ids.astype(np.int64), t_nb.astype(np.int64), t_s.astype(np.float32))
 
 
+def _apply_many(table: NeighbourTable, parts: list[tuple[np.ndarray, ...]]) -> NeighbourTable:
+    """``table`` with the changes of several files applied in order, in one pass (ids are never re-added)."""
+    width = table.width
+    removed = np.unique(np.concatenate([p[0] for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64))
+    ids = np.concatenate([table.ids] + [p[1] for p in parts]).astype(np.int64)
+    nb = np.concatenate([table.nb_ids] + [np.asarray(p[2]).reshape(-1, width) for p in parts]).astype(np.int64)
+    sims = np.concatenate([table.nb_sims] + [np.asarray(p[3]).reshape(-1, width) for p in parts]).astype(np.float32)
+    order = np.lexsort((np.arange(len(ids)), ids))  # by id, later entries last
+    ids, nb, sims = ids[order], nb[order], sims[order]
+    last = np.r_[ids[1:] != ids[:-1], True] if len(ids) else np.zeros(0, bool)
+    keep = last & ~np.isin(ids, removed)
+    ids, nb, sims = ids[keep], nb[keep], sims[keep]
+    gone = np.isin(nb, removed)
+    if gone.any():
+        rows = np.flatnonzero(gone.any(axis=1))
+        s2, n2 = top_k_rows(np.where(gone[rows], -np.inf, sims[rows]), np.where(gone[rows], -1, nb[rows]), width)
+        sims[rows], nb[rows] = s2, n2
+    return NeighbourTable(ids, nb, sims)
+
+
 def _empty_table(width: int) -> NeighbourTable:
     return NeighbourTable(np.zeros(0, np.int64), np.zeros((0, width), np.int64), np.zeros((0, width), np.float32))
 
@@ -157,9 +183,15 @@ class NeighboursHook(IndexHook):
 
     def _write(self, folder: Path, name: str, removed: np.ndarray, ids: np.ndarray, nb_ids: np.ndarray,
                nb_sims: np.ndarray) -> None:
-        with open(Path(folder) / name, "wb") as fh:
+        """Write durably (temporary file, fsync, rename): the SQL commit that names it may follow at once."""
+        path = Path(folder) / name
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
             np.savez(fh, removed=removed.astype(np.int64), ids=ids.astype(np.int64),
                      nb_ids=nb_ids.astype(np.int64), nb_sims=nb_sims.astype(np.float32))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
     def load(self, folder: Path, state: dict[str, Any]) -> NeighbourTable:
         width = int(state.get("width", self.width))
@@ -169,9 +201,17 @@ class NeighboursHook(IndexHook):
             prev = self._cache[1]
             if files[:len(prev)] == prev and table.width == self._cache[2].width:
                 table, done = self._cache[2], len(prev)
+        parts = []
         for name in files[done:]:
-            with np.load(Path(folder) / name) as z:
-                table = table.apply(z["removed"], z["ids"], z["nb_ids"], z["nb_sims"])
+            try:
+                with np.load(Path(folder) / name) as z:
+                    parts.append((z["removed"], z["ids"], z["nb_ids"], z["nb_sims"]))
+            except (OSError, KeyError, ValueError, EOFError) as exc:
+                raise IndexCorruptError(f"{Path(folder) / name}: unreadable neighbour file ({exc})") from None
+        if len(parts) == 1:
+            table = table.apply(*parts[0])
+        elif parts:
+            table = _apply_many(table, parts)
         self._cache = (str(folder), files, table)
         return table
 
@@ -227,7 +267,7 @@ class NeighboursHook(IndexHook):
             out_nb = np.concatenate([out_nb, new_nb])
             out_s = np.concatenate([out_s, new_s])
             log.debug("neighbours: %d new rows, %d old lists changed", len(new_ids), len(changed))
-        name = f"neighbours.{int(generation):08d}.npz"
+        name = f"hook-neighbours-{int(generation):08d}.npz"
         self._write(folder, name, removed, out_ids, out_nb, out_s)
         return {"width": width, "files": list(state.get("files", [])) + [name]}
 
@@ -237,7 +277,9 @@ class NeighboursHook(IndexHook):
         r = min(count, max(2 * width, 1))
         s, i = gallery.search(x, r)
         s, i = np.asarray(s, np.float32), np.asarray(i, np.int64)
-        limit = min(count, self.max_search)
+        # exact lists while the gallery is small; past that the reverse check only looks at the new rows'
+        # own 2*width neighbours, so a commit costs the same whatever the gallery's size
+        limit = min(count, self.max_search) if count <= EXACT_LISTS_UP_TO else r
         while r < limit:
             last = np.where(i[:, -1] >= 0, s[:, -1], -np.inf)
             todo = np.nonzero(last > min_kth)[0]  # an old row may still take this new row beyond rank r
@@ -262,7 +304,7 @@ class NeighboursHook(IndexHook):
             s = np.where(np.asarray(i) == ids[:, None], -np.inf, s)
             s, i = top_k_rows(np.asarray(s, np.float32), np.where(np.isfinite(s), i, -1), width)
             table = table.apply(np.zeros(0, np.int64), ids, i, s)
-        name = f"neighbours.{int(generation):08d}.full.npz"
+        name = f"hook-neighbours-{int(generation):08d}-full.npz"
         self._write(folder, name, np.zeros(0, np.int64), table.ids, table.nb_ids, table.nb_sims)
         return {"width": width, "files": [name]}
 
@@ -316,9 +358,12 @@ class CameraStatsHook(IndexHook):
     def load(self, folder: Path, state: dict[str, Any]) -> CameraStats:
         if not state.get("file"):
             return CameraStats([], np.zeros((0, 0)), np.zeros(0, np.int64))
-        with np.load(Path(folder) / state["file"], allow_pickle=False) as z:
-            return CameraStats([str(c) for c in z["cameras"]], z["sums"].astype(np.float64),
-                               z["counts"].astype(np.int64))
+        try:
+            with np.load(Path(folder) / state["file"], allow_pickle=False) as z:
+                return CameraStats([str(c) for c in z["cameras"]], z["sums"].astype(np.float64),
+                                   z["counts"].astype(np.int64))
+        except (OSError, KeyError, ValueError, EOFError) as exc:
+            raise IndexCorruptError(f"{Path(folder) / state['file']}: unreadable camera statistics ({exc})") from None
 
     def prepare(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView,
                 added_ids: np.ndarray, added_vectors: np.ndarray, added_fields: dict[str, np.ndarray],
@@ -346,9 +391,14 @@ class CameraStatsHook(IndexHook):
             accumulate(_camera_keys(added_fields.get("camera"), len(added_ids)), vecs, +1)
         keys = sorted(k for k in sums if counts[k] > 0)
         dim = dim if dim is not None else (next(iter(sums.values())).shape[0] if sums else 0)
-        name = f"camera_stats.{int(generation):08d}.npz"
-        with open(Path(folder) / name, "wb") as fh:
+        name = f"hook-camera_stats-{int(generation):08d}.npz"
+        path = Path(folder) / name
+        tmp = path.with_name(name + ".tmp")
+        with open(tmp, "wb") as fh:
             np.savez(fh, cameras=np.array(keys, dtype=str),
                      sums=np.array([sums[k] for k in keys]).reshape(len(keys), dim),
                      counts=np.array([counts[k] for k in keys], np.int64))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
         return {"file": name}

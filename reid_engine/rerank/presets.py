@@ -12,7 +12,7 @@ from .steps import CameraNormalize, Centralize, KReciprocal, QueryExpansion, Sam
 
 #: parameters of the default, chosen by tools/rerank_devsets.py on all development sets
 DEFAULT_CAMERA = {"strength": 1.0, "unknown_strength": 0.0, "min_count": 10}
-DEFAULT_CENTRALIZE = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 0.15, "ramp": 0.05}
+DEFAULT_CENTRALIZE = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 0.2, "ramp": 0.05}
 
 
 def default_pipeline(camera: dict | None = None, centralize: dict | None = None, name: str = "default") -> Pipeline:

@@ -264,22 +264,50 @@ class AttributeFusion(Reranker):
 
     def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
         from ..attributes import fusion
-        from ..attributes.groups import notes_to_matrix
-        from ..attributes.model import ANNOTATOR_NAME
 
         if self.config is None:
             return pool
         if ctx.query_attributes is None:
             raise InvalidInputError("attribute fusion needs the queries' attributes (ctx.query_attributes)")
         ids = pool.ids
-        rows = ctx.gallery.rows(np.unique(ids[ids >= 0]).tolist())
-        notes = [(rows.get(int(i), {}).get("extra") or {}).get(ANNOTATOR_NAME) if i >= 0 else None
-                 for i in ids.reshape(-1)]
-        cand = notes_to_matrix(notes).reshape(*ids.shape, -1)
+        cand = self._candidate_attributes(ids, ctx)
+        qa = np.asarray(ctx.query_attributes, np.float32)
+        if ctx.same_person and len(qa) > 1:  # one person: one attribute estimate, as one list
+            qa = np.repeat(np.nanmean(qa, axis=0, keepdims=True), len(qa), axis=0)
         dist = np.where(ids >= 0, 1.0 - pool.scores, np.inf).astype(np.float32)
-        d, pos = fusion.fuse_rank(dist, ids, np.asarray(ctx.query_attributes, np.float32), cand, ids.shape[1],
-                                  self.config)
+        d, pos = fusion.fuse_rank(dist, ids, qa, cand, ids.shape[1], self.config)
         return Candidates.sorted(pos, np.where(pos >= 0, 1.0 - d, -np.inf))
+
+    def _candidate_attributes(self, ids: np.ndarray, ctx: RerankContext) -> np.ndarray:
+        """(Q, P, WIDTH) stored attributes of the candidates, smoothed over their mutual gallery
+        neighbours (from the ``neighbours`` index hook) for the attributes the mode names."""
+        from ..attributes import fusion
+        from ..attributes.groups import notes_to_matrix
+        from ..attributes.model import ANNOTATOR_NAME
+
+        cands = np.unique(ids[ids >= 0])
+        table = ctx.gallery.state("neighbours") if self.config.smooth else None
+        k = self.config.smooth_k
+        rows = cands
+        if table is not None and len(cands):
+            nb, _ = table.lists(cands)
+            rows = np.unique(np.concatenate([cands, nb[:, :k].reshape(-1)]))
+            rows = rows[rows >= 0]
+        found = ctx.gallery.rows(rows.tolist())
+        attrs = notes_to_matrix([(found.get(int(i), {}).get("extra") or {}).get(ANNOTATOR_NAME) for i in rows])
+        if table is not None and len(rows):
+            nb, _ = table.lists(rows)
+            nb = nb[:, :k]
+            local = np.searchsorted(rows, nb)
+            local = np.where((nb >= 0) & (rows[np.clip(local, 0, len(rows) - 1)] == nb), local, -1)
+            attrs = fusion.smooth_attributes(attrs, local, self.config.smooth)
+        width = attrs.shape[1] if attrs.ndim == 2 else notes_to_matrix([None]).shape[1]
+        out = np.full((*ids.shape, width), np.nan, np.float32)
+        if len(rows):
+            at = np.clip(np.searchsorted(rows, ids), 0, len(rows) - 1)
+            out[:] = attrs[at]
+            out[ids < 0] = np.nan
+        return out
 
 
 class SamePersonPool(Reranker):
