@@ -38,5 +38,7 @@ def list_annotators() -> list[str]:
 def create_annotator(name: str, device: str | None = None) -> Annotator:
     """Build a registered annotator; unknown names list the valid ones."""
     if name not in _ANNOTATORS:
-        raise UnknownNameError(f"unknown annotator {name!r}: expected one of {', '.join(list_annotators()) or '(none registered)'}")
+        raise UnknownNameError(
+            f"unknown annotator {name!r}: expected one of {', '.join(list_annotators()) or '(none registered)'}"
+        )
     return _ANNOTATORS[name](device=device)

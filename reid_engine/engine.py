@@ -376,7 +376,9 @@ class Engine:
             for start in range(0, len(todo), max(1, commit_every)):
                 block = todo[start : start + commit_every]
                 inputs = [it.image if it.image is not None else it.path for it, _ in block]
-                res = self.encoder.encode_files(inputs, batch_size=batch_size, show_progress=show_progress, strict=strict)
+                res = self.encoder.encode_files(
+                    inputs, batch_size=batch_size, show_progress=show_progress, strict=strict
+                )
                 for pos, reason in res.failures:
                     report.failed.append((str(block[pos][0].path), reason))
                 rows = [_row_from_meta(block[pos][0], block[pos][1]) for pos in res.ok]
@@ -391,8 +393,10 @@ class Engine:
         log.info("%s: %s", self.path, report.summary())
         return report
 
-    def add_features(self, features: np.ndarray, items: Sequence[CropItem], hashes: Optional[Sequence[str]] = None) -> list[int]:
-        """Index precomputed features (from this index's encoder) for the given crops."""
+    def add_features(
+        self, features: np.ndarray, items: Sequence[CropItem], hashes: Optional[Sequence[str]] = None
+    ) -> list[int]:
+        """Index precomputed features (from this index's encoder) for the given crops (committed in blocks of 4,096)."""
         if len(features) != len(items):
             raise InvalidInputError(f"{len(features)} feature rows for {len(items)} crops")
         hashes = list(hashes) if hashes is not None else [it.sha256() for it in items]
@@ -432,7 +436,8 @@ class Engine:
             qattrs = self.attribute_model().predict(images, batch_size=batch_size)
         feats = self.encoder.encode(images, batch_size=batch_size)
         return self.query_features(
-            feats, k, query_labels=labels, query_cameras=query_cameras, fusion=fusion, query_attributes=qattrs, **filters
+            feats, k, query_labels=labels, query_cameras=query_cameras, fusion=fusion, query_attributes=qattrs,
+            **filters,
         )
 
     def _cameras_of_indexed(self, images: Sequence[ImageLike]) -> list[Optional[str]]:
@@ -497,15 +502,15 @@ class Engine:
         n = len(labels)
         groups: dict[Optional[str], list[int]] = {}
         if exclude_same_camera:
-            for i, c in enumerate(qcams):
+            for qi, c in enumerate(qcams):
                 if c is None:
                     raise InvalidInputError(
-                        f"query {labels[i]}: its camera is unknown, so it cannot be excluded; pass the query camera"
+                        f"query {labels[qi]}: its camera is unknown, so it cannot be excluded; pass the query camera"
                     )
-                groups.setdefault(str(c), []).append(i)
+                groups.setdefault(str(c), []).append(qi)
         else:
             groups[None] = list(range(n))
-        base = dict(
+        base: dict[str, Any] = dict(
             cameras=_names("cameras", cameras),
             exclude_cameras=_names("exclude_cameras", exclude_cameras) or (),
             sources=_names("sources", sources),
@@ -542,7 +547,7 @@ class Engine:
         rows = self.store.rows(ids[ids >= 0].tolist())
         results = []
         for qi in range(n):
-            hits = []
+            hits: list[Hit] = []
             for sc, i in zip(sims[qi], ids[qi]):
                 if i < 0 or int(i) not in rows:
                     continue

@@ -190,19 +190,19 @@ def search_tracks(
         best_ids.update(_best_crop(table.rows[i]) for _, i in hits)
     crop_rows = store.rows(sorted(best_ids - {-1}))
     for qi in range(n):
-        hits = []
+        track_hits: list[TrackHit] = []
         for sim, i in ranked[qi]:
             r = table.rows[i]
             crop = crop_rows.get(_best_crop(r))
             if crop is None:
                 continue
-            hits.append(TrackHit(
-                rank=len(hits) + 1, track=r["key"], distance=float(1.0 - sim), camera=r["camera"], source=r["source"],
-                start_time=r["start_time"], end_time=r["end_time"], start_frame=r["start_frame"],
+            track_hits.append(TrackHit(
+                rank=len(track_hits) + 1, track=r["key"], distance=float(1.0 - sim), camera=r["camera"],
+                source=r["source"], start_time=r["start_time"], end_time=r["end_time"], start_frame=r["start_frame"],
                 end_frame=r["end_frame"], n_frames=int(r["n_frames"] or 0), crop_ids=list(r["crop_ids"] or []),
-                best=Hit.from_row(len(hits) + 1, float(1.0 - sim), crop), extra=r["extra"],
+                best=Hit.from_row(len(track_hits) + 1, float(1.0 - sim), crop), extra=r["extra"],
             ))
-        results.append(TrackResult(labels[qi], hits, None if qcams[qi] is None else str(qcams[qi])))
+        results.append(TrackResult(labels[qi], track_hits, None if qcams[qi] is None else str(qcams[qi])))
     return results
 
 

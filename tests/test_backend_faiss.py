@@ -1,4 +1,4 @@
-"""FaissBackend: the shared conformance suite (exact and IVF layouts) plus FAISS-specific checks."""
+"""FaissBackend: the shared conformance suite (exact, graph and IVF layouts) plus FAISS-specific checks."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,23 @@ class TestFaissConformance(BackendConformance):
         return FaissBackend(tmp_path / "vectors", dim, {})
 
     def make_approx_backend(self, tmp_path, dim):
+        return FaissBackend(tmp_path / "vectors", dim, {"exact_threshold": 500, "flat_limit": 500})
+
+
+class TestFaissIVFApproxConformance(BackendConformance):
+    def make_backend(self, tmp_path, dim):
+        return FaissBackend(tmp_path / "vectors", dim, {})
+
+    def make_approx_backend(self, tmp_path, dim):
         return FaissBackend(tmp_path / "vectors", dim, {"factory": "IVF24,Flat", "flat_limit": 500, "nprobe": 4})
+
+
+class TestFaissGraphLayoutConformance(BackendConformance):
+    """Every commit is merged into HNSW graph segments; a beam wider than the gallery must be exact."""
+
+    def make_backend(self, tmp_path, dim):
+        opts = {"flat_limit": 64, "merge_factor": 2, "exact_threshold": 40, "ef_search": 4096}
+        return FaissBackend(tmp_path / "vectors", dim, opts)
 
 
 class TestFaissIVFLayoutConformance(BackendConformance):
@@ -43,13 +59,13 @@ def test_registered():
     assert get_backend("faiss") is FaissBackend
 
 
-@pytest.mark.parametrize("factory,expected", [(None, ("auto", None)), ("Flat", ("flat", None)),
-                                              ("IVF1024,Flat", ("ivf", 1024))])
+@pytest.mark.parametrize("factory,expected", [(None, ("auto", 32)), ("Flat", ("flat", None)),
+                                              ("HNSW16", ("hnsw", 16)), ("IVF1024,Flat", ("ivf", 1024))])
 def test_factory_strings(factory, expected):
     assert parse_factory(factory) == expected
 
 
-@pytest.mark.parametrize("factory", ["HNSW32", "IVF0,Flat", "IVF64,PQ8", "flat"])
+@pytest.mark.parametrize("factory", ["HNSW2", "HNSW32,Flat", "IVF0,Flat", "IVF64,PQ8", "flat"])
 def test_unsupported_factory_names_the_supported_ones(folder, factory):
     with pytest.raises(InvalidInputError, match="IVF<n>,Flat"):
         FaissBackend(folder, 8, {"factory": factory})
@@ -100,9 +116,9 @@ def test_duplicate_and_live_ids_are_refused(folder):
         g.backend.prepare(5, Changes(add_ids=np.array([50]), add_vectors=unit(rng, 1, DIM + 1)))
 
 
-def test_auto_mode_trains_past_the_threshold_and_retrains_after_growth(folder):
+def test_auto_mode_builds_graphs_past_the_threshold(folder):
     rng = np.random.default_rng(3)
-    b = FaissBackend(folder, DIM, {"exact_threshold": 300, "flat_limit": 100, "nprobe": 10_000})
+    b = FaissBackend(folder, DIM, {"exact_threshold": 300, "flat_limit": 100})
     g = Gallery(b)
     g.add_random(rng, 250, 1)
     assert g.compact(force=False) is None
@@ -110,18 +126,40 @@ def test_auto_mode_trains_past_the_threshold_and_retrains_after_growth(folder):
     g.add_random(rng, 100, 1000)
     assert g.compact(force=False) is not None
     d = b.describe()
-    assert d["index_type"] == "ivf_flat" and d["trained_rows"] == 350 and d["nlist"] >= 16
-    assert [s["kind"] for s in d["segments"]] == ["ivf"]
+    assert d["index_type"] == "hnsw" and d["graph_m"] == 32
+    assert [s["kind"] for s in d["segments"]] == ["graph"]
+    wide = SearchParams(ef_search=4096)  # a beam wider than the gallery walks the whole graph: exact
     q = unit(rng, 5)
-    assert_same(b.search(q, 10), g.reference(q, 10))  # nprobe covers every list
+    assert_same(b.search(q, 10, params=wide), g.reference(q, 10))
     for c in range(12):
         g.add_random(rng, 100, 5000 + 100 * c)
         g.compact(force=False)
     d = b.describe()
-    assert d["trained_rows"] >= 4 * 350
-    assert_same(b.search(q, 10), g.reference(q, 10))
-    assert_same(b.search(q, 10, where=SearchFilter(cameras=("c3",))),
-                g.reference(q, 10, SearchFilter(cameras=("c3",))))
+    assert {s["kind"] for s in d["segments"]} <= {"graph", "flat"} and "graph" in {s["kind"] for s in d["segments"]}
+    assert_same(b.search(q, 10, params=wide), g.reference(q, 10))
+    cam = SearchFilter(cameras=("c3",))
+    assert_same(b.search(q, 10, where=cam, params=wide), g.reference(q, 10, cam))
+    g.commit(remove=g.ids[:40])
+    assert_same(b.search(q, 10, params=wide), g.reference(q, 10))
+    # the default beam finds most of the exact top-10 (these random points have no neighbour structure)
+    got = b.search(q, 10)[1]
+    want = g.reference(q, 10)[1]
+    assert np.mean([len(np.intersect1d(a, w)) / 10 for a, w in zip(got, want)]) >= 0.8
+
+
+def test_ivf_factory_trains_past_the_threshold(folder):
+    rng = np.random.default_rng(3)
+    b = FaissBackend(folder, DIM, {"factory": "IVF16,Flat", "exact_threshold": 300, "flat_limit": 100,
+                                   "nprobe": 10_000})
+    g = Gallery(b)
+    g.add_random(rng, 250, 1)
+    g.compact(force=False)
+    g.add_random(rng, 100, 1000)
+    assert g.compact(force=False) is not None
+    d = b.describe()
+    assert d["index_type"] == "ivf_flat" and d["nlist"] == 16
+    q = unit(rng, 5)
+    assert_same(b.search(q, 10), g.reference(q, 10))  # nprobe covers every list
 
 
 def test_flat_factory_never_trains(folder):

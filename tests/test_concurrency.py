@@ -57,9 +57,9 @@ def backend(request: Any) -> str:
 def make_engine(tmp_path: Path, tiny_weights: Path, db_url: str | None, backend: str) -> Any:
     made: list[Engine] = []
 
-    def make(name: str = "idx") -> Engine:
+    def make(name: str = "idx", hooks: Any = ()) -> Engine:
         eng = Engine.create(tmp_path / name, encoder="tiny-test", weights=tiny_weights, db_url=db_url,
-                            backend=backend, hooks=[])
+                            backend=backend, hooks=hooks)
         made.append(eng)
         return eng
 
@@ -185,6 +185,7 @@ def _reader(path: str, seconds: float, out_path: str) -> None:
     while time.monotonic() < end:
         try:
             seen.append(_all_ids(eng))
+            eng.query_features(_vectors(1, 98), k=5)  # the default re-ranking reads the hooks' state too
         except Exception as exc:  # every error is a failure of the test
             errors.append(f"{type(exc).__name__}: {exc}")
     Path(out_path).write_text(json.dumps({"seen": seen, "errors": errors}))
@@ -258,3 +259,49 @@ def test_kill_during_add_loses_nothing_committed(make_engine: Any, tmp_path: Pat
     more = _add(again, 5000, 4, 15)  # the next writer cleans up and commits
     assert _all_ids(again) == sorted(ids + more)
     again.close()
+
+
+def _stress_writer(path: str, seconds: float, size: int, log_path: str) -> None:
+    eng = Engine.open(path)
+    committed, b = [], 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        committed.append(_add(eng, 10_000 + b * size, size, 500 + b))
+        b += 1
+    removed = committed[0][:3]
+    eng.remove(ids=removed)
+    Path(log_path).write_text(json.dumps({"blocks": committed, "removed": removed}))
+    eng.close()
+
+
+@pytest.mark.slow
+def test_stress_four_readers_one_writer_for_a_minute(make_engine: Any, tmp_path: Path) -> None:
+    """4 reader processes query while a writer adds for 60 s, then removes: no reader error, every answer
+    is a committed generation's content, and everything the writer reported is there."""
+    eng = make_engine(hooks=None)  # every index-time hook, as a default index keeps
+    base = _add(eng, 0, 8, 400)
+    ctx = mp.get_context("spawn")
+    wlog = tmp_path / "w.json"
+    writer = ctx.Process(target=_stress_writer, args=(str(eng.path), 60.0, 16, str(wlog)))
+    readers = [ctx.Process(target=_reader, args=(str(eng.path), 66.0, str(tmp_path / f"r{j}.json"))) for j in range(4)]
+    for p in readers:
+        p.start()
+    writer.start()
+    writer.join(300)
+    for p in readers:
+        p.join(300)
+    assert writer.exitcode == 0 and all(p.exitcode == 0 for p in readers)
+    log = json.loads(wlog.read_text())
+    prefixes = [sorted(base)]
+    for block in log["blocks"]:
+        prefixes.append(sorted(prefixes[-1] + block))
+    final = sorted(set(prefixes[-1]) - set(log["removed"]))
+    valid = {tuple(p) for p in prefixes} | {tuple(final)}
+    answers = 0
+    for j in range(4):
+        rep = json.loads((tmp_path / f"r{j}.json").read_text())
+        assert rep["errors"] == [], rep["errors"][:3]
+        assert all(tuple(a) in valid for a in rep["seen"])
+        answers += len(rep["seen"])
+    assert answers > 100 and len(log["blocks"]) > 20
+    assert _all_ids(eng) == final

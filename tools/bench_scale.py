@@ -86,40 +86,52 @@ def _real_features(work: Path, weights: Path) -> dict[str, np.ndarray]:
     return data
 
 
+#: identity spread and crop noise, as multiples of the real embeddings' own deviations (see _noise): chosen so
+#: that plain cosine on a 20k gallery scores Rank-1 ~0.9 and mAP ~0.6, like real cross-camera sets
+CENTRE_SPREAD = 1.0
+CROP_NOISE = 1.15
+
+
+def _noise(real: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Noise shaped like real embeddings: random combinations of the real features' deviations from their mean."""
+    dev = real - real.mean(axis=0)
+    return (g / np.sqrt(len(real))).astype(np.float32) @ dev
+
+
+def _centres(real: np.ndarray, idents: np.ndarray, seed: int) -> np.ndarray:
+    """Each identity's centre: a random mix of two real embeddings plus shaped noise (deterministic per identity)."""
+    a = np.empty(len(idents), np.int64)
+    b = np.empty(len(idents), np.int64)
+    w = np.empty((len(idents), 1), np.float32)
+    g = np.empty((len(idents), len(real)), np.float32)
+    for j, ident in enumerate(idents):
+        r = np.random.default_rng((seed, int(ident)))
+        a[j], b[j] = r.integers(0, len(real), 2)
+        w[j] = r.uniform(0.2, 0.8)
+        g[j] = r.standard_normal(len(real))
+    c = w * real[a] + (1 - w) * real[b] + CENTRE_SPREAD * _noise(real, g)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
 def synthetic_chunk(real: np.ndarray, start: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``start .. start+n`` of the synthetic gallery: (vectors, identity labels); deterministic per row."""
     ids = np.arange(start, start + n) // CROPS_PER_ID
     uniq = np.unique(ids)
-    centres = np.empty((len(uniq), real.shape[1]), np.float32)
-    for j, ident in enumerate(uniq):
-        r = np.random.default_rng((seed, int(ident)))
-        a, b = r.integers(0, len(real), 2)
-        w = r.uniform(0.2, 0.8)
-        c = w * real[a] + (1 - w) * real[b] + 0.35 * r.standard_normal(real.shape[1]).astype(np.float32) / np.sqrt(
-            real.shape[1]
-        ) * 4
-        centres[j] = c / np.linalg.norm(c)
-    pos = np.searchsorted(uniq, ids)
+    centres = _centres(real, uniq, seed)
     rng = np.random.default_rng((seed, start, n))
-    x = centres[pos] + 0.25 * rng.standard_normal((n, real.shape[1])).astype(np.float32) / np.sqrt(real.shape[1]) * 4
+    x = centres[np.searchsorted(uniq, ids)] + CROP_NOISE * _noise(real, rng.standard_normal((n, len(real))))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), ids.astype(np.int64)
 
 
 def synthetic_queries(real: np.ndarray, n_gallery: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out crops of synthetic identities that have crops in the gallery."""
-    n_ids = n_gallery // CROPS_PER_ID
+    """Fresh crops (not in the gallery) of synthetic identities that have crops in the gallery."""
+    n_ids = (n_gallery - 4096 - 296) // CROPS_PER_ID
     rng = np.random.default_rng(seed)
     idents = rng.choice(n_ids, SYN_QUERIES, replace=False)
-    out = np.empty((SYN_QUERIES, real.shape[1]), np.float32)
-    for j, ident in enumerate(idents):
-        # a fresh crop of that identity: same centre, other noise (row index beyond the gallery)
-        x, _ = synthetic_chunk(real, int(ident) * CROPS_PER_ID, CROPS_PER_ID, seed=0)
-        centre = x.mean(axis=0)
-        noise = np.random.default_rng((seed, j)).standard_normal(real.shape[1]).astype(np.float32)
-        q = centre / np.linalg.norm(centre) + 0.25 * noise / np.sqrt(real.shape[1]) * 4
-        out[j] = q / np.linalg.norm(q)
-    return out, idents.astype(np.int64)
+    q = _centres(real, idents, 0) + CROP_NOISE * _noise(real, rng.standard_normal((SYN_QUERIES, len(real))))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return q.astype(np.float32), idents.astype(np.int64)
 
 
 # -- phases (each in its own process) ------------------------------------------------------------
@@ -131,8 +143,10 @@ def phase_build(args: argparse.Namespace) -> dict[str, Any]:
     gal = real["role"] == "gallery"
     folder = work / f"index_{args.n}"
     shutil.rmtree(folder, ignore_errors=True)
+    build_s = 0.0
     t0 = time.perf_counter()
     eng = Engine.create(folder, weights=args.weights)
+    build_s += time.perf_counter() - t0
     n_syn = args.n - int(gal.sum()) - 4096
     done = 0
     while done < n_syn:
@@ -140,13 +154,16 @@ def phase_build(args: argparse.Namespace) -> dict[str, Any]:
         x, ids = synthetic_chunk(real["feats"], done, m)
         items = [CropItem(Path(f"syn/{done + j}.png"), {"pid": f"s{ids[j]}", "camera": CAMERAS[(done + j) % 8]})
                  for j in range(m)]
+        t0 = time.perf_counter()  # only the engine's work counts, not making the synthetic rows
         eng.add_features(x, items, hashes=[f"syn{done + j:012d}" for j in range(m)])
+        build_s += time.perf_counter() - t0
         done += m
-        log.info("built %d / %d", done, n_syn)
+        log.info("built %d / %d in %.0f s", done, n_syn, build_s)
     items = [CropItem(Path(p), {"pid": f"p{pid}", "camera": "02"})
              for p, pid in zip(real["path"][gal], real["pid"][gal])]
+    t0 = time.perf_counter()
     eng.add_features(real["feats"][gal], items, hashes=[f"pku{j:06d}" for j in range(len(items))])
-    build_s = time.perf_counter() - t0
+    build_s += time.perf_counter() - t0
     # one more block of 4,096 crops on the full index: the cost of a typical commit
     x, ids = synthetic_chunk(real["feats"], n_syn, 4096, seed=7)
     items = [CropItem(Path(f"new/{j}.png"), {"pid": f"n{ids[j]}", "camera": CAMERAS[j % 8]}) for j in range(4096)]
@@ -179,11 +196,14 @@ def phase_query(args: argparse.Namespace) -> dict[str, Any]:
     real = _real_features(work, Path(args.weights))
     folder = work / f"index_{args.n}"
     t0 = time.perf_counter()
-    eng = Engine.open(folder, weights=args.weights)
+    eng = Engine.open(folder)  # the index; the encoder is loaded on the first query
     open_s = time.perf_counter() - t0
     qpaths = list(real["path"][real["role"] == "query"])
-    eng.query(qpaths[:3], k=10)  # warm the encoder
-    out: dict[str, Any] = {"open_s": round(open_s, 3)}
+    t0 = time.perf_counter()
+    eng.query(qpaths[:1], k=10)
+    first_query_s = time.perf_counter() - t0  # loads the encoder and the re-ranking state
+    eng.query(qpaths[1:3], k=10)
+    out: dict[str, Any] = {"open_s": round(open_s, 3), "first_query_s": round(first_query_s, 2)}
     for name, filt in (("query", {}), ("query_camera", {"cameras": ["02"]})):
         lat = []
         for p in qpaths[: args.queries]:

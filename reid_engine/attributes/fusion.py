@@ -66,7 +66,9 @@ class FusionConfig:
         ):
             for name, w in names.items():
                 if name not in valid:
-                    raise InvalidInputError(f"FusionConfig.{what}: unknown attribute {name!r}; valid: {', '.join(valid)}")
+                    raise InvalidInputError(
+                        f"FusionConfig.{what}: unknown attribute {name!r}; valid: {', '.join(valid)}"
+                    )
                 if w < 0:
                     raise InvalidInputError(f"FusionConfig.{what}[{name!r}] must be >= 0, got {w}")
         if self.scale_rank is not None and self.scale_rank < 2:
@@ -86,7 +88,9 @@ MODES: dict[str, Optional[FusionConfig]] = {
     # every cue, the person's and the outfit's
     "attributes": FusionConfig(
         appearance=1.0,
-        contradiction={"is_male": 3.0, "has_longhair": 3.0, **{n: 1.0 for n in BELONGINGS}, **{n: 1.0 for n in CLOTHING}},
+        contradiction={
+            "is_male": 3.0, "has_longhair": 3.0, **{n: 1.0 for n in BELONGINGS}, **{n: 1.0 for n in CLOTHING}
+        },
         colour={"top_color": 0.2, "bottom_color": 0.2},
         gate=0.3,
         smooth=BINARY,
@@ -223,7 +227,8 @@ def fuse_rank(
     ca = np.asarray(cand_attrs, np.float32)
     if qa.shape != (d.shape[0], WIDTH) or ca.shape != (*d.shape, WIDTH):
         raise InvalidInputError(
-            f"attributes {qa.shape} / {ca.shape}: expected ({d.shape[0]}, {WIDTH}) and ({d.shape[0]}, {d.shape[1]}, {WIDTH})"
+            f"attributes {qa.shape} / {ca.shape}: expected ({d.shape[0]}, {WIDTH}) "
+            f"and ({d.shape[0]}, {d.shape[1]}, {WIDTH})"
         )
     fused = fused_distance(d, qa, ca, config)
     fused[(pos < 0) | ~np.isfinite(d)] = np.inf

@@ -42,7 +42,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 # -- the dense vector kept per crop: 8 probabilities, two Lab colours, two points ----------------------
 #: (name, width) of each field of an attribute vector, in order
-LAYOUT: tuple[tuple[str, int], ...] = tuple([(n, 1) for n in BINARY] + [(c, 3) for c in COLOURS] + [(p, 2) for p in POINTS])
+LAYOUT: tuple[tuple[str, int], ...] = tuple(
+    [(n, 1) for n in BINARY] + [(c, 3) for c in COLOURS] + [(p, 2) for p in POINTS]
+)
 SLICES: dict[str, slice] = {}
 _pos = 0
 for _name, _width in LAYOUT:

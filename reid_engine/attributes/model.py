@@ -86,7 +86,9 @@ class AttributeModel:
             raise WeightsError(f"{self.weights}: attribute model not found (set {MODEL_ENV} to its .xml)")
         is_ir = self.weights.suffix.lower() == ".xml"
         if is_ir and not self.weights.with_suffix(".bin").is_file():
-            raise WeightsError(f"{self.weights}: the OpenVINO weights file {self.weights.with_suffix('.bin').name} is missing")
+            raise WeightsError(
+                f"{self.weights}: the OpenVINO weights file {self.weights.with_suffix('.bin').name} is missing"
+            )
         # the .bin holds the weights: its hash names the model in caches
         self.weights_sha256 = _sha256(self.weights.with_suffix(".bin") if is_ir else self.weights)
         core = ov.Core()

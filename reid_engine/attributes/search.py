@@ -106,7 +106,9 @@ class AttributeQuery:
         return np.nan_to_num(np.prod(self.term_probabilities(matrix), axis=1), nan=0.0).astype(np.float32)
 
 
-def rank_by_attributes(ids: np.ndarray, matrix: np.ndarray, query: AttributeQuery, k: int) -> tuple[np.ndarray, np.ndarray]:
+def rank_by_attributes(
+    ids: np.ndarray, matrix: np.ndarray, query: AttributeQuery, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` matching crops: (ids, scores), by descending joint probability, ties by ascending id."""
     ids = np.asarray(ids, np.int64)
     ok = query.matches(matrix)

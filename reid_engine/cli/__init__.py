@@ -21,7 +21,8 @@ class ReidGroup(click.Group):
             raise click.UsageError(message_of(exc), ctx=click.get_current_context(silent=True) or ctx) from None
         except ReidEngineError as exc:
             err = click.ClickException(message_of(exc))
-            err.exit_code = outcome_of(exc).exit_code
+            # click types exit_code as a ClassVar, but reads it from the instance it catches
+            err.exit_code = outcome_of(exc).exit_code  # type: ignore[misc]
             raise err from None
 
 

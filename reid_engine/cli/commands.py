@@ -22,7 +22,9 @@ index_option = click.option(
     "--index", "index_path", required=True, metavar="PATH",
     help="Index folder, or a bare name resolved under indexes/.",
 )
-encoder_option = click.option("--encoder", default=None, metavar="NAME", help="Registered encoder (see `reid-engine encoders`).")
+encoder_option = click.option(
+    "--encoder", default=None, metavar="NAME", help="Registered encoder (see `reid-engine encoders`)."
+)
 weights_option = click.option(
     "--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Weights file; when --encoder is not given its type picks the model (.onnx, .xml, torchreid .pth/.pth.tar).",
@@ -44,7 +46,9 @@ def _print_results(results: list[QueryResult]) -> None:
     for res in results:
         cam = f" (camera {res.camera})" if res.camera is not None else ""
         click.echo(f"query {res.query}{cam}: {len(res.hits)} hits")
-        click.echo(f"{'rank':>4}  {'distance':>8}  {'camera':<8} {'pid':<8} {'time':<19}  {'frame':>6}  {'track':<6}  path")
+        click.echo(
+            f"{'rank':>4}  {'distance':>8}  {'camera':<8} {'pid':<8} {'time':<19}  {'frame':>6}  {'track':<6}  path"
+        )
         for h in res.hits:
             click.echo(
                 f"{h.rank:>4}  {h.distance:8.4f}  {str(h.camera or '-'):<8} {str(h.pid or '-'):<8} "
@@ -80,36 +84,44 @@ def _print_track_results(results: list[Any]) -> None:
 @click.option("--factory", default=None,
               help="Index type of a new index: Flat (always exact) or IVF<n>,Flat; default: exact while the gallery "
                    "is small, then an IVF trained and re-trained automatically as it grows.")
-@click.option("--db-url", default=None, help="SQLAlchemy URL for the crop table of a new index (default: SQLite in the index folder).")
+@click.option("--db-url", default=None,
+              help="SQLAlchemy URL for the crop table of a new index (default: SQLite in the index folder).")
 @click.option("--backend", default="faiss", show_default=True, help="Vector backend of a new index: faiss or milvus.")
 @click.option("--backend-uri", default=None, help="Milvus: a Milvus Lite file (./x.db) or http://HOST:19530.")
 @click.option("--nprobe", default=None, type=click.IntRange(1, 65536),
               help="Default IVF lists probed per search, stored in a new index (per query: query --nprobe).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Decode and encode on a Ray cluster (without ADDRESS a local one); this process commits in order.")
 @click.option("--glob", "glob_pattern", default="**/*", show_default=True, help="Which files of a folder to take.")
 @click.option(
     "--pattern", default="auto", show_default=True,
-    help=f"Metadata from each relative path: a regex with named groups pid, camera, frame, track, timestamp, or one of {', '.join(PATTERNS)}, auto, none.",
+    help="Metadata from each relative path: a regex with named groups pid, camera, frame, track, timestamp, "
+         f"or one of {', '.join(PATTERNS)}, auto, none.",
 )
 @click.option("--camera", default=None, help="Camera of every crop (over what --pattern found).")
 @click.option("--role", default=None, help="With a CSV manifest: only rows of this role (e.g. gallery).")
-@click.option("--source-name", default=None, help="What to record as the crops' source (default: SOURCE's absolute path).")
+@click.option("--source-name", default=None,
+              help="What to record as the crops' source (default: SOURCE's absolute path).")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image instead of skipping it.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--commit-every", default=4096, show_default=True, type=click.IntRange(1), help="Crops per atomic commit.")
+@click.option("--commit-every", default=4096, show_default=True, type=click.IntRange(1),
+              help="Crops per atomic commit.")
 @click.option("--attributes", "with_attributes", is_flag=True,
               help="Also store pedestrian attributes of every crop (for query --fusion and --attr); new indexes only.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(
     source: Path, index_path: str, encoder: Optional[str], weights: Optional[Path], factory: Optional[str],
-    db_url: Optional[str], backend: str, backend_uri: Optional[str], nprobe: Optional[int], glob_pattern: str, pattern: str, camera: Optional[str], role: Optional[str],
+    db_url: Optional[str], backend: str, backend_uri: Optional[str], nprobe: Optional[int],
+    ray_address: Optional[str], glob_pattern: str, pattern: str, camera: Optional[str], role: Optional[str],
     source_name: Optional[str], strict: bool, batch_size: int, commit_every: int, with_attributes: bool,
     device: Optional[str], as_json: bool,
 ) -> None:
     """Index the person crops of SOURCE (a folder, a CSV manifest or one image), adding to the index if it exists."""
     req = svc.IndexRequest(
         source=source, index=index_path, encoder=encoder, weights=weights, factory=factory, db_url=db_url,
-        backend=backend, backend_uri=backend_uri, nprobe=nprobe, glob=glob_pattern, pattern=pattern, camera=camera, role=role, source_name=source_name, strict=strict,
+        backend=backend, backend_uri=backend_uri, nprobe=nprobe, ray=ray_address, glob=glob_pattern, pattern=pattern,
+        camera=camera, role=role, source_name=source_name, strict=strict,
         batch_size=batch_size, commit_every=commit_every, attributes=with_attributes, device=device,
     )
     doc = svc.run_index(req, show_progress=_progress())
@@ -132,7 +144,8 @@ def index_cmd(
 @click.option("--source", "sources", multiple=True, help="Only crops from this source (repeatable).")
 @click.option("--time-from", default=None, help="Only crops at or after this time (ISO-8601 or epoch seconds).")
 @click.option("--time-to", default=None, help="Only crops at or before this time.")
-@click.option("--rerank", default=None, metavar="PRESET", help="Re-ranking preset (default: 'default'; 'none' for plain cosine). See docs/rerank.md.")
+@click.option("--rerank", default=None, metavar="PRESET",
+              help="Re-ranking preset (default: 'default'; 'none' for plain cosine). See docs/rerank.md.")
 @click.option("--fusion", default=None, metavar="MODE",
               help=f"Attribute fusion: {', '.join(FUSION_MODES)} (default: appearance). See docs/attributes.md.")
 @click.option("--attr", "attr_terms", multiple=True, metavar="TERM",
@@ -160,7 +173,8 @@ def query_cmd(
     exclude_same_camera: bool, query_camera: Optional[str], sources: tuple[str, ...], time_from: Optional[str],
     time_to: Optional[str], rerank: Optional[str], fusion: Optional[str], attr_terms: tuple[str, ...],
     attr_threshold: float, weights: Optional[Path], device: Optional[str], by_track: bool,
-    same_person: bool, nprobe: Optional[int], exact: bool, save_crops: Optional[Path], render_dir: Optional[Path], as_json: bool,
+    same_person: bool, nprobe: Optional[int], exact: bool, save_crops: Optional[Path], render_dir: Optional[Path],
+    as_json: bool,
 ) -> None:
     """Find the gallery crops (or, with --tracks, the appearances) most like each query IMAGE.
 
@@ -185,7 +199,9 @@ def query_cmd(
         if render_dir is not None:
             written["rendered"] = [str(p) for p in render_hits(results, render_dir)]
     if as_json:
-        doc: dict[str, Any] = {"index": index_str, "k": k, "tracks": by_track, "queries": [r.to_dict() for r in results]}
+        doc: dict[str, Any] = {
+            "index": index_str, "k": k, "tracks": by_track, "queries": [r.to_dict() for r in results]
+        }
         click.echo(json.dumps({**doc, **written}))
     else:
         if by_track:
@@ -220,7 +236,9 @@ def info_cmd(index_path: str, as_json: bool) -> None:
 @click.option("--camera", "cameras", multiple=True, help="Every crop of this camera (repeatable).")
 @click.option("--source", "sources", multiple=True, help="Every crop of this source (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
-def remove_cmd(index_path: str, ids: tuple[int, ...], cameras: tuple[str, ...], sources: tuple[str, ...], as_json: bool) -> None:
+def remove_cmd(
+    index_path: str, ids: tuple[int, ...], cameras: tuple[str, ...], sources: tuple[str, ...], as_json: bool
+) -> None:
     """Remove crops by id, camera or source (criteria combine with AND)."""
     req = svc.RemoveRequest(ids=ids, cameras=cameras, sources=sources)
     with svc.open_engine(index_path) as engine:
@@ -249,7 +267,10 @@ def encoders_cmd(as_json: bool) -> None:
         return
     for r in rows:
         mark = "*" if r["default"] else " "
-        weights = "weights: shared" if r["weights_available"] else ("weights: missing" if r["default_weights"] else "weights: yours")
+        if r["weights_available"]:
+            weights = "weights: shared"
+        else:
+            weights = "weights: missing" if r["default_weights"] else "weights: yours"
         click.echo(f"{mark} {r['name']:<48} {r['runtime']:<12} {r['input']:<12} {weights:<16} {r['description']}")
 
 
@@ -268,7 +289,8 @@ def compact_cmd(index_path: str, as_json: bool) -> None:
 
 @main.command("serve")
 @index_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 exposes it to the network).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind (0.0.0.0 exposes it to the network).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--token", default=None, envvar="REID_ENGINE_TOKEN", show_envvar=True,
               help="Bearer token that enables the write endpoints (POST/DELETE /crops); without it they are off.")

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence, Union, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -32,6 +32,7 @@ from ..errors import ImageReadError, InvalidInputError, UnsupportedOperationErro
 from ..ingest.crops import CropItem, parse_time, scan_source
 
 if TYPE_CHECKING:
+    from ..encoders.base import Encoder
     from ..engine import AddReport, Engine
     from ..ingest.pipeline import IngestReport
 
@@ -168,7 +169,9 @@ def index_with_ray(
             ids = engine.add_features(np.concatenate(buf_feats), list(buf_items), list(buf_hashes))
             report.ids.extend(ids)
             report.added += len(ids)
-            buf_feats.clear(), buf_items.clear(), buf_hashes.clear()
+            buf_feats.clear()
+            buf_items.clear()
+            buf_hashes.clear()
 
     def submit(chunk: list[CropItem]) -> None:
         """Hash on the driver, drop what is indexed already, send the rest out."""
@@ -283,7 +286,6 @@ def _stub_tracks(open_tracks: dict[int, Any]) -> dict[int, Any]:
 def _ingest_task(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One video on a worker: yields a checkpoint (finished tracks, progress, detections, features) per commit."""
     from ..ingest import pipeline as pl
-    from ..ingest.crops import CropItem as _Item  # noqa: F401  (pickled tracks refer to the pipeline's types)
     from ..ingest.detect import create_detector
     from ..ingest.video import iter_frames, probe
     from ..index import db
@@ -306,8 +308,9 @@ def _ingest_task(job: dict[str, Any]) -> Iterator[dict[str, Any]]:
     class _Shell:
         store = _Store()
 
-    run = pl._Run(_Shell(), info, p, det, o["tracker"], o["tracker_options"], o["every"], o["crops_per_track"],
-                  o["min_track_frames"], o["min_crop_height"], o["batch_size"], report, None)
+    # the pipeline's replay only reads engine.store.sql: a shell stands in for the engine
+    run = pl._Run(cast("Engine", _Shell()), info, p, det, o["tracker"], o["tracker_options"], o["every"],
+                  o["crops_per_track"], o["min_track_frames"], o["min_crop_height"], o["batch_size"], report, None)
     replayed = pl._replay(run, job["source"]) if job["resume"] else 0
 
     def checkpoint(frames: int) -> dict[str, Any]:
@@ -474,7 +477,7 @@ def ingest_with_ray(
     thr = DEFAULT_THRESHOLD if threshold is None else threshold
     dspec = _detector_spec(detector, detector_weights, thr)
     det = create_detector(dspec["name"], dspec["weights"], thr)  # for the settings a resume must match
-    o = {"start_time": start_time, "every": every, "start_frame": start_frame, "end_frame": end_frame,
+    o: dict[str, Any] = {"start_time": start_time, "every": every, "start_frame": start_frame, "end_frame": end_frame,
          "max_frames": max_frames, "fps": fps, "tracker": tracker or "norfair",
          "tracker_options": dict(tracker_options or {}), "crops_per_track": crops_per_track,
          "min_track_frames": min_track_frames, "min_crop_height": min_crop_height,
@@ -486,7 +489,8 @@ def ingest_with_ray(
     task = ray.remote(num_cpus=1)(_ingest_task).options(
         num_returns="streaming", _generator_backpressure_num_objects=max_ahead)
     lookup = _LookupEncoder(engine.store.manifest.dim)
-    committer = Engine(engine.store, lookup, device)  # the index's add path, fed with the cluster's features
+    # the index's add path, fed with the cluster's features (the lookup duck-types the encoder's encode_files)
+    committer = Engine(engine.store, cast("Encoder", lookup), device)
     quiet = not (show_progress or (show_progress is None and sys.stderr.isatty()))
     planned: set[str] = set()
     reports: list[Optional[IngestReport]] = [None] * len(videos)

@@ -308,7 +308,7 @@ class Encoder(ABC):
                         )
                     chunks.append(feats)
                     ok_all.extend(ok)
-                for pos, reason in failures:
+                for _pos, reason in failures:
                     log.warning("skipping %s", reason)
                 failures_all.extend(failures)
                 bar.update(len(ok) + len(failures))

@@ -32,7 +32,10 @@ _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 
 def _scope_path(node_name: str) -> Optional[str]:
-    """Module path from an exporter node name: '/conv2/conv2.0/conv2b/conv2b.0/conv1/Conv' -> 'conv2.0.conv2b.0.conv1'."""
+    """Module path from an exporter node name.
+
+    '/conv2/conv2.0/conv2b/conv2b.0/conv1/Conv' -> 'conv2.0.conv2b.0.conv1'
+    """
     parts = [p for p in node_name.split("/") if p][:-1]  # drop the op name
     if not parts:
         return None
@@ -228,7 +231,8 @@ def convert_onnx_weights(
         diff, cos = verify_conversion(onnx_path, state, arch)
         if not (diff < MAX_ABS_DIFF and cos > MIN_COSINE):
             raise WeightsError(
-                f"{onnx_path}: the converted {arch} differs from ONNX Runtime (max abs diff {diff:.3g}, cosine {cos:.6f})"
+                f"{onnx_path}: the converted {arch} differs from ONNX Runtime "
+                f"(max abs diff {diff:.3g}, cosine {cos:.6f})"
             )
         log.info("%s: torch reproduces ONNX Runtime (max abs diff %.2g, cosine %.7f)", arch, diff, cos)
     tmp = out.with_name(out.name + ".part")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union, cast
 
 import torch
 from torch import nn
@@ -85,7 +85,8 @@ def foldable_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
     return pairs
 
 
-def _merged(layer: nn.Module, bn: nn.Module) -> nn.Module:
+def _merged(layer: Union[nn.Conv2d, nn.Linear], bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    assert bn.running_var is not None and bn.running_mean is not None  # foldable_pairs keeps tracked norms only
     w = layer.weight.detach().double()
     b = layer.bias.detach().double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
     inv = bn.running_var.detach().double().add(bn.eps).rsqrt()
@@ -96,10 +97,11 @@ def _merged(layer: nn.Module, bn: nn.Module) -> nn.Module:
         new: nn.Module = nn.Conv2d(
             layer.in_channels,
             layer.out_channels,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
+            # torch types these attributes as tuple[int, ...]; a Conv2d holds pairs
+            cast(tuple[int, int], layer.kernel_size),
+            stride=cast(tuple[int, int], layer.stride),
+            padding=cast(Union[str, tuple[int, int]], layer.padding),
+            dilation=cast(tuple[int, int], layer.dilation),
             groups=layer.groups,
             bias=True,
             padding_mode=layer.padding_mode,
@@ -123,7 +125,10 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, 
     folded = copy.deepcopy(model).eval()
     modules = dict(folded.named_modules())
     for layer, norm in pairs:
-        folded.set_submodule(layer, _merged(modules[layer], modules[norm]))
+        # foldable_pairs pairs a Conv2d/Linear with a BatchNorm1d/2d only
+        merged = _merged(cast(Union[nn.Conv2d, nn.Linear], modules[layer]),
+                         cast(nn.modules.batchnorm._BatchNorm, modules[norm]))
+        folded.set_submodule(layer, merged)
         folded.set_submodule(norm, nn.Identity())
     log.debug("folded %d batch norms", len(pairs))
     return folded, len(pairs)

@@ -64,7 +64,9 @@ class OnnxEncoder(Encoder):
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             source = model if model is not None else str(weights)
-            self.sessions = [ort.InferenceSession(source, sess_options=opts, providers=providers) for _ in range(self.streams)]
+            self.sessions = [
+                ort.InferenceSession(source, sess_options=opts, providers=providers) for _ in range(self.streams)
+            ]
             self.session = self.sessions[0]
         except Exception as exc:  # onnxruntime raises its own exception types
             raise WeightsError(f"{weights}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None

@@ -213,13 +213,13 @@ def export_onnx(module: nn.Module, height: int, width: int) -> bytes:
     """Serialize a module to ONNX in memory, with a dynamic batch dimension."""
     example = torch.zeros(2, 3, height, width)
     buf = io.BytesIO()
-    module = copy.deepcopy(module).eval().to("cpu", memory_format=torch.contiguous_format).float()
+    module = copy.deepcopy(module).eval().to("cpu").to(memory_format=torch.contiguous_format).float()
     with warnings.catch_warnings(), torch_threads(1):  # tracing runs the model once: tiny work per layer
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # typed as a path, but the TorchScript exporter also writes to file objects
             input_names=["images"],
             output_names=["features"],
             dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},

@@ -164,7 +164,9 @@ def build_vit_reid(name: str) -> ViTReID:
     try:
         cfg = VIT_CONFIGS[name]
     except KeyError:
-        raise UnknownEncoderError(f"unknown transformer {name!r}: expected one of {', '.join(sorted(VIT_CONFIGS))}") from None
+        raise UnknownEncoderError(
+            f"unknown transformer {name!r}: expected one of {', '.join(sorted(VIT_CONFIGS))}"
+        ) from None
     return ViTReID(cfg).eval()
 
 

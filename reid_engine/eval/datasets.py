@@ -312,7 +312,7 @@ def _read_market_style(
     query = _market_style_samples(path / "query", pattern, what)
     gallery = _market_style_samples(path / "bounding_box_test", pattern, what)
     name = path.name if protocol is None else f"{path.parent.name}/{path.name}"
-    return Split(name=name, query=query, gallery=gallery, format=fmt, root=path, protocol=protocol)
+    return Split(name=name, query=tuple(query), gallery=tuple(gallery), format=fmt, root=path, protocol=protocol)
 
 
 register_format(
@@ -427,7 +427,9 @@ def _read_msmt17(path: Path, opts: ReadOptions) -> Split:
     query = _msmt17_list(path / "list_query.txt", image_dir)
     gallery = _msmt17_list(path / "list_gallery.txt", image_dir)
     version = "v2" if image_dir.name == "mask_test_v2" else "v1"
-    return Split(name=path.name, query=query, gallery=gallery, format="msmt17", root=path, protocol=version)
+    return Split(
+        name=path.name, query=tuple(query), gallery=tuple(gallery), format="msmt17", root=path, protocol=version
+    )
 
 
 register_format(
@@ -479,8 +481,8 @@ def _read_prcc(path: Path, opts: ReadOptions) -> Split:
     query_view = "C" if protocol == "clothes_changing" else "B"
     return Split(
         name=f"prcc/{protocol}",
-        query=_prcc_view(test_dir, query_view),
-        gallery=_prcc_view(test_dir, "A"),
+        query=tuple(_prcc_view(test_dir, query_view)),
+        gallery=tuple(_prcc_view(test_dir, "A")),
         format="prcc",
         root=path,
         protocol=protocol,
@@ -518,8 +520,8 @@ def _read_ltcc(path: Path, opts: ReadOptions) -> Split:
     protocol = opts.protocol or "clothes_changing"
     return Split(
         name=f"{path.name}/{protocol}",
-        query=_ltcc_samples(path / "query"),
-        gallery=_ltcc_samples(path / "test"),
+        query=tuple(_ltcc_samples(path / "query")),
+        gallery=tuple(_ltcc_samples(path / "test")),
         format="ltcc",
         root=path,
         protocol=protocol,
@@ -662,7 +664,9 @@ def _read_csv(path: Path, opts: ReadOptions) -> Split:
     else:
         query, gallery = _select_by_camera(samples, opts, cam_codes, source)
         protocol = _camera_rule_suffix(opts)
-    return Split(name=name, query=query, gallery=gallery, format="csv", root=source, protocol=protocol)
+    return Split(
+        name=name, query=tuple(query), gallery=tuple(gallery), format="csv", root=source, protocol=protocol
+    )
 
 
 register_format(
@@ -757,7 +761,9 @@ def _read_folders(path: Path, opts: ReadOptions) -> Split:
         samples = _identity_samples(path, pid_codes, cam_codes)
         query, gallery = _select_by_camera(samples, opts, cam_codes, path)
         protocol = _camera_rule_suffix(opts)
-    return Split(name=path.name, query=query, gallery=gallery, format="folders", root=path, protocol=protocol)
+    return Split(
+        name=path.name, query=tuple(query), gallery=tuple(gallery), format="folders", root=path, protocol=protocol
+    )
 
 
 register_format(

@@ -111,8 +111,11 @@ class _Labels:
 
 
 def _labels(q_pids, g_pids, q_camids, g_camids, q_clothes, g_clothes, clothes_changing: bool) -> _Labels:
-    arrays = [np.asarray(a).reshape(-1) if a is not None else None for a in (q_pids, g_pids, q_camids, g_camids)]
-    qp, gp, qc, gc = arrays  # type: ignore[misc]
+    # a None stays None (len() below rejects it)
+    arrays: list[Any] = [
+        np.asarray(a).reshape(-1) if a is not None else None for a in (q_pids, g_pids, q_camids, g_camids)
+    ]
+    qp, gp, qc, gc = arrays
     if len(qp) != len(qc):
         raise InvalidInputError(f"{len(qp)} query person ids but {len(qc)} query camera ids")
     if len(gp) != len(gc):

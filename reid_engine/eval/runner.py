@@ -122,7 +122,10 @@ def _index_gallery(
 
 
 def _query_options(
-    rerank: Optional[str], fusion: Optional[str], exclude_same_camera: bool, query_attributes: Optional[np.ndarray] = None
+    rerank: Optional[str],
+    fusion: Optional[str],
+    exclude_same_camera: bool,
+    query_attributes: Optional[np.ndarray] = None,
 ) -> dict[str, Any]:
     """Keyword options for ``Engine.query_features`` (rerank None = the engine's default preset)."""
     opts: dict[str, Any] = {"rerank": rerank}
@@ -284,7 +287,7 @@ def run_queries(
         if row:
             ranked[qi, : len(row)] = [g for g, _ in row]
             dists[qi, : len(row)] = [d for _, d in row]
-    labels = split_labels(split)
+    labels: dict[str, Any] = split_labels(split)  # keyword arrays, splatted next to the int options
     result = evaluate_ranked(ranked, max_rank=max_rank, clothes_changing=split.clothes_changing, **labels)
     exact = k_eff >= n_indexed and not exclude_same_camera
     settings = {

@@ -85,7 +85,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}", "type": "InternalError"}, status_code=500)
+        return JSONResponse(
+            {"error": f"internal error: {type(exc).__name__}", "type": "InternalError"}, status_code=500
+        )
 
     app.include_router(router)
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from .. import __version__
@@ -34,7 +34,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                        (413, "Upload too large"), (415, "Not an accepted image type"), (422, "Invalid request"),
                        (503, "Index busy")]
 }
-_IMAGE = {200: {"content": {"image/jpeg": {}}, "description": "JPEG image"}}
+_IMAGE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/jpeg": {}}, "description": "JPEG image"}}
 
 
 # -- shaping ---------------------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def _jpeg(img: np.ndarray, etag: Optional[str] = None) -> Response:
 _LIST_FIELDS = {"cameras", "exclude_cameras", "sources", "attributes", "crop_ids"}
 
 
-def _validate(model: type, data: dict[str, Any]) -> Any:
+def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -270,7 +270,8 @@ def get_track(key: str, h: EngineHolder = Depends(holder)) -> dict[str, Any]:
     return doc
 
 
-@router.post("/crops", response_model=S.AddOut, responses={**ERRORS, 401: {"model": S.ErrorOut}, 403: {"model": S.ErrorOut}},
+@router.post("/crops", response_model=S.AddOut,
+             responses={**ERRORS, 401: {"model": S.ErrorOut}, 403: {"model": S.ErrorOut}},
              dependencies=[Depends(require_writer)], tags=["write"], openapi_extra={"requestBody": {
                  "required": True, "content": {"multipart/form-data": {"schema": {
                      "type": "object", "properties": {
@@ -303,7 +304,8 @@ async def add_crops(request: Request) -> dict[str, Any]:
     return await run_in_threadpool(work)
 
 
-@router.delete("/crops", response_model=S.RemoveOut, responses={**ERRORS, 401: {"model": S.ErrorOut}, 403: {"model": S.ErrorOut}},
+@router.delete("/crops", response_model=S.RemoveOut,
+               responses={**ERRORS, 401: {"model": S.ErrorOut}, 403: {"model": S.ErrorOut}},
                dependencies=[Depends(require_writer)], tags=["write"])
 def remove_crops(
     id: list[int] = Query([], description="Crop ids (repeatable)."),

@@ -27,11 +27,14 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import InvalidInputError, UnknownNameError
+
+#: gallery ids as given to the read methods: a sequence or a 1-D integer array
+IdsLike = Union[Sequence[int], np.ndarray]
 
 #: scalar fields every backend stores per vector so that filters run inside the search
 FIELDS = ("camera", "timestamp", "source", "track")
@@ -168,14 +171,14 @@ class VectorBackend(ABC):
     def discard(self, state: dict[str, Any]) -> None:
         """Undo a ``prepare`` whose commit failed (remove what only that state refers to)."""
 
-    def cleanup(self, state: dict[str, Any], grace_seconds: float = 60.0) -> None:
+    def cleanup(self, state: dict[str, Any], grace_seconds: float = 60.0) -> None:  # noqa: B027  optional hook, no-op
         """Remove storage no committed state refers to (writer only, under the write lock)."""
 
     def compact(self, generation: int, force: bool = False) -> Optional[dict[str, Any]]:
         """Merge storage when worth it (or ``force``); return the state to commit, or None if nothing to do."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  optional hook, no-op by default
         """Release files and connections."""
 
     # -- reading --------------------------------------------------------------------------
@@ -195,11 +198,11 @@ class VectorBackend(ABC):
         """Top-``k`` (similarities (Q, k) float32 descending, ids (Q, k) int64); missing results are id -1."""
 
     @abstractmethod
-    def reconstruct(self, ids: Sequence[int]) -> np.ndarray:
+    def reconstruct(self, ids: IdsLike) -> np.ndarray:
         """The stored vectors of live ids, in the order asked; an unknown id raises ``InvalidInputError``."""
 
     @abstractmethod
-    def contains(self, ids: Sequence[int]) -> np.ndarray:
+    def contains(self, ids: IdsLike) -> np.ndarray:
         """Boolean array: which of ``ids`` are live."""
 
     @abstractmethod

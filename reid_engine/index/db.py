@@ -295,7 +295,7 @@ def select_ids(conn: Connection, where: Optional[sa.ColumnElement[bool]]) -> lis
     return list(conn.execute(stmt).scalars())
 
 
-def fetch_rows(conn: Connection, ids: Sequence[int], chunk: int = 500) -> dict[int, dict[str, Any]]:
+def fetch_rows(conn: Connection, ids: Iterable[int], chunk: int = 500) -> dict[int, dict[str, Any]]:
     """Rows by id, as plain dicts."""
     out: dict[int, dict[str, Any]] = {}
     uniq = sorted({int(i) for i in ids})

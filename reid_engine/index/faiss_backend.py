@@ -38,7 +38,7 @@ import faiss
 import numpy as np
 
 from ..errors import IndexCorruptError, InvalidInputError
-from .backend import Changes, SearchFilter, SearchParams, VectorBackend, register_backend
+from .backend import Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,14 @@ STR_FIELDS = ("camera", "source", "track")
 EXACT_THRESHOLD = 50_000
 _NAME_RE = re.compile(r"^(seg|tomb|quant)-(\d{6,})-([0-9a-f]+)(\.[a-z.]+)?(\.tmp[0-9a-f]*)?$")
 _FACTORY_RE = re.compile(r"^IVF(\d+),Flat$")
+_HNSW_RE = re.compile(r"^HNSW(\d+)$")
+#: links per node of the graphs "auto" builds (FAISS HNSW M) and the construction beam width
+GRAPH_M = 32
+GRAPH_EF_CONSTRUCTION = 40
+#: default search beam width of the graphs (measured: recall@10 0.97 at 100k on tools/bench_scale.py data)
+GRAPH_EF_SEARCH = 128
 _BLOCK = 32768
-_SUPPORTED = '"auto", "Flat", "IVF<n>,Flat"'
+_SUPPORTED = '"auto", "Flat", "HNSW<M>", "IVF<n>,Flat"'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,11 +70,18 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 def parse_factory(factory: Optional[str]) -> tuple[str, Optional[int]]:
-    """("auto"|"flat"|"ivf", fixed nlist or None) for a factory string; others raise InvalidInputError."""
+    """("auto"|"flat"|"hnsw"|"ivf", graph M or fixed nlist or None) for a factory string.
+
+    "auto" is exact below the exact threshold and HNSW graphs over the sealed segments above it.
+    Other strings raise InvalidInputError.
+    """
     if factory is None or factory == "auto":
-        return "auto", None
+        return "auto", GRAPH_M
     if factory == "Flat":
         return "flat", None
+    h = _HNSW_RE.match(str(factory))
+    if h and 4 <= int(h.group(1)) <= 128:
+        return "hnsw", int(h.group(1))
     m = _FACTORY_RE.match(str(factory))
     if m and int(m.group(1)) >= 1:
         return "ivf", int(m.group(1))
@@ -180,9 +193,9 @@ class _SegmentData:
 
 
 class _Segment:
-    """A memory-mapped segment."""
+    """A memory-mapped segment (with its HNSW graph when it has one)."""
 
-    def __init__(self, folder: Path, name: str, rows: int, dim: int):
+    def __init__(self, folder: Path, name: str, rows: int, dim: int, graph: bool = False):
         self.name = name
         self.seq = int(name.split("-")[1])
         try:
@@ -209,6 +222,19 @@ class _Segment:
         self.lists = None if meta.get("lists") is None else np.asarray(meta["lists"], np.int64)
         self.kind = "ivf" if self.lists is not None else "flat"
         self.nbytes = sum((folder / f"{name}{s}").stat().st_size for s in _SEG_SUFFIXES)
+        self.graph: Optional[Any] = None
+        if graph:
+            path = folder / f"{name}{_GRAPH_SUFFIX}"
+            try:  # the graph's vector storage is memory-mapped, so opening costs little
+                self.graph = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+            except RuntimeError as exc:
+                raise IndexCorruptError(f"vector segment {name}: graph {path.name} cannot be read "
+                                        f"({str(exc).splitlines()[0]})") from None
+            if self.graph.ntotal != rows or self.graph.d != dim:
+                raise IndexCorruptError(f"vector segment {name}: graph of {self.graph.ntotal} x {self.graph.d}, "
+                                        f"expected {rows} x {dim}")
+            self.kind = "graph"
+            self.nbytes += path.stat().st_size
 
     def find(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id in this segment, -1 when absent (ignores tombstones)."""
@@ -233,6 +259,7 @@ class _Segment:
 
 
 _SEG_SUFFIXES = (".vec.npy", ".ids.npy", ".aux.npy", ".ts.npy", ".json")
+_GRAPH_SUFFIX = ".hnsw"
 
 
 def _write_segment(folder: Path, name: str, data: _SegmentData, dim: int) -> None:
@@ -271,9 +298,11 @@ def _write_segment(folder: Path, name: str, data: _SegmentData, dim: int) -> Non
 
 def _files_of(state: dict[str, Any]) -> set[str]:
     """Every file name a state refers to."""
-    out = set()
+    out: set[str] = set()
     for s in state.get("segments", []):
         out.update(s["name"] + suf for suf in _SEG_SUFFIXES)
+        if s.get("graph"):
+            out.add(s["name"] + _GRAPH_SUFFIX)
     if state.get("tombstones"):
         out.add(state["tombstones"]["file"])
     if state.get("quantizer"):
@@ -405,7 +434,10 @@ class FaissBackend(VectorBackend):
         super().__init__(folder, dim, options)
         if self.dim <= 0:
             raise InvalidInputError(f"dimension {dim}: expected a positive integer")
-        self.mode, self.fixed_nlist = parse_factory(self.options.get("factory"))
+        self.mode, size = parse_factory(self.options.get("factory"))
+        #: links per node of the segment graphs ("auto" and "HNSW<M>"), or the fixed nlist of "IVF<n>,Flat"
+        self.graph_m: Optional[int] = size if self.mode in ("auto", "hnsw") else None
+        self.fixed_nlist: Optional[int] = size if self.mode == "ivf" else None
         o = self.options
         self.exact_threshold = int(o.get("exact_threshold", EXACT_THRESHOLD))
         self.flat_limit = int(o.get("flat_limit", 32768))
@@ -421,7 +453,7 @@ class FaissBackend(VectorBackend):
         self._view = _View(state=self.empty_state())
         self._cache: dict[str, _Segment] = {}
         self._lock = threading.Lock()
-        self._gpu_res = None
+        self._gpu_res: Optional[Any] = None  # faiss.StandardGpuResources, made on first GPU search
         self._gpus = faiss.get_num_gpus()
 
     @classmethod
@@ -447,7 +479,8 @@ class FaissBackend(VectorBackend):
             )
         view = _View(state=json.loads(json.dumps(state)))
         for s in state["segments"]:
-            seg = self._cache.get(s["name"]) or _Segment(self.folder, s["name"], int(s["rows"]), self.dim)
+            seg = self._cache.get(s["name"]) or _Segment(self.folder, s["name"], int(s["rows"]), self.dim,
+                                                         graph=bool(s.get("graph")))
             view.segments.append(seg)
         if state.get("tombstones"):
             t = np.load(self.folder / state["tombstones"]["file"])
@@ -550,7 +583,7 @@ class FaissBackend(VectorBackend):
     def _remove_files(self, names: Sequence[str]) -> None:
         for n in names:
             if n.startswith("seg-") and "." not in n:
-                for suf in _SEG_SUFFIXES:
+                for suf in _SEG_SUFFIXES + (_GRAPH_SUFFIX,):
                     (self.folder / (n + suf)).unlink(missing_ok=True)
             else:
                 (self.folder / n).unlink(missing_ok=True)
@@ -589,7 +622,10 @@ class FaissBackend(VectorBackend):
         new_files: list[str] = []
         try:
             centroids = view.centroids
-            if retrain:
+            if retrain and self.graph_m is not None:  # graphs need no training: from now on, sealed segments get one
+                state["graph"] = {"m": self.graph_m, "ef_construction": GRAPH_EF_CONSTRUCTION}
+                state["search"]["ef_search"] = self.options.get("ef_search") or GRAPH_EF_SEARCH
+            elif retrain:
                 centroids = self._train(view)
                 qname = self._new_name("quant", generation) + ".npy"
                 _save_npy(self.folder / qname, centroids)
@@ -599,14 +635,17 @@ class FaissBackend(VectorBackend):
             name = self._new_name("seg", generation)
             rows = self._merge(view, merge, centroids, name)
             new_files.append(name)
+            graph = bool(state.get("graph")) and rows > 0
+            if graph:
+                self._build_graph(name, rows)
         except BaseException:
             self._remove_files(new_files)
             raise
         merged = {segs[i].name for i in merge}
         kept = [s for s in state["segments"] if s["name"] not in merged]
         if rows:
-            kind = "ivf" if centroids is not None and self.mode != "flat" else "flat"
-            kept.append({"name": name, "rows": rows, "kind": kind})
+            kind = "graph" if graph else "ivf" if centroids is not None and self.mode != "flat" else "flat"
+            kept.append({"name": name, "rows": rows, "kind": kind, **({"graph": True} if graph else {})})
         else:
             self._remove_files([name])
         state["segments"] = kept
@@ -631,8 +670,11 @@ class FaissBackend(VectorBackend):
         return state
 
     def _wants_ivf(self, live: int) -> bool:
+        """Whether the sealed segments should be approximate (IVF lists or graphs) at this size."""
         if self.mode == "flat":
             return False
+        if self.mode == "hnsw":
+            return live >= min(self.exact_threshold, 1024)
         if self.mode == "ivf":
             return live >= min(self.exact_threshold, 30 * (self.fixed_nlist or 1)) and live >= (self.fixed_nlist or 1)
         return live >= self.exact_threshold
@@ -640,18 +682,19 @@ class FaissBackend(VectorBackend):
     def _plan(self, view: _View, force: bool) -> Optional[tuple[set[int], bool]]:
         """(segments to merge, whether to train a new quantizer), or None when nothing is worth doing."""
         segs = view.segments
-        trained = view.centroids is not None
+        trained = view.centroids is not None or bool(view.state.get("graph"))
         retrain = False
         if self._wants_ivf(view.count):
             if not trained:
                 retrain = True
-            elif self.mode == "auto":
+            elif self.mode == "auto" and self.graph_m is None:
                 trained_rows = int(view.state["quantizer"].get("trained_rows", 0))
                 retrain = view.count >= self.retrain_growth * max(trained_rows, 1)
         if retrain or force:
             every = set(range(len(segs)))
+            sealed = "graph" if self.graph_m is not None else "ivf"
             if not retrain and len(segs) <= 1 and not any(view.ndead) and (
-                    not segs or segs[0].kind == ("ivf" if trained and self.mode != "flat" else "flat")):
+                    not segs or segs[0].kind == (sealed if trained and self.mode != "flat" else "flat")):
                 return None
             return (every, retrain) if segs else None
         merge: set[int] = set()
@@ -664,7 +707,7 @@ class FaissBackend(VectorBackend):
         if trained and self.mode != "flat":
             if flat and (flat_rows >= self.flat_limit or len(flat) > self.merge_factor):
                 merge.update(flat)
-            ivf = [i for i, s in enumerate(segs) if s.kind == "ivf"]
+            ivf = [i for i, s in enumerate(segs) if s.kind in ("ivf", "graph")]
             tiers: dict[int, list[int]] = {}
             for i in ivf:
                 # tier t holds about flat_limit * merge_factor**t rows (rounded on a log scale)
@@ -684,6 +727,24 @@ class FaissBackend(VectorBackend):
                 return None
         return (merge, False) if merge else None
 
+    def _build_graph(self, name: str, rows: int) -> None:
+        """Build the HNSW graph of a freshly written segment (rows in the segment's order) and write it durably."""
+        assert self.graph_m is not None  # only graph modes build graphs
+        vec = np.load(self.folder / f"{name}.vec.npy", mmap_mode="r")
+        index = faiss.IndexHNSWFlat(self.dim, self.graph_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
+        t0 = time.perf_counter()
+        with _threads(faiss.omp_get_max_threads()):
+            for i0 in range(0, rows, _BLOCK):
+                index.add(np.ascontiguousarray(vec[i0:i0 + _BLOCK], np.float32))
+        path = self.folder / f"{name}{_GRAPH_SUFFIX}"
+        tmp = path.with_name(path.name + ".tmp" + secrets.token_hex(4))
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        log.info("built the HNSW%d graph of %s (%d rows) in %.1f s", self.graph_m, name, rows, time.perf_counter() - t0)
+
     def _train(self, view: _View) -> np.ndarray:
         """Spherical k-means centroids on a sample of the live vectors."""
         live = view.count
@@ -697,6 +758,7 @@ class FaissBackend(VectorBackend):
                           max_points_per_centroid=max(self.train_points, 40), min_points_per_centroid=1)
         km.train(sample)
         log.info("trained IVF quantizer: %d lists on %d of %d vectors", nlist, n_train, live)
+        assert km.centroids is not None  # set by train()
         return _normalise(km.centroids)
 
     def _gather_live(self, view: _View, pick: np.ndarray) -> np.ndarray:
@@ -725,6 +787,7 @@ class FaissBackend(VectorBackend):
         codes_l, ts_l = [], []
         quant = None
         if ivf and not same_quant:
+            assert centroids is not None  # ivf implies centroids
             quant = faiss.IndexFlatIP(self.dim)
             quant.add(centroids)
         for si, (seg, dead) in enumerate(zip(segs, deads)):
@@ -740,6 +803,7 @@ class FaissBackend(VectorBackend):
             ts_l.append(np.asarray(seg.ts)[rows])
             if ivf:
                 if seg.kind == "ivf" and same_quant:
+                    assert seg.lists is not None  # an ivf segment has its list offsets
                     lst = np.repeat(np.arange(len(seg.lists) - 1), np.diff(seg.lists))[rows]
                 else:
                     lst = np.empty(rows.size, np.int64)
@@ -747,12 +811,14 @@ class FaissBackend(VectorBackend):
                         for i0 in range(0, rows.size, _BLOCK):
                             blk = np.ascontiguousarray(seg.vec[rows[i0:i0 + _BLOCK]])
                             qz = quant if quant is not None else view.quantizer
+                            assert qz is not None  # same_quant: the view's quantizer
                             lst[i0:i0 + _BLOCK] = qz.search(blk, 1)[1][:, 0]
                 lists_l.append(lst)
         ids = np.concatenate(ids_l) if ids_l else np.zeros(0, np.int64)
         if ids.size == 0:
             return 0
         if ivf:
+            assert centroids is not None  # ivf implies centroids
             lists = np.concatenate(lists_l)
             order = np.lexsort((ids, lists))
             offsets = np.searchsorted(lists[order], np.arange(len(centroids) + 1))
@@ -782,7 +848,7 @@ class FaissBackend(VectorBackend):
         return self._view.count
 
     def _contains(self, view: _View, ids: np.ndarray) -> np.ndarray:
-        out = np.zeros(ids.shape, bool)
+        out = np.zeros(ids.shape, np.bool_)
         for seg, dead in zip(view.segments, view.dead):
             pos = seg.find(ids)
             hit = pos >= 0
@@ -791,16 +857,16 @@ class FaissBackend(VectorBackend):
             out |= hit
         return out
 
-    def contains(self, ids: Sequence[int]) -> np.ndarray:
+    def contains(self, ids: IdsLike) -> np.ndarray:
         return self._contains(self._view, np.asarray(ids, np.int64).reshape(-1))
 
-    def reconstruct(self, ids: Sequence[int]) -> np.ndarray:
+    def reconstruct(self, ids: IdsLike) -> np.ndarray:
         view = self._view
-        ids = np.asarray(ids, np.int64).reshape(-1)
-        out = np.empty((ids.size, self.dim), np.float32)
-        found = np.zeros(ids.size, bool)
+        arr = np.asarray(ids, np.int64).reshape(-1)
+        out = np.empty((arr.size, self.dim), np.float32)
+        found = np.zeros(arr.size, np.bool_)
         for seg, dead in zip(view.segments, view.dead):
-            pos = seg.find(ids)
+            pos = seg.find(arr)
             hit = pos >= 0
             if dead is not None:
                 hit[hit] &= ~dead[pos[hit]]
@@ -808,7 +874,7 @@ class FaissBackend(VectorBackend):
                 out[hit] = seg.vec[pos[hit]]
                 found |= hit
         if not found.all():
-            raise InvalidInputError(f"ids not in the index: {ids[~found][:10].tolist()}")
+            raise InvalidInputError(f"ids not in the index: {arr[~found][:10].tolist()}")
         return out
 
     def live_ids(self) -> np.ndarray:
@@ -830,7 +896,9 @@ class FaissBackend(VectorBackend):
         return {
             "backend": self.name,
             "factory": self.options.get("factory", "auto"),
-            "index_type": "ivf_flat" if ivf else "flat",
+            "index_type": ("hnsw" if view.state.get("graph") else "ivf_flat" if ivf else "flat"),
+            "graph_m": (view.state.get("graph") or {}).get("m"),
+            "ef_search": self._defaults(view).get("ef_search") if view.state.get("graph") else None,
             "metric": "inner_product",
             "dim": self.dim,
             "count": view.count,
@@ -850,6 +918,10 @@ class FaissBackend(VectorBackend):
             d["nprobe"] = int(self.options["nprobe"])
         if d.get("nprobe") is None and view.nlist:
             d["nprobe"] = auto_nprobe(view.nlist)
+        if self.options.get("ef_search"):
+            d["ef_search"] = int(self.options["ef_search"])
+        if view.state.get("graph") and d.get("ef_search") is None:
+            d["ef_search"] = GRAPH_EF_SEARCH
         if self.mode == "flat":
             d["exact"] = True
         return d
@@ -869,11 +941,13 @@ class FaissBackend(VectorBackend):
         nq = len(q)
         if nq == 0 or view.count == 0:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
-        approx = view.quantizer is not None and p.exact is not True and self.mode != "flat"
+        graphs = bool(view.state.get("graph"))
+        approx = (view.quantizer is not None or graphs) and p.exact is not True and self.mode != "flat"
         order = None
         if approx and any(s.kind == "ivf" for s in view.segments):
             nprobe = int(min(p.nprobe or auto_nprobe(view.nlist), view.nlist))
             want = view.nlist if flt is not None else nprobe
+            assert view.quantizer is not None  # approx implies a quantizer
             with _threads(1 if nq < 20 else faiss.omp_get_max_threads()):
                 order = view.quantizer.search(q, want)[1]
         sims, ids = [], []
@@ -885,7 +959,9 @@ class FaissBackend(VectorBackend):
                 sf = _SegFilter(seg, flt) if flt is not None else None
                 if sf is not None and sf.nothing:
                     continue
-                if order is not None and seg.kind == "ivf":
+                if approx and seg.kind == "graph":
+                    s, i = self._search_graph(seg, dead, q, k, sf, int(p.ef_search or GRAPH_EF_SEARCH))
+                elif order is not None and seg.kind == "ivf":
                     s, i = self._search_ivf(seg, dead, nd, q, k, sf, order, nprobe, view.nlist)
                 else:
                     s, i = self._search_exact(seg, dead, nd, q, k, sf)
@@ -943,6 +1019,44 @@ class FaissBackend(VectorBackend):
             best_s, best_i = topk_merge(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), k)
         return best_s, best_i
 
+    # approximate search in one graph segment
+    def _search_graph(self, seg: _Segment, dead: Optional[np.ndarray], q: np.ndarray, k: int,
+                      sf: Optional[_SegFilter], ef: int) -> tuple[np.ndarray, np.ndarray]:
+        """HNSW search of one segment; removed rows and filters are excluded inside the graph walk.
+
+        A selective filter is answered exactly over its few rows instead; a broader one widens the
+        beam in proportion to the rows it leaves out.
+        """
+        keep: Optional[np.ndarray] = None
+        frac = 1.0
+        if sf is not None:
+            rows, _ = sf.candidates(seg, limit=max(4096, seg.rows // 50))
+            if rows is not None:
+                if dead is not None:
+                    rows = rows[~dead[rows]]
+                return self._scan_rows(seg, rows, q, k)
+            keep = sf.mask(seg, slice(0, seg.rows))
+            frac = max(float(keep.mean()), 1e-3)
+        if dead is not None:
+            keep = ~dead if keep is None else keep & ~dead
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = int(min(4096, max(ef / frac, k)))
+        packed = None
+        if keep is not None:
+            packed = np.packbits(keep, bitorder="little")
+            params.sel = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
+        kk = min(k, seg.rows)
+        sims, rows_found = seg.graph.search(q, kk, params=params)
+        del packed  # the selector reads the bitmap until the search returns
+        sims = np.asarray(sims, np.float32)
+        found = np.asarray(rows_found, np.int64)
+        ids = np.where(found >= 0, np.asarray(seg.ids)[np.maximum(found, 0)], -1)
+        sims = np.where(found >= 0, sims, -np.inf).astype(np.float32)
+        if kk < k:
+            sims = np.concatenate([sims, np.full((len(q), k - kk), -np.inf, np.float32)], 1)
+            ids = np.concatenate([ids, np.full((len(q), k - kk), -1, np.int64)], 1)
+        return sims, ids
+
     # approximate search in one IVF segment
     def _search_ivf(self, seg: _Segment, dead: Optional[np.ndarray], nd: int, q: np.ndarray, k: int,
                     sf: Optional[_SegFilter], order: np.ndarray, nprobe: int,
@@ -963,6 +1077,7 @@ class FaissBackend(VectorBackend):
         for qi in range(len(q)):
             probe = order[qi][order[qi] >= 0]
             n_lists = min(len(probe), int(math.ceil(nprobe / frac)))
+            assert seg.lists is not None  # an ivf segment has its list offsets
             while True:
                 rows = _list_rows(seg.lists, probe[:n_lists])
                 if sf is not None:
@@ -993,6 +1108,7 @@ class FaissBackend(VectorBackend):
         out_s = np.full((len(q), k), -np.inf, np.float32)
         out_i = np.full((len(q), k), -1, np.int64)
         offsets = seg.lists
+        assert offsets is not None  # an ivf segment has its list offsets
         for c0 in range(0, len(q), chunk):
             qc = q[c0:c0 + chunk]
             pr = probes[c0:c0 + chunk]

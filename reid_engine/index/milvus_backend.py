@@ -36,7 +36,7 @@ from ..errors import (
     InvalidInputError,
     UnsupportedOperationError,
 )
-from .backend import FIELDS, Changes, SearchFilter, SearchParams, VectorBackend, register_backend
+from .backend import FIELDS, Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def visible_expr(generation: int, tombstones: Sequence[int] = ()) -> str:
     return expr
 
 
-def filter_expr(where: Optional[SearchFilter], ids: Optional[Sequence[int]] = None) -> str:
+def filter_expr(where: Optional[SearchFilter], ids: Optional[IdsLike] = None) -> str:
     """The boolean expression of a ``SearchFilter`` (without the id allow-list unless ``ids`` is given)."""
     parts: list[str] = []
     if ids is not None:
@@ -213,7 +213,9 @@ class MilvusBackend(VectorBackend):
         try:
             return fn(*args, **kwargs)
         except MilvusException as exc:
-            raise IndexCorruptError(f"Milvus collection {kwargs.get('collection_name', '?')}: {what} failed ({exc.message})") from None
+            raise IndexCorruptError(
+                f"Milvus collection {kwargs.get('collection_name', '?')}: {what} failed ({exc.message})"
+            ) from None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def empty_state(self) -> dict[str, Any]:
@@ -237,7 +239,10 @@ class MilvusBackend(VectorBackend):
         self._call("create", c.create_collection, collection_name=name, schema=schema,
                    index_params=self._index_params(index), consistency_level="Strong")
         log.info("created Milvus collection %s at %s", name, self.uri)
-        return {"collection": name, "generation": 0, "batch": None, "count": 0, "max_id": -1, "tombstones": [], "index": index}
+        return {
+            "collection": name, "generation": 0, "batch": None, "count": 0, "max_id": -1, "tombstones": [],
+            "index": index,
+        }
 
     def _index_params(self, index: dict[str, Any]) -> Any:
         ip = self.client.prepare_index_params()
@@ -254,7 +259,8 @@ class MilvusBackend(VectorBackend):
             dims = [f.get("params", {}).get("dim") for f in desc["fields"] if f["name"] == "vector"]
             if not dims or int(dims[0]) != self.dim:
                 raise IndexCorruptError(
-                    f"{self.folder}: Milvus collection {name} holds vectors of dimension {dims[:1]}, expected {self.dim}"
+                    f"{self.folder}: Milvus collection {name} holds vectors of dimension {dims[:1]}, "
+                    f"expected {self.dim}"
                 )
         self._ensure_loaded(name)
         self._state = _copy_state(state)
@@ -304,7 +310,9 @@ class MilvusBackend(VectorBackend):
         return {"collection": name, "generation": gen, "batch": batch, "count": count, "max_id": max_id,
                 "tombstones": sorted(int(i) for i in removed), "index": index}
 
-    def _insert(self, gen: int, batch: int, ids: np.ndarray, vectors: Optional[np.ndarray], fields: dict[str, np.ndarray]) -> None:
+    def _insert(
+        self, gen: int, batch: int, ids: np.ndarray, vectors: Optional[np.ndarray], fields: dict[str, np.ndarray]
+    ) -> None:
         if vectors is None:
             raise InvalidInputError("changes add ids without vectors")
         vecs = np.asarray(vectors)
@@ -412,7 +420,9 @@ class MilvusBackend(VectorBackend):
             nprobe = nlist if (p.exact or (filtered and p.exact is not False)) else int(p.nprobe or 8)
             return {"metric_type": "IP", "params": {"nprobe": min(nprobe, nlist)}}
         if p.exact:
-            raise UnsupportedOperationError("an exact search on a Milvus HNSW index is not possible; use IVF_FLAT or FLAT")
+            raise UnsupportedOperationError(
+                "an exact search on a Milvus HNSW index is not possible; use IVF_FLAT or FLAT"
+            )
         return {"metric_type": "IP", "params": {"ef": int(p.ef_search or 128)}}
 
     def search(
@@ -467,7 +477,7 @@ class MilvusBackend(VectorBackend):
                 out[int(r["id"])] = r
         return out
 
-    def reconstruct(self, ids: Sequence[int]) -> np.ndarray:
+    def reconstruct(self, ids: IdsLike) -> np.ndarray:
         want = np.asarray(ids, np.int64).reshape(-1)
         if not len(want):
             return np.zeros((0, self.dim), np.float32)
@@ -477,7 +487,7 @@ class MilvusBackend(VectorBackend):
             raise InvalidInputError(f"ids not in the index: {missing[:5]}{'...' if len(missing) > 5 else ''}")
         return np.stack([np.asarray(rows[int(i)]["vector"], np.float32) for i in want])
 
-    def contains(self, ids: Sequence[int]) -> np.ndarray:
+    def contains(self, ids: IdsLike) -> np.ndarray:
         want = np.asarray(ids, np.int64).reshape(-1)
         if not len(want):
             return np.zeros(0, bool)

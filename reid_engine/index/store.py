@@ -16,7 +16,7 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import sqlalchemy as sa
@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import IndexCorruptError, IndexNotFoundError, InvalidInputError, ReidEngineError
 from . import db
-from .backend import Changes, SearchFilter, SearchParams, VectorBackend, fields_of, get_backend
+from .backend import Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, fields_of, get_backend
 from .lock import WriteLock
 from .manifest import MANIFEST_NAME, Manifest, read_manifest, write_manifest
 
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DB_URL = "sqlite:///{index}/crops.db"
 #: a hook whose state spans more files than this is folded (hook.compact) after a commit
 HOOK_FOLD_FILES = 32
+#: larger adds are committed in blocks of this many rows (each block its own atomic commit)
+MAX_COMMIT_ROWS = 4096
 #: called inside an add's transaction with (connection, new ids, rows, features)
 SqlHook = Callable[[Connection, list[int], Sequence[dict[str, Any]], np.ndarray], None]
 
@@ -230,7 +232,7 @@ class IndexStore:
     def _commit(
         self,
         changes: Changes,
-        sql_work: Callable[[Connection], None],
+        sql_work: Callable[[Connection], object],  # its result is ignored
     ) -> None:
         """Apply one change to rows, vectors and hook state as a single atomic commit."""
         with self.writing():
@@ -251,7 +253,8 @@ class IndexStore:
                     current = db.get_meta(conn, "generation")
                     if current != str(self.generation):
                         raise IndexCorruptError(
-                            f"{self.folder}: changed by another writer (generation {current}, expected {self.generation})"
+                            f"{self.folder}: changed by another writer "
+                            f"(generation {current}, expected {self.generation})"
                         )
                     sql_work(conn)
                     _after_vectors_written()
@@ -273,7 +276,9 @@ class IndexStore:
                 hook_states[name] = hook.compact(self.folder, new_gen, st, self)
         if backend_state is None and hook_states == self.committed["hooks"]:
             return False
-        state = {"backend": backend_state if backend_state is not None else self.committed["backend"], "hooks": hook_states}
+        state = {
+            "backend": backend_state if backend_state is not None else self.committed["backend"], "hooks": hook_states
+        }
         try:
             with self.sql.begin() as conn:
                 db.set_meta(conn, "generation", str(new_gen))
@@ -300,6 +305,8 @@ class IndexStore:
     ) -> list[int]:
         """Add L2-normalised vectors with their rows; returns the new ids.
 
+        At most ``MAX_COMMIT_ROWS`` rows go in one commit; a larger add is several commits, so a
+        crash keeps the blocks committed before it.
         ``sql_hook(conn, ids, rows, feats)`` runs inside the same transaction, so
         tables kept beside the crops (tracks, ingest progress) commit with them.
         """
@@ -312,6 +319,10 @@ class IndexStore:
             raise InvalidInputError("features hold NaN or infinite values")
         if not len(rows):
             return []
+        if len(rows) > MAX_COMMIT_ROWS:  # index-time work per commit grows faster than its size
+            with self.writing():
+                return [i for b in range(0, len(rows), MAX_COMMIT_ROWS)
+                        for i in self.add(feats[b : b + MAX_COMMIT_ROWS], rows[b : b + MAX_COMMIT_ROWS], sql_hook)]
         with self.writing():
             with self.sql.connect() as conn:
                 # ids are never reused: a removed id may still be a tombstone in the backend
@@ -372,10 +383,10 @@ class IndexStore:
         k = max(1, min(int(k), max(1, self.count)))
         return self.backend.search(np.asarray(queries, np.float32), k, where, self.search_params(params))
 
-    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+    def vectors(self, ids: IdsLike) -> np.ndarray:
         return self.backend.reconstruct(ids)
 
-    def fields(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    def fields(self, ids: IdsLike) -> dict[str, np.ndarray]:
         rows = self.rows(ids)
         missing = [int(i) for i in ids if int(i) not in rows]
         if missing:
@@ -412,7 +423,7 @@ class IndexStore:
         with self.sql.connect() as conn:
             return np.asarray(db.select_ids(conn, where), dtype=np.int64)
 
-    def rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    def rows(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         with self.sql.connect() as conn:
             return db.fetch_rows(conn, ids)
 

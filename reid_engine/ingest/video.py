@@ -129,6 +129,7 @@ def iter_frames(
             if not ok:
                 return
             if wanted:
+                assert frame is not None  # read() succeeded
                 yield index, frame
             index += 1
     finally:

@@ -22,11 +22,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol, Sequence
 
 import numpy as np
 
 from ..errors import UnknownNameError
+
+if TYPE_CHECKING:
+    from ..index.backend import IdsLike
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,10 @@ class GalleryView(Protocol):
     @property
     def count(self) -> int: ...
 
-    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+    def vectors(self, ids: IdsLike) -> np.ndarray:
         """Stored (L2-normalised) vectors of the given live ids, in order."""
 
-    def fields(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    def fields(self, ids: IdsLike) -> dict[str, np.ndarray]:
         """The scalar fields (camera, timestamp, source, track) of the given ids, as arrays."""
 
     def search(self, queries: np.ndarray, k: int, where: Any = None) -> tuple[np.ndarray, np.ndarray]:

@@ -26,12 +26,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from ..errors import IndexCorruptError
 from .base import GalleryView, IndexHook, register_hook
+
+if TYPE_CHECKING:
+    from ..index.backend import IdsLike
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,10 @@ NO_CAMERA = "\x00none"
 def top_k_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``k`` best (scores, ids) by descending score, ties by ascending id; -1 ids are padding."""
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
+    if scores.shape[1] > 2 * k + 16:  # keep a few more than k by score first: sorting wide rows is slow
+        keep = np.argpartition(-scores, k + 7, axis=1)[:, : k + 8]
+        scores = np.take_along_axis(scores, keep, 1)
+        ids = np.take_along_axis(ids, keep, 1)
     big = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
     order = np.lexsort((big, -scores), axis=-1)[:, :k]
     s = np.take_along_axis(scores, order, 1)
@@ -90,7 +97,7 @@ class NeighbourTable:
     def width(self) -> int:
         return self.nb_ids.shape[1]
 
-    def positions(self, ids: Sequence[int]) -> np.ndarray:
+    def positions(self, ids: IdsLike) -> np.ndarray:
         """Row of each id in the table, -1 when absent."""
         ids = np.asarray(ids, np.int64)
         if len(self.ids) == 0:
@@ -98,7 +105,7 @@ class NeighbourTable:
         pos = np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
         return np.where(self.ids[pos] == ids, pos, -1)
 
-    def lists(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def lists(self, ids: IdsLike) -> tuple[np.ndarray, np.ndarray]:
         """(nb_ids, nb_sims) of the given ids, shape (..., W); unknown ids get empty lists."""
         pos = self.positions(ids)
         safe = np.maximum(pos, 0)
@@ -109,7 +116,7 @@ class NeighbourTable:
         ns = np.where((pos >= 0)[..., None], self.nb_sims[safe], -np.inf)
         return nb, ns.astype(np.float32)
 
-    def kth(self, ids: Sequence[int]) -> np.ndarray:
+    def kth(self, ids: IdsLike) -> np.ndarray:
         """Each id's W-th neighbour similarity (-inf when its list is not full)."""
         return self.lists(ids)[1][..., -1]
 
@@ -140,7 +147,7 @@ class NeighbourTable:
         return NeighbourTable(t_ids.astype(np.int64), t_nb.astype(np.int64), t_s.astype(np.float32))
 
 
-def _apply_many(table: NeighbourTable, parts: list[tuple[np.ndarray, ...]]) -> NeighbourTable:
+def _apply_many(table: NeighbourTable, parts: Sequence[tuple[np.ndarray, ...]]) -> NeighbourTable:
     """``table`` with the changes of several files applied in order, in one pass (ids are never re-added)."""
     width = table.width
     removed = np.unique(np.concatenate([p[0] for p in parts] + [np.zeros(0, np.int64)]).astype(np.int64))
@@ -229,6 +236,7 @@ class NeighboursHook(IndexHook):
         x = np.asarray(added_vectors, np.float32).reshape(len(new_ids), -1) if len(new_ids) else None
         out_ids, out_nb, out_s = np.zeros(0, np.int64), np.zeros((0, width), np.int64), np.zeros((0, width), np.float32)
         if len(new_ids):
+            assert x is not None  # set whenever there are new ids
             base = table.apply(removed, np.zeros(0, np.int64), np.zeros((0, width), np.int64),
                                np.zeros((0, width), np.float32))
             # new rows among themselves

@@ -79,7 +79,7 @@ def knn_search(
         heap.heapify()
         for b0 in range(0, nb, base_block):
             s = np.ascontiguousarray(q @ base[b0:b0 + base_block].T, dtype=np.float32)
-            heap.addn(s.shape[1], faiss.swig_ptr(s), b0, 0, nq)
+            heap.addn(s.shape[1], faiss.swig_ptr(s), b0, 0, nq)  # type: ignore[call-arg]  # the stub omits the optional j0, i0, ni
             if return_min:
                 np.minimum(mins[q0:q0 + nq], s.min(axis=1), out=mins[q0:q0 + nq])
         heap.reorder()

@@ -80,7 +80,7 @@ def _self_neighbours(feats: np.ndarray, nq: int, k: int, block: int | None = Non
 
     def absorb(a: int, b: int, s: np.ndarray) -> None:
         (r0, r1), (c0, c1) = spans[a], spans[b]
-        heap.addn(c1 - c0, faiss.swig_ptr(s), c0, r0, r1 - r0)
+        heap.addn(c1 - c0, faiss.swig_ptr(s), c0, r0, r1 - r0)  # type: ignore[call-arg]  # the stub omits the optional j0, i0, ni
         np.minimum(mins[r0:r1], s.min(axis=1), out=mins[r0:r1])
         if qg is not None and r1 <= nq < c1:
             qg[r0:r1, c0 - nq:c1 - nq] = s
@@ -100,7 +100,9 @@ def _self_neighbours(feats: np.ndarray, nq: int, k: int, block: int | None = Non
         pi = np.full((c1 - c0, width), -1, np.int64)
         pv[cc, pos] = s[rr, cc]
         pi[cc, pos] = rr + r0
-        heap.addn_with_ids(width, faiss.swig_ptr(pv), faiss.swig_ptr(pi), width, c0, c1 - c0)
+        heap.addn_with_ids(  # type: ignore[call-arg]  # the stub omits id_stride, i0, ni
+            width, faiss.swig_ptr(pv), faiss.swig_ptr(pi), width, c0, c1 - c0
+        )
 
     # One helper thread folds block t into the heaps while BLAS computes block
     # t + 1; blocks are folded in order, so the result is that of a serial loop.
@@ -127,7 +129,8 @@ def _true_cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.nonzero`` of a 2-D bool mask that is almost all False, scanning 8 cells at a time."""
     flat = mask.reshape(-1)
     if flat.size % 8:
-        return np.nonzero(mask)
+        rows, cols = np.nonzero(mask)
+        return rows, cols
     words = np.flatnonzero(flat.view(np.uint64))
     cells = (words[:, None] * 8 + np.arange(8)).ravel()
     cells = cells[flat[cells]]
@@ -300,7 +303,7 @@ def _smallest(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         heap.k, heap.nh = k, nr
         heap.val, heap.ids = faiss.swig_ptr(vals), faiss.swig_ptr(idx)
         heap.heapify()
-        heap.addn(nc, faiss.swig_ptr(values), 0, 0, nr)
+        heap.addn(nc, faiss.swig_ptr(values), 0, 0, nr)  # type: ignore[call-arg]  # the stub omits the optional j0, i0, ni
         heap.reorder()
         return vals, idx
     else:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import InvalidInputError
 from .base import Candidates, IndexHook, Pipeline, RerankContext, get_hook
 from .hooks import top_k_rows
+
+if TYPE_CHECKING:
+    from ..index.backend import IdsLike
 
 FIELD_NAMES = ("camera", "timestamp", "source", "track")
 
@@ -54,7 +57,7 @@ class MemoryGallery:
     def ids(self) -> np.ndarray:
         return self._ids.copy()
 
-    def _pos(self, ids: Sequence[int]) -> np.ndarray:
+    def _pos(self, ids: IdsLike) -> np.ndarray:
         ids = np.asarray(ids, np.int64).reshape(-1)
         pos = np.searchsorted(self._ids, ids)
         ok = (pos < len(self._ids)) & (self._ids[np.minimum(pos, max(len(self._ids) - 1, 0))] == ids) \
@@ -63,10 +66,10 @@ class MemoryGallery:
             raise InvalidInputError(f"unknown gallery ids: {ids[~ok][:5].tolist()}")
         return pos
 
-    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+    def vectors(self, ids: IdsLike) -> np.ndarray:
         return self._vecs[self._pos(ids)]
 
-    def fields(self, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    def fields(self, ids: IdsLike) -> dict[str, np.ndarray]:
         pos = self._pos(ids)
         return {n: a[pos] for n, a in self._fields.items()}
 
@@ -98,7 +101,7 @@ class MemoryGallery:
         return out_s, out_i
 
     # -- changes -------------------------------------------------------------------------------
-    def add(self, ids: Sequence[int], vectors: np.ndarray, fields: Optional[Mapping[str, Sequence[Any]]] = None,
+    def add(self, ids: IdsLike, vectors: np.ndarray, fields: Optional[Mapping[str, Sequence[Any]]] = None,
             rows: Optional[Sequence[dict[str, Any]]] = None) -> None:
         """Add rows in one commit (ids must be new); hooks see the gallery before the change."""
         ids = np.asarray(ids, np.int64)
@@ -128,7 +131,7 @@ class MemoryGallery:
             self._rows[int(i)] = row
         self._load_hooks()
 
-    def remove(self, ids: Sequence[int]) -> None:
+    def remove(self, ids: IdsLike) -> None:
         """Remove rows in one commit."""
         ids = np.unique(np.asarray(ids, np.int64))
         self._pos(ids)

@@ -7,12 +7,14 @@ versions so that sweeps keep working; none of them pools queries of one call.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Pipeline, register_pipeline
 from .steps import CameraNormalize, Centralize, KReciprocal, QueryExpansion, SamePersonPool
 
 #: parameters of the default, chosen by tools/rerank_devsets.py on all development sets
-DEFAULT_CAMERA = {"strength": 1.0, "unknown_strength": 0.0, "min_count": 10}
-DEFAULT_CENTRALIZE = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 0.2, "ramp": 0.05}
+DEFAULT_CAMERA: dict[str, Any] = {"strength": 1.0, "unknown_strength": 0.0, "min_count": 10}
+DEFAULT_CENTRALIZE: dict[str, Any] = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 0.2, "ramp": 0.05}
 
 
 def default_pipeline(camera: dict | None = None, centralize: dict | None = None, name: str = "default") -> Pipeline:

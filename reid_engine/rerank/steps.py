@@ -135,7 +135,8 @@ class Centralize(Reranker):
             raise InvalidInputError(f"Centralize: trust must be 'adaptive' or 'full', got {trust!r}")
         if k1 < 1 or k2 < 1 or alpha < 0 or ramp <= 0 or track_weight < 0:
             raise InvalidInputError("Centralize: k1, k2 >= 1, alpha, track_weight >= 0, ramp > 0")
-        self.k1, self.k2, self.alpha, self.margin, self.ramp = int(k1), int(k2), float(alpha), float(margin), float(ramp)
+        self.k1, self.k2 = int(k1), int(k2)
+        self.alpha, self.margin, self.ramp = float(alpha), float(margin), float(ramp)
         self.trust, self.track_weight, self.pool = trust, float(track_weight), int(pool)
 
     def pool_size(self, k: int) -> int:
@@ -152,7 +153,7 @@ class Centralize(Reranker):
         back = table.lists(np.maximum(nb, 0))[0][..., :min(self.k2, table.width)]
         mutual = (back == ids[:, None, None]).any(-1) & (nb >= 0)
         if self.trust == "full":
-            w = np.ones(nb.shape, np.float32)
+            w: np.ndarray = np.ones(nb.shape, np.float32)
         else:
             w = self.alpha * np.clip((ns - (raw_top1 + self.margin)) / self.ramp, 0.0, 1.0)
         return np.where(mutual, nb, -1), np.where(mutual, w, 0.0).astype(np.float32)
@@ -174,8 +175,9 @@ class Centralize(Reranker):
                 named = sorted({str(t) for t in tracks if t is not None})
                 members = ctx.gallery.track_members(named) if named else {}
                 if members:  # same-track neighbours are counted with the track
-                    same = np.array([[t is not None and int(j) in set(members.get(str(t), ()).tolist())
-                                      for j in row] for t, row in zip(tracks, nb)], bool).reshape(nb.shape)
+                    no_members = np.zeros(0, np.int64)
+                    same = np.array([[t is not None and int(j) in set(members.get(str(t), no_members).tolist())
+                                      for j in row] for t, row in zip(tracks, nb)], np.bool_).reshape(nb.shape)
                     w = np.where(same, 0.0, w)
             need = np.unique(np.concatenate([ids, nb[w > 0]] + [m for m in members.values()]).astype(np.int64))
             vec = space.candidates(need)
@@ -184,7 +186,7 @@ class Centralize(Reranker):
             pr, pc = np.nonzero(w > 0)
             if len(pr):
                 np.add.at(cent, pr, w[pr, pc, None] * vec[[at[int(j)] for j in nb[pr, pc]]])
-            if members:
+            if members and tracks is not None:
                 for p, (gid, t) in enumerate(zip(ids, tracks)):
                     if t is None or str(t) not in members:
                         continue
@@ -285,6 +287,7 @@ class AttributeFusion(Reranker):
         from ..attributes.groups import notes_to_matrix
         from ..attributes.model import ANNOTATOR_NAME
 
+        assert self.config is not None  # rerank() returns early without a config
         cands = np.unique(ids[ids >= 0])
         table = ctx.gallery.state("neighbours") if self.config.smooth else None
         k = self.config.smooth_k

@@ -52,6 +52,6 @@ __all__ = [
     "AddRequest", "AuthError", "CropRequest", "ERROR_MAP", "Filters", "FindRequest", "IndexRequest", "K_MAX",
     "NoPixelsError", "NotFoundError", "Outcome", "PayloadTooLargeError", "QueryRequest", "RemoveRequest",
     "RequestError", "TrackRequest", "UnsupportedMediaError", "WritesDisabledError", "capabilities", "crop_image",
-    "error_body", "get_crop", "get_track", "message_of", "open_engine", "outcome_of", "refresh", "run_add", "run_compact",
-    "run_find", "run_index", "run_info", "run_query", "run_remove", "track_frame",
+    "error_body", "get_crop", "get_track", "message_of", "open_engine", "outcome_of", "refresh", "run_add",
+    "run_compact", "run_find", "run_index", "run_info", "run_query", "run_remove", "track_frame",
 ]

@@ -136,8 +136,16 @@ def run_index(req: IndexRequest, show_progress: Optional[bool] = None) -> dict[s
                 f"{engine.path}: this index was built without attributes; "
                 "--attributes needs a new index (rebuild it with --attributes)"
             )
-        report = engine.add(items, strict=req.strict, batch_size=req.batch_size, show_progress=show_progress,
-                            commit_every=req.commit_every)
+        if req.ray is not None:
+            from ..distributed import index_with_ray
+
+            with engine.store.writing():
+                report = index_with_ray(engine, items, req.ray or None, commit_every=req.commit_every,
+                                        batch_size=req.batch_size, strict=req.strict, device=req.device,
+                                        show_progress=show_progress)
+        else:
+            report = engine.add(items, strict=req.strict, batch_size=req.batch_size, show_progress=show_progress,
+                                commit_every=req.commit_every)
         total = int(engine.stats()["crops"])
     return {
         "index": str(engine.path), "added": report.added, "duplicates": report.duplicates,

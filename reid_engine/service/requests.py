@@ -41,7 +41,7 @@ def check_preset(name: str) -> None:
 def preset_names() -> list[str]:
     """The re-ranking presets a request may name."""
     try:
-        from .. import rerank
+        from .. import rerank  # noqa: F401  imported for its side effect: registers the presets
         from ..rerank.base import list_pipelines
     except ImportError:
         from ..rerank import PRESETS
@@ -148,7 +148,9 @@ class QueryRequest:
         if self.labels and len(self.labels) != len(self.images):
             raise InvalidInputError(f"{len(self.images)} query images but {len(self.labels)} labels")
         if len(self.images) + len(self.crop_ids) > QUERIES_MAX:
-            raise InvalidInputError(f"{len(self.images) + len(self.crop_ids)} queries: at most {QUERIES_MAX} per request")
+            raise InvalidInputError(
+                f"{len(self.images) + len(self.crop_ids)} queries: at most {QUERIES_MAX} per request"
+            )
         for cid in self.crop_ids:
             if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or cid < 0:
                 raise InvalidInputError(f"crop id {cid!r}: expected a non-negative integer")
@@ -220,6 +222,7 @@ class IndexRequest:
     backend: str = "faiss"
     backend_uri: Optional[str] = None  # Milvus: a Milvus Lite file or http://host:19530
     nprobe: Optional[int] = None  # stored default search parameter of a new index
+    ray: Optional[str] = None  # encode on a Ray cluster: "" = a local one, else its address
     glob: str = "**/*"
     pattern: str = "auto"
     camera: Optional[str] = None
