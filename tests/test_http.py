@@ -51,7 +51,10 @@ def test_health_and_info(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/query", "/find", "/crops/{crop_id}", "/crops/{crop_id}/image", "/tracks/{key}", "/info", "/healthz",
             "/crops"} <= set(paths)
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    assert "https://" not in docs.text and "cdn" not in docs.text.lower()  # works with no network
+    assert client.get("/static/docs.js").status_code == 200
 
 
 def test_upload_query_ranks_the_same_person_first(client, pku):

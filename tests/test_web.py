@@ -149,3 +149,12 @@ def test_track_view_on_footage(browser, pets_index, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_api_docs_page_lists_the_operations_offline(browser, pku_server):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(pku_server + "/docs")
+    page.wait_for_selector(".op")
+    text = page.inner_text("#ops")
+    assert "/query" in text and "/crops/{crop_id}/image" in text and "post" in text.lower()
+    page.close()

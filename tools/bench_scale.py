@@ -11,6 +11,7 @@ labelled synthetic rows).
 Each phase runs in its own process so that peak RSS (VmHWM) is that phase's:
 
     python tools/bench_scale.py --sizes 100000,1000000
+    python tools/bench_scale.py --sizes 100000 --milvus --ray            # + Milvus Lite at 100k, Ray throughput
     python tools/bench_scale.py --sizes 100000 --old-checkout /tmp/old   # also the previous engine, same data
 
 Beside the engine it measures, in the same run, brute-force NumPy top-k over
@@ -135,17 +136,24 @@ def synthetic_queries(real: np.ndarray, n_gallery: int, seed: int = 1) -> tuple[
 
 
 # -- phases (each in its own process) ------------------------------------------------------------
+def _folder(args: argparse.Namespace) -> Path:
+    return Path(args.work) / f"index_{args.n}{'' if args.backend == 'faiss' else '_' + args.backend}"
+
+
 def phase_build(args: argparse.Namespace) -> dict[str, Any]:
     from reid_engine import CropItem, Engine
 
     work = Path(args.work)
     real = _real_features(work, Path(args.weights))
     gal = real["role"] == "gallery"
-    folder = work / f"index_{args.n}"
+    folder = _folder(args)
     shutil.rmtree(folder, ignore_errors=True)
     build_s = 0.0
     t0 = time.perf_counter()
-    eng = Engine.create(folder, weights=args.weights)
+    options = {"uri": str(folder.resolve()) + ".milvus.db"} if args.backend == "milvus" else None
+    if options:
+        Path(options["uri"]).unlink(missing_ok=True)
+    eng = Engine.create(folder, weights=args.weights, backend=args.backend, backend_options=options)
     build_s += time.perf_counter() - t0
     n_syn = args.n - int(gal.sum()) - 4096
     done = 0
@@ -194,7 +202,7 @@ def phase_query(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(args.work)
     real = _real_features(work, Path(args.weights))
-    folder = work / f"index_{args.n}"
+    folder = _folder(args)
     t0 = time.perf_counter()
     eng = Engine.open(folder)  # the index; the encoder is loaded on the first query
     open_s = time.perf_counter() - t0
@@ -267,9 +275,10 @@ def phase_numpy(args: argparse.Namespace) -> dict[str, Any]:
 PHASES = {"build": phase_build, "query": phase_query, "numpy": phase_numpy}
 
 
-def _run_phase(phase: str, args: argparse.Namespace, n: int, python: str, cwd: Path) -> dict[str, Any]:
+def _run_phase(phase: str, args: argparse.Namespace, n: int, python: str, cwd: Path,
+               backend: str = "faiss") -> dict[str, Any]:
     cmd = [python, str(Path(__file__).resolve()), "--phase", phase, "--n", str(n), "--work", args.work,
-           "--weights", args.weights, "--queries", str(args.queries)]
+           "--weights", args.weights, "--queries", str(args.queries), "--backend", backend]
     env = dict(os.environ, PYTHONPATH=str(cwd))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
@@ -284,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default=None, help="OSNet ONNX weights (default: shared osnet_x0_25_msmt17.onnx)")
     ap.add_argument("--queries", type=int, default=200, help="single-image queries timed per setting")
     ap.add_argument("--old-checkout", default=None, help="a checkout of an earlier commit to compare (<= 100k)")
+    ap.add_argument("--milvus", action="store_true", help="also a Milvus Lite backed index, at sizes <= 100k")
+    ap.add_argument("--ray", action="store_true", help="also Ray vs local encoding throughput (tools/bench_ray.py)")
+    ap.add_argument("--backend", default="faiss", help=argparse.SUPPRESS)
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -308,8 +320,19 @@ def main(argv: list[str] | None = None) -> int:
             old = {**_run_phase("build", old_args, n, sys.executable, Path(args.old_checkout)),
                    **_run_phase("query", old_args, n, sys.executable, Path(args.old_checkout))}
             row["old"] = {k: v for k, v in old.items() if k.endswith(("_ms", "_s", "_mb", "error"))}
+        if args.milvus and n <= 100_000:
+            mil = {**_run_phase("build", args, n, sys.executable, ROOT, "milvus"),
+                   **_run_phase("query", args, n, sys.executable, ROOT, "milvus")}
+            mil.pop("index", None)
+            row["milvus"] = mil
+            shutil.rmtree(Path(args.work) / f"index_{n}_milvus", ignore_errors=True)
         result[str(n)] = row
         shutil.rmtree(Path(args.work) / f"index_{n}", ignore_errors=True)
+    if args.ray:
+        proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_ray.py")], capture_output=True, text=True,
+                              cwd=ROOT)
+        lines = proc.stdout.strip().splitlines()
+        result["ray"] = json.loads(lines[-1]) if proc.returncode == 0 and lines else {"error": proc.stderr[-300:]}
     print(json.dumps(result))
     return 0
 

@@ -57,7 +57,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             holder.close()
 
     app = FastAPI(
-        title="reid-engine", version=__version__, lifespan=lifespan,
+        title="reid-engine", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Person re-identification search over one index: query by image or crop, filter by camera, "
                     "time and attributes, browse tracks of footage. Errors are JSON `{error, type}`.",
     )
@@ -97,6 +97,11 @@ def create_app(config: ServeConfig) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(str(static / "index.html"), media_type="text/html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> FileResponse:
+        """The operations of /openapi.json, rendered by a page shipped in the package (no CDN)."""
+        return FileResponse(str(static / "docs.html"), media_type="text/html", headers={"Cache-Control": "no-cache"})
+
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
     @app.middleware("http")
@@ -104,7 +109,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         path = request.url.path
-        if path == "/" or path.startswith("/static/"):
+        if path in ("/", "/docs") or path.startswith("/static/"):
             response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
             response.headers.setdefault("X-Frame-Options", "DENY")
         return response

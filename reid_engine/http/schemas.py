@@ -74,10 +74,9 @@ class HitOut(CropOut):
     distance: float
 
 
-class TrackHitOut(BaseModel):
-    rank: int
-    track: str
-    distance: float
+class TrackSpanOut(BaseModel):
+    """Where and when a track was seen (shared by track hits and track pages)."""
+
     camera: Optional[str] = None
     source: Optional[str] = None
     start_time: Optional[float] = None
@@ -87,6 +86,12 @@ class TrackHitOut(BaseModel):
     start_offset: Optional[float] = None
     end_offset: Optional[float] = None
     n_frames: int
+
+
+class TrackHitOut(TrackSpanOut):
+    rank: int
+    track: str
+    distance: float
     crop_ids: list[int]
     best: HitOut
     track_url: str
@@ -107,17 +112,8 @@ class QueryOut(BaseModel):
     seconds: float
 
 
-class TrackOut(BaseModel):
+class TrackOut(TrackSpanOut):
     key: str
-    camera: Optional[str] = None
-    source: Optional[str] = None
-    start_time: Optional[float] = None
-    end_time: Optional[float] = None
-    start_frame: Optional[int] = None
-    end_frame: Optional[int] = None
-    start_offset: Optional[float] = None
-    end_offset: Optional[float] = None
-    n_frames: int
     best_crop: Optional[int] = None
     frame_url: str
     crops: list[CropOut]

@@ -1024,11 +1024,10 @@ class FaissBackend(VectorBackend):
                       sf: Optional[_SegFilter], ef: int) -> tuple[np.ndarray, np.ndarray]:
         """HNSW search of one segment; removed rows and filters are excluded inside the graph walk.
 
-        A selective filter is answered exactly over its few rows instead; a broader one widens the
-        beam in proportion to the rows it leaves out.
+        A selective filter is answered exactly over its few rows instead; a broader one is a bitmap the
+        walk checks before it admits a result.
         """
         keep: Optional[np.ndarray] = None
-        frac = 1.0
         if sf is not None:
             rows, _ = sf.candidates(seg, limit=max(4096, seg.rows // 50))
             if rows is not None:
@@ -1036,16 +1035,18 @@ class FaissBackend(VectorBackend):
                     rows = rows[~dead[rows]]
                 return self._scan_rows(seg, rows, q, k)
             keep = sf.mask(seg, slice(0, seg.rows))
-            frac = max(float(keep.mean()), 1e-3)
         if dead is not None:
             keep = ~dead if keep is None else keep & ~dead
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = int(min(4096, max(ef / frac, k)))
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stub
+        # the beam holds results that pass the filter, so it needs no widening by the filter's selectivity, only
+        # enough room for k of them (twice k: a beam barely wider than k loses recall at its tail)
+        params.efSearch = int(min(4096, max(ef, 2 * k)))
         packed = None
         if keep is not None:
             packed = np.packbits(keep, bitorder="little")
             params.sel = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
         kk = min(k, seg.rows)
+        assert seg.graph is not None  # only graph segments come here
         sims, rows_found = seg.graph.search(q, kk, params=params)
         del packed  # the selector reads the bitmap until the search returns
         sims = np.asarray(sims, np.float32)

@@ -70,8 +70,10 @@ class GalleryView(Protocol):
     def fields(self, ids: IdsLike) -> dict[str, np.ndarray]:
         """The scalar fields (camera, timestamp, source, track) of the given ids, as arrays."""
 
-    def search(self, queries: np.ndarray, k: int, where: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (similarities, ids) by cosine through the vector backend (a ``SearchFilter`` as ``where``)."""
+    def search(self, queries: np.ndarray, k: int, where: Any = None, params: Any = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (similarities, ids) by cosine through the vector backend (a ``SearchFilter`` as ``where``,
+        ``SearchParams`` or a dict of them as ``params``)."""
 
     def rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """SQL rows (pid, camera, timestamp, track, source, extra...) of the given ids."""

@@ -44,6 +44,9 @@ NEIGHBOUR_WIDTH = 16
 MAX_SEARCH = 256
 #: galleries up to this size keep exact lists (the reverse check may widen searches up to MAX_SEARCH)
 EXACT_LISTS_UP_TO = 50_000
+#: search parameters of the neighbour searches of a commit (a narrow graph beam: these lists feed re-ranking,
+#: which tolerates a missed neighbour; the first stage of a query uses the wider default; exact galleries ignore it)
+HOOK_SEARCH = {"ef_search": 40}
 #: the neighbour files of this many commits are folded into one by the store's compaction
 FOLD_FILES = 32
 #: key standing for "camera unknown" in the camera statistics
@@ -283,7 +286,7 @@ class NeighboursHook(IndexHook):
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Each new row's nearest committed rows: at least ``width``, more until the reverse check is complete."""
         r = min(count, max(2 * width, 1))
-        s, i = gallery.search(x, r)
+        s, i = gallery.search(x, r, params=HOOK_SEARCH)
         s, i = np.asarray(s, np.float32), np.asarray(i, np.int64)
         # exact lists while the gallery is small; past that the reverse check only looks at the new rows'
         # own 2*width neighbours, so a commit costs the same whatever the gallery's size
@@ -294,7 +297,7 @@ class NeighboursHook(IndexHook):
             if len(todo) == 0:
                 break
             r = min(limit, 2 * r)
-            s2, i2 = gallery.search(x[todo], r)
+            s2, i2 = gallery.search(x[todo], r, params=HOOK_SEARCH)
             s = np.concatenate([s, np.full((len(s), r - s.shape[1]), -np.inf, np.float32)], 1)
             i = np.concatenate([i, np.full((len(i), r - i.shape[1]), -1, np.int64)], 1)
             s[todo], i[todo] = np.asarray(s2, np.float32), np.asarray(i2, np.int64)
@@ -308,7 +311,7 @@ class NeighboursHook(IndexHook):
         short = short[np.minimum(gallery.count - 1, width) > (table.nb_ids[short] >= 0).sum(1)]
         if len(short):
             ids = table.ids[short]
-            s, i = gallery.search(gallery.vectors(ids), width + 1)
+            s, i = gallery.search(gallery.vectors(ids), width + 1, params=HOOK_SEARCH)
             s = np.where(np.asarray(i) == ids[:, None], -np.inf, s)
             s, i = top_k_rows(np.asarray(s, np.float32), np.where(np.isfinite(s), i, -1), width)
             table = table.apply(np.zeros(0, np.int64), ids, i, s)

@@ -85,8 +85,10 @@ class MemoryGallery:
             return self._overrides[hook]
         return self._loaded.get(hook)
 
-    def search(self, queries: np.ndarray, k: int, where: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k`` (similarities, ids); ``where`` is a ``SearchFilter`` (anything with ``mask``)."""
+    def search(self, queries: np.ndarray, k: int, where: Any = None, params: Any = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` (similarities, ids); ``where`` is a ``SearchFilter`` (anything with ``mask``);
+        ``params`` are ignored (always exact)."""
         q = np.asarray(queries, np.float32).reshape(-1, self.dim)
         ids, vecs = self._ids, self._vecs
         if where is not None:
