@@ -490,12 +490,18 @@ class Engine:
             from .rerank.steps import AttributeFusion
 
             pipe = pipe.with_steps(AttributeFusion(fcfg))
+        if same_person and not any(step.name == "same_person" for step in pipe.steps):
+            from .rerank.steps import SamePersonPool
+
+            pipe = pipe.with_steps(SamePersonPool())
         params = self.store.search_params(search_params)
         rule = self._attribute_rule(attributes, attribute_threshold)
         q, labels, qcams = check_queries(features, self.store.manifest.dim, k, query_labels, query_cameras)
         k = min(int(k), max(1, self.store.count))
         qattrs = self._query_attributes(fcfg, query_attributes, q) if fcfg is not None else None
-        if same_person and len(q) > 1:
+        pooled = same_person and len(q) > 1
+        per_query_cams = list(qcams)
+        if pooled:  # one person: one answer, searched from every image and pooled by the re-ranking
             labels = [" + ".join(labels)]
             known = {c for c in qcams if c is not None}
             qcams = [known.pop() if len(known) == 1 else None]
@@ -527,23 +533,26 @@ class Engine:
             where = SearchFilter(ids=allowed, **{**base, "exclude_cameras": extra})
             if allowed is not None and len(allowed) == 0 or self.store.count == 0:
                 continue
-            qm = q if same_person else q[members]
-            first = l2_normalize(qm.mean(axis=0, keepdims=True)) if same_person else qm
+            rows_q = list(range(len(q))) if pooled else members
+            qm = q[rows_q]
             # one query at a time: a batched product may round near-ties differently, and an answer
             # must not depend on which other queries share the call
-            found = [self.store.search(first[r : r + 1], max(k, pool), where, params) for r in range(len(first))]
+            found = [self.store.search(qm[r : r + 1], max(k, pool), where, params) for r in range(len(qm))]
             s = np.concatenate([f[0] for f in found])
             i = np.concatenate([f[1] for f in found])
             ctx = RerankContext(
-                gallery=self.store, k=k, query_cameras=[qcams[m] for m in members], query_tracks=[None] * len(members),
-                same_person=same_person and len(q) > 1, where=where,
-                query_attributes=None if qattrs is None else qattrs[members],
+                gallery=self.store, k=k, query_cameras=[per_query_cams[r] for r in rows_q],
+                query_tracks=[None] * len(rows_q), same_person=pooled, where=where,
+                query_attributes=None if qattrs is None else qattrs[rows_q],
             )
             head = pipe.run(qm, Candidates.sorted(i[:, :pool], s[:, :pool]), ctx)
-            top_i = np.concatenate([head.ids, i[:, pool:]], axis=1)[:, :k]
-            top_s = np.concatenate([head.scores, s[:, pool:]], axis=1)[:, :k]
-            sims[members, : top_s.shape[1]] = top_s
-            ids[members, : top_i.shape[1]] = top_i
+            for out_row, r in zip(members, range(len(head.ids))):
+                # the re-ranked head, then the rest of the first stage in cosine order (no id twice)
+                tail = ~np.isin(i[r, pool:], head.ids[r])
+                top_i = np.concatenate([head.ids[r], i[r, pool:][tail]])[:k]
+                top_s = np.concatenate([head.scores[r], s[r, pool:][tail]])[:k]
+                sims[out_row, : len(top_s)] = top_s
+                ids[out_row, : len(top_i)] = top_i
         rows = self.store.rows(ids[ids >= 0].tolist())
         results = []
         for qi in range(n):

@@ -131,3 +131,35 @@ def test_bad_query_arguments(gallery):
         eng.query_features(_queries(1), k=0)
     with pytest.raises(InvalidInputError, match="ISO-8601"):
         eng.query_features(_queries(1), time_from="yesterday")
+
+
+@pytest.mark.parametrize("rerank", ["none", "default"])
+def test_same_person_queries_give_one_pooled_list(gallery, rerank):
+    eng, feats, *_ = gallery
+    # three noisy views of gallery crop 5: alone each may miss it, pooled they agree on it
+    rng = np.random.default_rng(3)
+    views = feats[[5, 5, 5]] + 0.12 * rng.standard_normal((3, 16)).astype(np.float32)
+    res = eng.query_features(views, k=20, rerank=rerank, same_person=True)
+    assert len(res) == 1
+    ids = [h.id for h in res[0].hits]
+    assert len(ids) == len(set(ids)) == 20
+    assert ids[0] == 5
+    # reference for the plain preset: each view's top-100 pool; a crop scores the mean over the views of its
+    # similarity, or of that view's 100th similarity when it is not in the view's pool
+    if rerank == "none":
+        q = views / np.linalg.norm(views, axis=1, keepdims=True)
+        sims = q @ feats.T
+        pools = [set(np.argsort(-row, kind="stable")[:100].tolist()) for row in sims]
+        floor = [np.sort(row)[::-1][99] for row in sims]
+        union = sorted(set().union(*pools))
+        score = {c: np.mean([sims[v, c] if c in pools[v] else floor[v] for v in range(3)]) for c in union}
+        want = sorted(union, key=lambda c: (-score[c], c))[:10]
+        assert ids[:10] == want
+
+
+def test_batch_independence_of_the_default(gallery):
+    eng, *_ = gallery
+    q = _queries(6, seed=4)
+    together = eng.query_features(q, k=15)
+    alone = [eng.query_features(q[i : i + 1], k=15)[0] for i in range(len(q))]
+    assert [[h.id for h in r.hits] for r in together] == [[h.id for h in r.hits] for r in alone]

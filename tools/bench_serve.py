@@ -87,7 +87,7 @@ def start_server(index: Path, weights: Path, port: int, timeout: float = 120.0) 
         except OSError:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-                raise RuntimeError(f"server exited with {proc.returncode}: {err}")
+                raise RuntimeError(f"server exited with {proc.returncode}: {err}") from None
             time.sleep(0.2)
     stop_server(proc)
     raise RuntimeError(f"server did not answer /healthz within {timeout:.0f} s")
@@ -157,8 +157,9 @@ def run_library(index: Path, weights: Path, images: list[Path], k: int, seconds:
         wall = time.perf_counter() - t_start
         cpu = time.process_time() - c0
     out = summary(lat, 0, wall)
-    return {"gallery_crops": crops, "queries": out["ok"], "seconds": out["seconds"], "qps": out["rps"], "p50_ms": out["p50_ms"],
-            "p99_ms": out["p99_ms"], "cpu_ms_per_query": round(1000 * cpu / max(1, len(lat)), 2)}
+    return {"gallery_crops": crops, "queries": out["ok"], "seconds": out["seconds"], "qps": out["rps"],
+            "p50_ms": out["p50_ms"], "p99_ms": out["p99_ms"],
+            "cpu_ms_per_query": round(1000 * cpu / max(1, len(lat)), 2)}
 
 
 async def _client_loop(client: Any, url: str, bodies: list[bytes], start: int, end: float, budget: list[int],
@@ -268,7 +269,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ratio = many["rps"] / library["qps"] if library["qps"] else 0.0
     p50_gap = (one["p50_ms"] - library["p50_ms"]) if one["p50_ms"] is not None else None
     doc = {
-        "bench": "serve", "index": str(index), "gallery_crops": library.pop("gallery_crops"), "query_images": len(images),
+        "bench": "serve", "index": str(index), "gallery_crops": library.pop("gallery_crops"),
+        "query_images": len(images),
         "k": args.k, "rerank": "default", "build_seconds": round(build_s, 1), "cpus": os.cpu_count(),
         "loadavg_start": load_start,
         "library": library, "one_client": one, "many_clients": many,

@@ -138,7 +138,7 @@ def serve(index: Path, weights: Path) -> tuple[subprocess.Popen, str]:
                     return proc, url
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
+                raise RuntimeError(f"server exited with {proc.returncode}") from None
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not answer /healthz within 90 s")

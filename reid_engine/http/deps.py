@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 
 from fastapi import Header, Request
 
+from ..encoders.base import Encoder
 from ..engine import Engine
 from ..service import refresh
 from ..service.errors import AuthError, WritesDisabledError
@@ -50,6 +51,16 @@ class EngineHolder:
         with self._lock:
             refresh(self.engine)
             yield self.engine
+
+    def concurrent_encoder(self) -> Optional[Encoder]:
+        """The engine's encoder when its ``encode`` is thread-safe (several inference sessions), else None.
+
+        Queries encode their images with it outside the lock: the network is most of a query's time and
+        releases the GIL, so requests overlap there and the lock covers only search, re-ranking and rows.
+        """
+        with self._lock:  # the encoder is built on first use
+            encoder = self.engine.encoder
+        return encoder if encoder.concurrent_batches > 1 else None
 
     def close(self) -> None:
         with self._lock:

@@ -202,8 +202,11 @@ async def query(request: Request) -> dict[str, Any]:
             query_camera=body.query_camera, rerank=body.rerank, fusion=body.fusion, attributes=tuple(body.attributes),
             attribute_threshold=body.attribute_threshold, by_track=body.by_track,
         )
+        encoder = h.concurrent_encoder() if svc.ops.takes_features(req) else None
+        feats = encoder.encode(list(req.images)) if encoder is not None else None  # outside the engine lock
         with h.use() as engine:
-            return [result_out(r) for r in svc.run_query(engine, req)]
+            found = svc.run_query(engine, req, features=feats)
+        return [result_out(r) for r in found]
 
     results = await run_in_threadpool(work)
     return {"k": body.k, "by_track": body.by_track, "results": results, "seconds": round(time.perf_counter() - t0, 4)}

@@ -171,6 +171,14 @@ class VectorBackend(ABC):
     def discard(self, state: dict[str, Any]) -> None:
         """Undo a ``prepare`` whose commit failed (remove what only that state refers to)."""
 
+    def files(self, state: dict[str, Any]) -> set[str]:
+        """Names of the files in the index folder that ``state`` refers to (none for a remote store).
+
+        The store marks the files a commit stopped referring to as retired at that moment, so that
+        ``cleanup``'s grace period runs from then (readers of the previous state may still open them).
+        """
+        return set()
+
     def cleanup(self, state: dict[str, Any], grace_seconds: float = 60.0) -> None:  # noqa: B027  optional hook, no-op
         """Remove storage no committed state refers to (writer only, under the write lock)."""
 

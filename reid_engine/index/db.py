@@ -168,6 +168,17 @@ def chunks(items: Sequence[Any], size: int) -> Iterable[list[Any]]:
         yield list(items[i : i + size])
 
 
+def committed(conn: Connection, with_count: bool = False) -> tuple[Optional[str], Optional[str], int]:
+    """(generation, state, row count or -1) in one statement, hence from one snapshot of the database."""
+    gen = sa.select(meta_kv.c.value).where(meta_kv.c.key == "generation").scalar_subquery()
+    state = sa.select(meta_kv.c.value).where(meta_kv.c.key == "state").scalar_subquery()
+    cols = [gen, state]
+    if with_count:
+        cols.append(sa.select(sa.func.count()).select_from(crops).scalar_subquery())
+    row = conn.execute(sa.select(*cols)).one()
+    return row[0], row[1], int(row[2]) if with_count else -1
+
+
 def get_meta(conn: Connection, key: str) -> Optional[str]:
     return conn.execute(sa.select(meta_kv.c.value).where(meta_kv.c.key == key)).scalar_one_or_none()
 

@@ -577,6 +577,9 @@ class FaissBackend(VectorBackend):
     def _new_name(self, kind: str, generation: int) -> str:
         return f"{kind}-{int(generation):06d}-{secrets.token_hex(4)}"
 
+    def files(self, state: dict[str, Any]) -> set[str]:
+        return _files_of(state)
+
     def discard(self, state: dict[str, Any]) -> None:
         self._remove_files(sorted(_files_of(state) - _files_of(self._view.state)))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,17 +138,17 @@ class IndexStore:
         sql = db.connect(cls.resolve_db_url(folder, manifest.db_url), create=False)
         backend = get_backend(manifest.backend)(folder, manifest.dim, manifest.backend_options)
         store = cls(folder, manifest, sql, backend)
-        gen, state = store._read_committed()
+        gen, state, n_rows = store._read_committed(with_count=True)
         store._load(gen, state)
-        store._check()
+        store._check(n_rows)
         return store
 
-    def _read_committed(self) -> tuple[int, dict[str, Any]]:
-        """The committed (generation, state), read in one transaction."""
+    def _read_committed(self, with_count: bool = False) -> tuple[int, dict[str, Any], int]:
+        """The committed (generation, state) and, when asked, the number of rows: one statement, so one
+        snapshot (SQLite gives every statement outside an explicit transaction its own)."""
         try:
             with self.sql.connect() as conn:
-                gen_text = db.get_meta(conn, "generation")
-                state_text = db.get_meta(conn, "state")
+                gen_text, state_text, n_rows = db.committed(conn, with_count)
         except sa.exc.SQLAlchemyError as exc:
             raise IndexCorruptError(f"{self.folder}: cannot read the index database ({db.short_error(exc)})") from None
         if gen_text is None or state_text is None:
@@ -162,7 +163,7 @@ class IndexStore:
                 raise ValueError("not a state object")
         except ValueError as exc:
             raise IndexCorruptError(f"{self.folder}: the committed index state is damaged ({exc})") from None
-        return gen, state
+        return gen, state, n_rows
 
     def _load(self, generation: int, state: dict[str, Any]) -> None:
         try:
@@ -181,9 +182,8 @@ class IndexStore:
         self.generation = generation
         self.committed = state
 
-    def _check(self) -> None:
-        with self.sql.connect() as conn:
-            n_rows = db.count_rows(conn)
+    def _check(self, n_rows: int) -> None:
+        """Refuse vectors and rows of the same committed generation that disagree."""
         if n_rows != self.backend.count:
             raise IndexCorruptError(
                 f"{self.folder}: vectors and rows disagree: {self.backend.count} vectors, {n_rows} rows "
@@ -194,12 +194,35 @@ class IndexStore:
         """Load a generation committed by another process since; True when it changed."""
         with self.sql.connect() as conn:
             current = db.get_meta(conn, "generation")
-        if current is not None and current != str(self.generation):
-            gen, state = self._read_committed()
-            self._load(gen, state)
-            log.debug("%s: now at generation %d", self.folder, gen)
-            return True
-        return False
+        if current is None or current == str(self.generation):
+            return False
+        for attempt in range(3):
+            gen, state, _ = self._read_committed()
+            try:
+                self._load(gen, state)
+                break
+            except IndexCorruptError:
+                # a file of that state went away: only possible if yet newer commits retired it long enough ago
+                # for a writer's cleanup, so read the committed state again
+                again, _, _ = self._read_committed()
+                if again == gen or attempt == 2:
+                    raise
+        log.debug("%s: now at generation %d", self.folder, self.generation)
+        return True
+
+    def _files(self, state: dict[str, Any]) -> set[str]:
+        names = set(self.backend.files(state.get("backend") or {}))
+        for name, hook in self._hook_objects.items():
+            names.update(hook.files((state.get("hooks") or {}).get(name) or {}))
+        return names
+
+    def _retire(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Stamp the files the new state no longer refers to: cleanup's grace period runs from now."""
+        for name in self._files(old) - self._files(new):
+            try:
+                os.utime(self.folder / name)
+            except OSError:
+                pass
 
     # -- writing ------------------------------------------------------------------------
     @contextmanager
@@ -263,6 +286,7 @@ class IndexStore:
             except BaseException:
                 self.backend.discard(backend_state)
                 raise
+            self._retire(self.committed, state)
             self._load(new_gen, state)
             self._maybe_compact(force=False)
 
@@ -287,6 +311,7 @@ class IndexStore:
             if backend_state is not None:
                 self.backend.discard(backend_state)
             raise
+        self._retire(self.committed, state)
         self._load(new_gen, state)
         return True
 

@@ -319,6 +319,9 @@ class SamePersonPool(Reranker):
 
     name = "same_person"
 
+    def pool_size(self, k: int) -> int:
+        return max(k, 100)  # several views of one person: a deep pool lets their lists overlap
+
     def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
         if not ctx.same_person or len(pool.ids) < 2:
             return pool

@@ -70,8 +70,20 @@ def open_engine(index: str, weights: Optional[Path] = None, device: Optional[str
     return Engine.open(index, weights=weights, device=device)
 
 
-def run_query(engine: Engine, req: QueryRequest) -> list[AnyResult]:
-    """The ranked answers of a query request, images first, then crop ids, in request order."""
+def takes_features(req: QueryRequest) -> bool:
+    """Whether ``run_query`` can take the embeddings of the request's images precomputed (crop queries
+    whose fusion reads no attributes from the images)."""
+    return bool(req.images) and not req.by_track and not needs_attributes(req.fusion)
+
+
+def run_query(engine: Engine, req: QueryRequest, features: Optional[np.ndarray] = None) -> list[AnyResult]:
+    """The ranked answers of a query request, images first, then crop ids, in request order.
+
+    ``features``: the embeddings of ``req.images`` in order (``engine.encoder.encode``), when the caller
+    computed them itself, e.g. outside a lock it holds around the engine; only where ``takes_features``.
+    """
+    if features is not None and not takes_features(req):
+        raise InvalidInputError("precomputed features apply to crop queries by image without attribute fusion")
     if req.attributes_only:
         return [run_find(engine, FindRequest(req.attributes, req.k, req.attribute_threshold, req.filters))]
     filters = req.filters.engine_kwargs()
@@ -89,6 +101,8 @@ def run_query(engine: Engine, req: QueryRequest) -> list[AnyResult]:
         common = dict(query_cameras=qcams, exclude_same_camera=req.exclude_same_camera, **filters)
         if req.by_track:
             found: list[AnyResult] = list(engine.query_tracks(list(req.images), req.k, **common))
+        elif features is not None:
+            found = list(engine.query_features(np.asarray(features, np.float32), req.k, **common, **crop_opts))
         else:
             found = list(engine.query(list(req.images), req.k, **common, **crop_opts))
         for res, label in zip(found, req.image_labels()):
