@@ -73,7 +73,8 @@ def open_engine(index: str, weights: Optional[Path] = None, device: Optional[str
 def takes_features(req: QueryRequest) -> bool:
     """Whether ``run_query`` can take the embeddings of the request's images precomputed (crop queries
     whose fusion reads no attributes from the images)."""
-    return bool(req.images) and not req.by_track and not needs_attributes(req.fusion)
+    same_camera_lookup = req.exclude_same_camera and req.query_camera is None  # Engine.query looks it up
+    return bool(req.images) and not req.by_track and not needs_attributes(req.fusion) and not same_camera_lookup
 
 
 def run_query(engine: Engine, req: QueryRequest, features: Optional[np.ndarray] = None) -> list[AnyResult]:

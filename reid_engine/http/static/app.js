@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, query: null, previewUrl: null };
+const state = { info: null, query: null, previewUrl: null, searches: 0 };
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -105,10 +105,12 @@ async function runQuery() {
                 body: JSON.stringify({ ...fields, crop_ids: [q.id] }) };
   }
   setStatus(`searching for ${q.label}…`);
+  const ticket = ++state.searches;  // answers can arrive out of order: only the latest search is shown
   try {
     const doc = await api("/query", options);
-    render(doc, q);
+    if (ticket === state.searches) render(doc, q);
   } catch (err) {
+    if (ticket !== state.searches) return;
     $("grid").replaceChildren();
     setStatus(err.message, true);
   }
