@@ -212,6 +212,20 @@ def query_cmd(
             click.echo(f"wrote {len(files)} {'crops' if what == 'crops' else 'rendered frames'}", err=True)
 
 
+def _describe_backend(d: dict[str, Any]) -> str:
+    """One line for `info`: backend, index type and its parameters, segments, removed vectors."""
+    params = [f"{k}={d[k]}" for k in ("graph_m", "ef_search", "nlist", "nprobe", "exact_threshold") if d.get(k)]
+    segs = d.get("segments") or []
+    kinds: dict[str, int] = {}
+    for seg in segs:
+        kinds[seg.get("kind", "?")] = kinds.get(seg.get("kind", "?"), 0) + 1
+    seg_text = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
+    text = f"{d.get('backend')} {d.get('index_type', '')} ({', '.join(params)}); {len(segs)} segments ({seg_text})"
+    if d.get("tombstones"):
+        text += f"; {d['tombstones']} removed vectors not yet compacted"
+    return text
+
+
 @main.command("info")
 @index_option
 @click.option("--json", "as_json", is_flag=True)
@@ -227,6 +241,8 @@ def info_cmd(index_path: str, as_json: bool) -> None:
             value = f"{_fmt_time(value[0])} .. {_fmt_time(value[1])}"
         elif key == "cameras":
             value = ", ".join(f"{c or '-'}: {n}" for c, n in value.items()) or "-"
+        elif key == "backend" and isinstance(value, dict):
+            value = _describe_backend(value)
         click.echo(f"{key:>16}: {value}")
 
 
