@@ -51,7 +51,11 @@ def test_index_query_info_remove_round_trip(run, tmp_path, tiny_weights):
 
     info = json.loads(run("info", "--index", "demo", "--json").output)
     assert info["crops"] == 9 and info["cameras"] == {"1": 5, "2": 4} and info["encoder"] == "tiny-test"
-    assert "cameras" in run("info", "--index", "demo").output
+    text = run("info", "--index", "demo").output
+    assert "cameras" in text
+    backend_line = next(line for line in text.splitlines() if line.strip().startswith("backend:"))
+    assert "faiss flat" in backend_line
+    assert f"{len(info['backend']['segments'])} segments" in backend_line
 
     assert json.loads(run("remove", "--index", "demo", "--camera", "2", "--json").output) == {"removed": 4, "total": 5}
 
