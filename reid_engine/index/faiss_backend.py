@@ -850,13 +850,19 @@ class FaissBackend(VectorBackend):
     def count(self) -> int:
         return self._view.count
 
-    def _contains(self, view: _View, ids: np.ndarray) -> np.ndarray:
-        out = np.zeros(ids.shape, np.bool_)
+    @staticmethod
+    def _locate(view: _View, ids: np.ndarray) -> Iterator[tuple[_Segment, np.ndarray, np.ndarray]]:
+        """Per segment: (segment, row of each id or -1, which ids are live rows there)."""
         for seg, dead in zip(view.segments, view.dead):
             pos = seg.find(ids)
             hit = pos >= 0
             if dead is not None:
                 hit[hit] &= ~dead[pos[hit]]
+            yield seg, pos, hit
+
+    def _contains(self, view: _View, ids: np.ndarray) -> np.ndarray:
+        out = np.zeros(ids.shape, np.bool_)
+        for _, _, hit in self._locate(view, ids):
             out |= hit
         return out
 
@@ -868,11 +874,7 @@ class FaissBackend(VectorBackend):
         arr = np.asarray(ids, np.int64).reshape(-1)
         out = np.empty((arr.size, self.dim), np.float32)
         found = np.zeros(arr.size, np.bool_)
-        for seg, dead in zip(view.segments, view.dead):
-            pos = seg.find(arr)
-            hit = pos >= 0
-            if dead is not None:
-                hit[hit] &= ~dead[pos[hit]]
+        for seg, pos, hit in self._locate(view, arr):
             if hit.any():
                 out[hit] = seg.vec[pos[hit]]
                 found |= hit
