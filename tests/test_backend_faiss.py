@@ -147,6 +147,29 @@ def test_auto_mode_builds_graphs_past_the_threshold(folder):
     assert np.mean([len(np.intersect1d(a, w)) / 10 for a, w in zip(got, want)]) >= 0.8
 
 
+def test_graph_segments_keep_their_vectors_once_in_the_graph(folder):
+    """A graph segment has no .vec.npy: its vectors are the graph's storage, equal to what was added."""
+    rng = np.random.default_rng(5)
+    b = FaissBackend(folder, DIM, {"exact_threshold": 100, "flat_limit": 100})
+    g = Gallery(b)
+    g.add_random(rng, 150, 1)
+    assert g.compact(force=False) is not None
+    (seg,) = [s for s in g.state["segments"] if s.get("graph")]
+    assert seg["vectors"] == "graph"
+    assert (folder / f"{seg['name']}.hnsw").exists() and not (folder / f"{seg['name']}.vec.npy").exists()
+    assert f"{seg['name']}.vec.npy" not in b.files(g.state)
+    np.testing.assert_allclose(b.reconstruct(g.ids), g.x, atol=1e-6)
+    reopened = FaissBackend(folder, DIM, {"exact_threshold": 100, "flat_limit": 100})
+    reopened.load(g.state)
+    q = unit(rng, 4)
+    assert_same(reopened.search(q, 10, params=SearchParams(exact=True)), g.reference(q, 10))
+    # a later merge reads the graph segment's vectors from the graph
+    g.add_random(rng, 120, 1000)
+    g.compact(force=True)
+    np.testing.assert_allclose(b.reconstruct(g.ids), g.x, atol=1e-6)
+    assert not list(folder.glob("*.vec.npy.tmp*"))
+
+
 def test_ivf_factory_trains_past_the_threshold(folder):
     rng = np.random.default_rng(3)
     b = FaissBackend(folder, DIM, {"factory": "IVF16,Flat", "exact_threshold": 300, "flat_limit": 100,

@@ -8,6 +8,9 @@ On disk (all files immutable once renamed into place, names carry the generation
   the timestamp order and the row of each sorted id; ``.ts.npy`` float64 (2, N): timestamps
   (NaN = unknown), then sorted; ``.json``: vocabularies, posting offsets and, for an IVF
   segment, the CSR offsets of its inverted lists (rows grouped by coarse list).
+  A graph segment has ``.hnsw`` (a FAISS HNSW index over its rows, in row order) and no
+  ``.vec.npy``: its vectors are the graph's own storage, memory-mapped, so they are on disk and in
+  memory once (state entry ``"vectors": "graph"``; older graph segments keep a ``.vec.npy``).
 - ``tomb-<gen>-<token>.npy`` int64 (2, T): removed ids and the generation that removed them
   (a removal hides the id in segments written before it, so a re-added id lives again).
 - ``quant-<gen>-<token>.npy`` float32 (nlist, D): the trained coarse quantizer.
@@ -195,13 +198,16 @@ class _SegmentData:
 class _Segment:
     """A memory-mapped segment (with its HNSW graph when it has one)."""
 
-    def __init__(self, folder: Path, name: str, rows: int, dim: int, graph: bool = False):
+    def __init__(self, folder: Path, name: str, rows: int, dim: int, graph: bool = False,
+                 vectors_in_graph: bool = False):
         self.name = name
         self.seq = int(name.split("-")[1])
+        graph = graph or vectors_in_graph
         try:
             meta = json.loads((folder / f"{name}.json").read_text())
             # plain ndarray views of the maps: indexing a np.memmap costs ~0.25 ms a call
-            self.vec = np.asarray(np.load(folder / f"{name}.vec.npy", mmap_mode="r"))
+            self.vec = np.broadcast_to(np.float32(0), (rows, dim)) if vectors_in_graph else \
+                np.asarray(np.load(folder / f"{name}.vec.npy", mmap_mode="r"))
             ids = np.asarray(np.load(folder / f"{name}.ids.npy", mmap_mode="r"))
             aux = np.asarray(np.load(folder / f"{name}.aux.npy", mmap_mode="r"))
             ts = np.asarray(np.load(folder / f"{name}.ts.npy", mmap_mode="r"))
@@ -221,7 +227,8 @@ class _Segment:
         self.poff = {f: np.asarray(meta["postings"][f], np.int64) for f in STR_FIELDS}
         self.lists = None if meta.get("lists") is None else np.asarray(meta["lists"], np.int64)
         self.kind = "ivf" if self.lists is not None else "flat"
-        self.nbytes = sum((folder / f"{name}{s}").stat().st_size for s in _SEG_SUFFIXES)
+        self.nbytes = sum((folder / f"{name}{s}").stat().st_size for s in _SEG_SUFFIXES
+                          if not (vectors_in_graph and s == _VEC_SUFFIX))
         self.graph: Optional[Any] = None
         if graph:
             path = folder / f"{name}{_GRAPH_SUFFIX}"
@@ -235,6 +242,8 @@ class _Segment:
                                         f"expected {rows} x {dim}")
             self.kind = "graph"
             self.nbytes += path.stat().st_size
+            if vectors_in_graph:
+                self.vec = _graph_vectors(self.graph, rows, dim)
 
     def find(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id in this segment, -1 when absent (ignores tombstones)."""
@@ -258,12 +267,28 @@ class _Segment:
         return out
 
 
-_SEG_SUFFIXES = (".vec.npy", ".ids.npy", ".aux.npy", ".ts.npy", ".json")
+_VEC_SUFFIX = ".vec.npy"
+_SEG_SUFFIXES = (_VEC_SUFFIX, ".ids.npy", ".aux.npy", ".ts.npy", ".json")
 _GRAPH_SUFFIX = ".hnsw"
 
 
-def _write_segment(folder: Path, name: str, data: _SegmentData, dim: int) -> None:
-    """Write a segment's files durably (vectors streamed in blocks)."""
+def _graph_vectors(graph: Any, rows: int, dim: int) -> np.ndarray:
+    """A read-only (rows, dim) view of an HNSW index's flat storage (memory-mapped when the index was read
+    with IO_FLAG_MMAP_IFC); valid while ``graph`` lives."""
+    storage = faiss.downcast_index(graph.storage)
+    if not isinstance(storage, faiss.IndexFlat) or storage.ntotal != rows:
+        raise IndexCorruptError(f"graph storage of {type(storage).__name__} with {storage.ntotal} rows, "
+                                f"expected a flat storage of {rows}")
+    if rows == 0:
+        return np.zeros((0, dim), np.float32)
+    view = faiss.rev_swig_ptr(storage.get_xb(), rows * dim).reshape(rows, dim)
+    view.flags.writeable = False
+    return view
+
+
+def _write_segment(folder: Path, name: str, data: _SegmentData, dim: int, vectors: bool = True) -> None:
+    """Write a segment's files durably (vectors streamed in blocks; not at all when ``vectors`` is False: a
+    graph segment's vectors are in its graph)."""
     n = len(data.ids)
     kord = np.argsort(data.ids, kind="stable")
     post = np.empty((3, n), np.int32)
@@ -289,7 +314,8 @@ def _write_segment(folder: Path, name: str, data: _SegmentData, dim: int) -> Non
             block = np.ascontiguousarray(data.vectors(i0, min(n, i0 + _BLOCK)), np.float32)
             f.write(block.tobytes())
 
-    _write_durable(folder / f"{name}.vec.npy", write_vectors)
+    if vectors:
+        _write_durable(folder / f"{name}{_VEC_SUFFIX}", write_vectors)
     _save_npy(folder / f"{name}.ids.npy", np.stack([data.ids, data.ids[kord]]).astype(np.int64))
     _save_npy(folder / f"{name}.aux.npy", aux)
     _save_npy(folder / f"{name}.ts.npy", np.stack([data.ts, data.ts[tso]]).astype(np.float64))
@@ -300,7 +326,7 @@ def _files_of(state: dict[str, Any]) -> set[str]:
     """Every file name a state refers to."""
     out: set[str] = set()
     for s in state.get("segments", []):
-        out.update(s["name"] + suf for suf in _SEG_SUFFIXES)
+        out.update(s["name"] + suf for suf in _SEG_SUFFIXES if not (suf == _VEC_SUFFIX and s.get("vectors") == "graph"))
         if s.get("graph"):
             out.add(s["name"] + _GRAPH_SUFFIX)
     if state.get("tombstones"):
@@ -480,7 +506,8 @@ class FaissBackend(VectorBackend):
         view = _View(state=json.loads(json.dumps(state)))
         for s in state["segments"]:
             seg = self._cache.get(s["name"]) or _Segment(self.folder, s["name"], int(s["rows"]), self.dim,
-                                                         graph=bool(s.get("graph")))
+                                                         graph=bool(s.get("graph")),
+                                                         vectors_in_graph=s.get("vectors") == "graph")
             view.segments.append(seg)
         if state.get("tombstones"):
             t = np.load(self.folder / state["tombstones"]["file"])
@@ -636,11 +663,9 @@ class FaissBackend(VectorBackend):
                 state["quantizer"] = {"file": qname, "nlist": len(centroids), "trained_rows": view.count}
                 state["search"]["nprobe"] = self.options.get("nprobe") or auto_nprobe(len(centroids))
             name = self._new_name("seg", generation)
-            rows = self._merge(view, merge, centroids, name)
             new_files.append(name)
+            rows = self._merge(view, merge, centroids, name, graph=bool(state.get("graph")))
             graph = bool(state.get("graph")) and rows > 0
-            if graph:
-                self._build_graph(name, rows)
         except BaseException:
             self._remove_files(new_files)
             raise
@@ -648,7 +673,8 @@ class FaissBackend(VectorBackend):
         kept = [s for s in state["segments"] if s["name"] not in merged]
         if rows:
             kind = "graph" if graph else "ivf" if centroids is not None and self.mode != "flat" else "flat"
-            kept.append({"name": name, "rows": rows, "kind": kind, **({"graph": True} if graph else {})})
+            kept.append({"name": name, "rows": rows, "kind": kind,
+                         **({"graph": True, "vectors": "graph"} if graph else {})})
         else:
             self._remove_files([name])
         state["segments"] = kept
@@ -730,23 +756,23 @@ class FaissBackend(VectorBackend):
                 return None
         return (merge, False) if merge else None
 
-    def _build_graph(self, name: str, rows: int) -> None:
-        """Build the HNSW graph of a freshly written segment (rows in the segment's order) and write it durably."""
-        assert self.graph_m is not None  # only graph modes build graphs
-        vec = np.load(self.folder / f"{name}.vec.npy", mmap_mode="r")
-        index = faiss.IndexHNSWFlat(self.dim, self.graph_m, faiss.METRIC_INNER_PRODUCT)
+    def _build_graph(self, name: str, rows: int, vectors: Any) -> None:
+        """Build the HNSW graph of a segment's rows (``vectors(a, b)``: rows a..b in the segment's order) and
+        write it durably; the graph's storage is the segment's vectors."""
+        graph_m = self.graph_m or int((self._view.state.get("graph") or {}).get("m") or GRAPH_M)
+        index = faiss.IndexHNSWFlat(self.dim, graph_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
         t0 = time.perf_counter()
         with _threads(faiss.omp_get_max_threads()):
             for i0 in range(0, rows, _BLOCK):
-                index.add(np.ascontiguousarray(vec[i0:i0 + _BLOCK], np.float32))
+                index.add(np.ascontiguousarray(vectors(i0, min(rows, i0 + _BLOCK)), np.float32))
         path = self.folder / f"{name}{_GRAPH_SUFFIX}"
         tmp = path.with_name(path.name + ".tmp" + secrets.token_hex(4))
         faiss.write_index(index, str(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        log.info("built the HNSW%d graph of %s (%d rows) in %.1f s", self.graph_m, name, rows, time.perf_counter() - t0)
+        log.info("built the HNSW%d graph of %s (%d rows) in %.1f s", graph_m, name, rows, time.perf_counter() - t0)
 
     def _train(self, view: _View) -> np.ndarray:
         """Spherical k-means centroids on a sample of the live vectors."""
@@ -778,8 +804,10 @@ class FaissBackend(VectorBackend):
             start += len(alive_rows)
         return out
 
-    def _merge(self, view: _View, merge: set[int], centroids: Optional[np.ndarray], name: str) -> int:
-        """Write the live rows of segments ``merge`` as one new segment; return its row count."""
+    def _merge(self, view: _View, merge: set[int], centroids: Optional[np.ndarray], name: str,
+               graph: bool = False) -> int:
+        """Write the live rows of segments ``merge`` as one new segment (with its graph when ``graph``); return
+        its row count."""
         segs = [view.segments[i] for i in sorted(merge)]
         deads = [view.dead[i] for i in sorted(merge)]
         ivf = centroids is not None and self.mode != "flat"
@@ -842,7 +870,9 @@ class FaissBackend(VectorBackend):
 
         data = _SegmentData(ids=ids[order], codes=np.concatenate(codes_l, axis=1)[:, order], vocab=vocab,
                             ts=np.concatenate(ts_l)[order], vectors=vectors, lists=offsets)
-        _write_segment(self.folder, name, data, self.dim)
+        if graph:  # the graph first: the segment's vectors are its storage
+            self._build_graph(name, int(ids.size), vectors)
+        _write_segment(self.folder, name, data, self.dim, vectors=not graph)
         return int(ids.size)
 
     # -- reading ------------------------------------------------------------------------------

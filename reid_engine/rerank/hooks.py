@@ -285,11 +285,12 @@ class NeighboursHook(IndexHook):
     def _search_old(self, gallery: GalleryView, x: np.ndarray, width: int, min_kth: float, count: int
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Each new row's nearest committed rows: at least ``width``, more until the reverse check is complete."""
-        r = min(count, max(2 * width, 1))
+        r = min(count, max(width, 1))
         s, i = gallery.search(x, r, params=HOOK_SEARCH)
         s, i = np.asarray(s, np.float32), np.asarray(i, np.int64)
         # exact lists while the gallery is small; past that the reverse check only looks at the new rows'
-        # own 2*width neighbours, so a commit costs the same whatever the gallery's size
+        # own ``width`` neighbours, so a commit costs the same whatever the gallery's size (an old row misses a
+        # new neighbour only when that neighbour does not have the old row among its own ``width``)
         limit = min(count, self.max_search) if count <= EXACT_LISTS_UP_TO else r
         while r < limit:
             last = np.where(i[:, -1] >= 0, s[:, -1], -np.inf)
