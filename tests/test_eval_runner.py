@@ -182,6 +182,31 @@ def test_engine_returning_unknown_ids_is_caught(toy: Split):
         evaluate_dataset(toy, lambda folder: Wrong(), cache_dir=False)
 
 
+def test_chunked_queries_get_their_own_rows_of_per_query_options(toy: Split, monkeypatch):
+    """A query set split into several calls passes each call the query attributes of its own queries."""
+    from reid_engine.eval import runner
+
+    attrs = np.arange(len(toy.query) * 3, dtype=np.float32).reshape(len(toy.query), 3)
+    seen: list[np.ndarray] = []
+
+    class Recording(FakeEngine):
+        def query_features(self, features, k, **kw):
+            assert len(kw["query_attributes"]) == len(features) == len(kw["query_cameras"])
+            seen.append(kw["query_attributes"])
+            kw.pop("query_attributes")
+            return super().query_features(features, k, **kw)
+
+    monkeypatch.setattr(runner, "MAX_HITS_PER_CALL", 5 * (len(toy.gallery) - 1))  # 5 queries per call
+    monkeypatch.setattr(runner, "_fusion_needs_attributes", lambda fusions: True)
+    options = runner._query_options(None, "mean", False, attrs)
+    eng = Recording()
+    eng.feats = np.zeros((len(toy.gallery), 2), np.float32)
+    feats = np.zeros((len(toy.query), 2), np.float32)
+    out = runner._search(eng, toy, feats, len(toy.gallery) - 1, options)
+    assert len(out) == len(toy.query) and len(seen) == -(-len(toy.query) // 5)
+    np.testing.assert_array_equal(np.concatenate(seen), attrs)
+
+
 # -- the shared development set with the real model ---------------------------------------------------
 @pytest.mark.slow
 def test_pku_reference_figures_with_onnx_osnet(pku: Path, osnet_onnx: Path, tmp_path: Path):

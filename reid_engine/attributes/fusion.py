@@ -16,10 +16,11 @@ adds attribute terms to each candidate's appearance distance and re-sorts:
 * ``contradiction_i = conf(p) conf(q)`` when p and q fall on opposite sides of
   0.5, else 0, with ``conf(p) = clip((|2p - 1| - gate) / (1 - gate), 0, 1)``:
   a penalty that only confident, contradicting predictions pay;
-* before any of this, the probabilities can be smoothed over each side's own
-  mutual appearance neighbours (:func:`smooth_attributes`; the query batch on
-  one side, the gallery on the other): crops of one person in one outfit are
-  near each other, so their average prediction is steadier than any one crop's.
+* before any of this, the gallery side's probabilities can be smoothed over each
+  crop's mutual appearance neighbours (:func:`smooth_attributes`, with the stored
+  neighbour lists): crops of one person in one outfit are near each other, so
+  their average prediction is steadier than any one crop's. The query side is
+  never smoothed over the other queries of a call: answers stay batch independent.
 
 A missing attribute (NaN) counts as unknown: probability 0.5, no confidence,
 no colour term. :data:`MODES` holds the one set of weights used everywhere.

@@ -153,12 +153,16 @@ def _search(
     cams = [str(s.camid) for s in split.query]
     out: list[list[tuple[int, float]]] = []
     for start in range(0, n, step):
+        chunk = slice(start, start + step)
+        # per-query options (the queries' attributes) follow the chunk
+        opts = {key: (val[chunk] if isinstance(val, np.ndarray) and len(val) == n else val)
+                for key, val in options.items()}
         results = engine.query_features(
-            features[start : start + step],
+            features[chunk],
             k,
-            query_labels=[str(s.path) for s in split.query[start : start + step]],
-            query_cameras=cams[start : start + step],
-            **options,
+            query_labels=[str(s.path) for s in split.query[chunk]],
+            query_cameras=cams[chunk],
+            **opts,
         )
         out.extend([(int(h.id), float(h.distance)) for h in r.hits] for r in results)
     return out
