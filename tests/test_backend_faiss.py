@@ -170,6 +170,27 @@ def test_graph_segments_keep_their_vectors_once_in_the_graph(folder):
     assert not list(folder.glob("*.vec.npy.tmp*"))
 
 
+def test_single_queries_searched_segment_by_segment_in_threads_equal_the_batch(folder):
+    """A query alone (segments searched side by side in threads) gets the same list as inside a large batch."""
+    rng = np.random.default_rng(8)
+    b = FaissBackend(folder, DIM, {"exact_threshold": 100, "flat_limit": 100})
+    g = Gallery(b)
+    for c in range(5):
+        g.add_random(rng, 80, 1000 * (c + 1))
+        g.compact(force=False)
+    assert len(b.describe()["segments"]) >= 3
+    q = unit(rng, 25)
+    cam = SearchFilter(cameras=("c1", "c2"))
+    for where in (None, cam):
+        batch = b.search(q, 10, where=where)
+        for r in (0, 7, 24):
+            alone = b.search(q[r:r + 1], 10, where=where)
+            np.testing.assert_array_equal(alone[1][0], batch[1][r])
+            np.testing.assert_allclose(alone[0][0], batch[0][r], rtol=1e-5)
+        wide = SearchParams(ef_search=4096)
+        assert_same(b.search(q[:3], 10, where=where, params=wide), g.reference(q[:3], 10, where))
+
+
 def test_ivf_factory_trains_past_the_threshold(folder):
     rng = np.random.default_rng(3)
     b = FaissBackend(folder, DIM, {"factory": "IVF16,Flat", "exact_threshold": 300, "flat_limit": 100,

@@ -108,3 +108,39 @@ def test_camera_stats_follow_adds_and_removals() -> None:
     assert np.allclose(stats.global_mean(), x[keep].mean(0), atol=1e-6)
     assert stats.mean("9") is None
     assert stats.mean("0", min_count=100) is None
+
+
+def _general_apply(table, ids, nb, sims):
+    """The obvious reference: drop the rows being replaced, add the given rows, sort by id."""
+    keep = ~np.isin(table.ids, ids)
+    all_ids = np.concatenate([table.ids[keep], ids])
+    order = np.argsort(all_ids, kind="stable")
+    return (all_ids[order], np.concatenate([table.nb_ids[keep], nb])[order],
+            np.concatenate([table.nb_sims[keep], sims])[order])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_neighbour_table_appending_update_equals_the_general_one(seed):
+    from reid_engine.rerank.hooks import NeighbourTable
+
+    rng = np.random.default_rng(seed)
+    w = 4
+    ids = np.sort(rng.choice(1000, 200, replace=False)).astype(np.int64)
+    table = NeighbourTable(ids, rng.integers(-1, 1000, (200, w)), rng.random((200, w)).astype(np.float32))
+    changed = rng.choice(ids, 30, replace=False)
+    fresh = 1000 + rng.choice(500, 40, replace=False)  # newer than every row, in any order
+    upd = np.concatenate([changed, fresh]) if seed % 2 else np.concatenate([fresh, changed])
+    nb = rng.integers(-1, 1500, (len(upd), w))
+    sims = rng.random((len(upd), w)).astype(np.float32)
+    got = table.apply(np.zeros(0, np.int64), upd, nb, sims)
+    want = _general_apply(table, upd, nb, sims)
+    np.testing.assert_array_equal(got.ids, want[0])
+    np.testing.assert_array_equal(got.nb_ids, want[1])
+    np.testing.assert_array_equal(got.nb_sims, want[2])
+    assert table.ids.shape == (200,)  # the table it came from is unchanged
+    # an id older than the table's last that is not a row takes the general path, with the same result
+    odd = np.array([int(np.setdiff1d(np.arange(1000), ids)[0])], np.int64)
+    got = table.apply(np.zeros(0, np.int64), odd, nb[:1], sims[:1])
+    want = _general_apply(table, odd, nb[:1], sims[:1])
+    np.testing.assert_array_equal(got.ids, want[0])
+    np.testing.assert_array_equal(got.nb_ids, want[1])

@@ -32,6 +32,7 @@ import re
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,25 @@ def topk_merge(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, n
     i = np.take_along_axis(ids, order, 1)
     i[~np.isfinite(s)] = -1
     return s, i
+
+
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_LOCK = threading.Lock()
+#: a search of fewer queries than this runs segments side by side in threads (one FAISS thread each); a larger
+#: batch lets FAISS's OpenMP threads split the queries instead
+SEGMENT_THREADS_BELOW = 20
+
+
+def _segment_pool() -> Optional[ThreadPoolExecutor]:
+    """The shared pool that searches the segments of a small query side by side (None on one core)."""
+    global _POOL
+    workers = min(8, os.cpu_count() or 1)
+    if workers < 2:
+        return None
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="faiss-segments")
+        return _POOL
 
 
 @contextmanager
@@ -985,23 +1005,29 @@ class FaissBackend(VectorBackend):
             assert view.quantizer is not None  # approx implies a quantizer
             with _threads(1 if nq < 20 else faiss.omp_get_max_threads()):
                 order = view.quantizer.search(q, want)[1]
-        sims, ids = [], []
-        threads = 1 if nq < 20 else faiss.omp_get_max_threads()
-        with _threads(threads):
-            for seg, dead, nd in zip(view.segments, view.dead, view.ndead):
-                if seg.rows == nd:
-                    continue
-                sf = _SegFilter(seg, flt) if flt is not None else None
-                if sf is not None and sf.nothing:
-                    continue
-                if approx and seg.kind == "graph":
-                    s, i = self._search_graph(seg, dead, q, k, sf, int(p.ef_search or GRAPH_EF_SEARCH))
-                elif order is not None and seg.kind == "ivf":
-                    s, i = self._search_ivf(seg, dead, nd, q, k, sf, order, nprobe, view.nlist)
-                else:
-                    s, i = self._search_exact(seg, dead, nd, q, k, sf)
-                sims.append(s)
-                ids.append(i)
+        def one(seg: _Segment, dead: Optional[np.ndarray], nd: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+            sf = _SegFilter(seg, flt) if flt is not None else None
+            if sf is not None and sf.nothing:
+                return None
+            if approx and seg.kind == "graph":
+                return self._search_graph(seg, dead, q, k, sf, int(p.ef_search or GRAPH_EF_SEARCH))
+            if order is not None and seg.kind == "ivf":
+                return self._search_ivf(seg, dead, nd, q, k, sf, order, nprobe, view.nlist)
+            return self._search_exact(seg, dead, nd, q, k, sf)
+
+        def one_thread(args: tuple[_Segment, Optional[np.ndarray], int]) -> Optional[tuple[np.ndarray, np.ndarray]]:
+            with _threads(1):
+                return one(*args)
+
+        todo = [(seg, dead, nd) for seg, dead, nd in zip(view.segments, view.dead, view.ndead) if seg.rows != nd]
+        pool = _segment_pool() if nq < SEGMENT_THREADS_BELOW and len(todo) > 1 else None
+        if pool is not None:  # a few queries: the segments side by side, one FAISS thread each
+            found = list(pool.map(one_thread, todo))
+        else:
+            with _threads(1 if nq < SEGMENT_THREADS_BELOW else faiss.omp_get_max_threads()):
+                found = [one(*t) for t in todo]
+        sims = [f[0] for f in found if f is not None]
+        ids = [f[1] for f in found if f is not None]
         if not sims:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
         return topk_merge(np.concatenate(sims, 1), np.concatenate(ids, 1), k)

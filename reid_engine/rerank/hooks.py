@@ -134,6 +134,12 @@ class NeighbourTable:
               ) -> "NeighbourTable":
         """A new table with ``removed`` rows and list entries dropped, then the given lists set."""
         t_ids, t_nb, t_s = self.ids, self.nb_ids, self.nb_sims
+        if not len(removed) and not len(ids):
+            return self
+        if not len(removed) and len(t_ids):
+            fast = self._apply_appending(ids, nb_ids, nb_sims)
+            if fast is not None:
+                return fast
         if len(removed):
             keep = ~np.isin(t_ids, removed)
             t_ids, t_nb, t_s = t_ids[keep], t_nb[keep], t_s[keep]
@@ -148,6 +154,33 @@ class NeighbourTable:
             order = np.argsort(t_ids, kind="stable")
             t_ids, t_nb, t_s = t_ids[order], t_nb[order], t_s[order]
         return NeighbourTable(t_ids.astype(np.int64), t_nb.astype(np.int64), t_s.astype(np.float32))
+
+    def _apply_appending(self, ids: np.ndarray, nb_ids: np.ndarray, nb_sims: np.ndarray
+                         ) -> Optional["NeighbourTable"]:
+        """``apply`` without removals when the given ids are table rows or newer than all of them: the
+        changed rows are overwritten in a copy and the new ones appended (no sort); None otherwise."""
+        ids = np.asarray(ids, np.int64)
+        split = _split_known(self.ids, ids)
+        if split is None:
+            return None
+        pos, fresh = split
+        order = np.argsort(ids[fresh], kind="stable")
+        t_nb = np.concatenate([self.nb_ids, np.asarray(nb_ids, np.int64)[fresh][order]])
+        t_s = np.concatenate([self.nb_sims, np.asarray(nb_sims, np.float32)[fresh][order]])
+        t_nb[pos] = np.asarray(nb_ids, np.int64)[~fresh]
+        t_s[pos] = np.asarray(nb_sims, np.float32)[~fresh]
+        return NeighbourTable(np.concatenate([self.ids, ids[fresh][order]]), t_nb, t_s)
+
+
+def _split_known(table_ids: np.ndarray, ids: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(positions of the ids already in ``table_ids``, mask of the new ones) when every new id sorts after the
+    table's last id (ids only grow), else None."""
+    pos = np.searchsorted(table_ids, ids)
+    known = (pos < len(table_ids)) & (table_ids[np.minimum(pos, len(table_ids) - 1)] == ids)
+    fresh = ids[~known]
+    if fresh.size and (fresh.min() <= table_ids[-1] or np.unique(fresh).size != fresh.size):
+        return None
+    return pos[known], ~known
 
 
 def _apply_many(table: NeighbourTable, parts: Sequence[tuple[np.ndarray, ...]]) -> NeighbourTable:
