@@ -191,6 +191,18 @@ def test_single_queries_searched_segment_by_segment_in_threads_equal_the_batch(f
         assert_same(b.search(q[:3], 10, where=where, params=wide), g.reference(q[:3], 10, where))
 
 
+def test_default_graph_beam_widens_with_the_graph_but_a_chosen_one_is_kept():
+    from reid_engine.index.faiss_backend import GRAPH_BEAM_ROWS, graph_beam
+
+    assert graph_beam(128, 100, GRAPH_BEAM_ROWS) == 200  # twice the results on a small graph
+    assert graph_beam(128, 10, GRAPH_BEAM_ROWS) == 128
+    assert graph_beam(128, 100, 4 * GRAPH_BEAM_ROWS) == 400
+    assert graph_beam(128, 100, 8 * GRAPH_BEAM_ROWS) > graph_beam(128, 100, 4 * GRAPH_BEAM_ROWS)
+    assert graph_beam(40, 16, 8 * GRAPH_BEAM_ROWS, scaled=False) == 40  # the caller's beam (the neighbour hook)
+    assert graph_beam(40, 100, 8 * GRAPH_BEAM_ROWS, scaled=False) == 200  # never narrower than 2k
+    assert graph_beam(128, 5000, 10 ** 7) == 4096
+
+
 def test_ivf_factory_trains_past_the_threshold(folder):
     rng = np.random.default_rng(3)
     b = FaissBackend(folder, DIM, {"factory": "IVF16,Flat", "exact_threshold": 300, "flat_limit": 100,

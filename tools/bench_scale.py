@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old-checkout", default=None, help="a checkout of an earlier commit to compare (<= 100k)")
     ap.add_argument("--milvus", action="store_true", help="also a Milvus Lite backed index, at sizes <= 100k")
     ap.add_argument("--ray", action="store_true", help="also Ray vs local encoding throughput (tools/bench_ray.py)")
+    ap.add_argument("--keep", action="store_true", help="keep the built indexes in --work (default: removed)")
     ap.add_argument("--backend", default="faiss", help=argparse.SUPPRESS)
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -327,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             row["milvus"] = mil
             shutil.rmtree(Path(args.work) / f"index_{n}_milvus", ignore_errors=True)
         result[str(n)] = row
-        shutil.rmtree(Path(args.work) / f"index_{n}", ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(Path(args.work) / f"index_{n}", ignore_errors=True)
     if args.ray:
         proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_ray.py")], capture_output=True, text=True,
                               cwd=ROOT)

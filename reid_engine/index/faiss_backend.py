@@ -58,6 +58,17 @@ GRAPH_M = 32
 GRAPH_EF_CONSTRUCTION = 40
 #: default search beam width of the graphs (measured: recall@10 0.97 at 100k on tools/bench_scale.py data)
 GRAPH_EF_SEARCH = 128
+#: graphs up to this many rows get a default beam of at least twice the results wanted; a larger graph gets
+#: sqrt(rows / GRAPH_BEAM_ROWS) times that (on tools/bench_scale.py data a 262k-row graph needs a beam of ~5-6x the
+#: results for recall@100 0.98; a 32k one ~2x)
+GRAPH_BEAM_ROWS = 32768
+
+
+def graph_beam(ef: int, k: int, rows: int, scaled: bool = True) -> int:
+    """HNSW beam width for ``k`` results from a graph of ``rows``: at least ``ef`` and twice ``k``, and with
+    ``scaled`` (the index's default beam, not one the caller set) widened with the graph's size."""
+    floor = 2.0 * k * (math.sqrt(max(1.0, rows / GRAPH_BEAM_ROWS)) if scaled else 1.0)
+    return int(min(4096, max(ef, math.ceil(floor))))
 _BLOCK = 32768
 _SUPPORTED = '"auto", "Flat", "HNSW<M>", "IVF<n>,Flat"'
 
@@ -290,6 +301,17 @@ class _Segment:
 _VEC_SUFFIX = ".vec.npy"
 _SEG_SUFFIXES = (_VEC_SUFFIX, ".ids.npy", ".aux.npy", ".ts.npy", ".json")
 _GRAPH_SUFFIX = ".hnsw"
+
+
+def _reserve_storage(index: Any, nbytes: int) -> None:
+    """Give an empty HNSW index's flat storage its final capacity: adding block by block then never
+    reallocates (a growing vector briefly holds its old and new buffers: up to 2x the vectors in memory)."""
+    try:
+        codes = faiss.downcast_index(index.storage).codes
+        codes.resize(nbytes)
+        codes.resize(0)  # the capacity stays
+    except (AttributeError, RuntimeError, MemoryError):  # older FAISS: plain growth
+        pass
 
 
 def _graph_vectors(graph: Any, rows: int, dim: int) -> np.ndarray:
@@ -782,6 +804,7 @@ class FaissBackend(VectorBackend):
         graph_m = self.graph_m or int((self._view.state.get("graph") or {}).get("m") or GRAPH_M)
         index = faiss.IndexHNSWFlat(self.dim, graph_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
+        _reserve_storage(index, rows * self.dim * 4)
         t0 = time.perf_counter()
         with _threads(faiss.omp_get_max_threads()):
             for i0 in range(0, rows, _BLOCK):
@@ -991,6 +1014,7 @@ class FaissBackend(VectorBackend):
             raise InvalidInputError(f"k={k!r}: expected a positive integer")
         k = int(k)
         q = np.ascontiguousarray(q, np.float32)
+        scaled = params is None or params.ef_search is None  # a beam the caller chose is used as given
         p = (params or SearchParams()).merged(self._defaults(view))
         flt = None if where is None or where.is_empty else where
         nq = len(q)
@@ -1010,7 +1034,7 @@ class FaissBackend(VectorBackend):
             if sf is not None and sf.nothing:
                 return None
             if approx and seg.kind == "graph":
-                return self._search_graph(seg, dead, q, k, sf, int(p.ef_search or GRAPH_EF_SEARCH))
+                return self._search_graph(seg, dead, q, k, sf, int(p.ef_search or GRAPH_EF_SEARCH), scaled)
             if order is not None and seg.kind == "ivf":
                 return self._search_ivf(seg, dead, nd, q, k, sf, order, nprobe, view.nlist)
             return self._search_exact(seg, dead, nd, q, k, sf)
@@ -1082,7 +1106,7 @@ class FaissBackend(VectorBackend):
 
     # approximate search in one graph segment
     def _search_graph(self, seg: _Segment, dead: Optional[np.ndarray], q: np.ndarray, k: int,
-                      sf: Optional[_SegFilter], ef: int) -> tuple[np.ndarray, np.ndarray]:
+                      sf: Optional[_SegFilter], ef: int, scaled: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """HNSW search of one segment; removed rows and filters are excluded inside the graph walk.
 
         A selective filter is answered exactly over its few rows instead; a broader one is a bitmap the
@@ -1101,7 +1125,7 @@ class FaissBackend(VectorBackend):
         params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stub
         # the beam holds results that pass the filter, so it needs no widening by the filter's selectivity, only
         # enough room for k of them (twice k: a beam barely wider than k loses recall at its tail)
-        params.efSearch = int(min(4096, max(ef, 2 * k)))
+        params.efSearch = graph_beam(ef, k, seg.rows, scaled)
         packed = None
         if keep is not None:
             packed = np.packbits(keep, bitorder="little")
