@@ -86,15 +86,30 @@ _TEXT_LIMITS = {"pid": 64, "camera": 128, "track": 128}
 _INT32 = 2**31 - 1
 
 
-def _row_from_meta(item: CropItem, sha: str) -> dict[str, Any]:
-    """Validate a crop's metadata into a SQL row with every column; unknown keys go to ``extra``."""
+def _resolved(path: Any, folders: dict[str, str]) -> str:
+    """``Path(path).resolve()`` as text, with each folder resolved once per ``folders`` cache (the file itself
+    is still followed when it is a symbolic link)."""
+    head, name = os.path.split(os.fspath(path))
+    if name in ("", ".", ".."):
+        return str(Path(path).resolve())
+    folder = folders.get(head)
+    if folder is None:
+        folder = folders[head] = os.path.realpath(head or ".")
+    full = os.path.join(folder, name)
+    return os.path.realpath(full) if os.path.islink(full) else full
+
+
+def _row_from_meta(item: CropItem, sha: str, folders: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Validate a crop's metadata into a SQL row with every column; unknown keys go to ``extra``.
+
+    ``folders``: a cache of resolved folders shared by the rows of one call."""
     import json  # local: this module's import block is shared with the query-path work
     import math
 
     from .errors import printable
 
     meta = dict(item.meta)
-    raw_path = str(item.path) if item.image is not None else str(Path(item.path).resolve())
+    raw_path = str(item.path) if item.image is not None else _resolved(item.path, {} if folders is None else folders)
     path = printable(raw_path)  # undecodable file-name bytes cannot be stored as text: kept escaped
     row: dict[str, Any] = dict.fromkeys(db.CROP_FIELDS)
     row.update(path=path, sha256=sha)
@@ -373,6 +388,7 @@ class Engine:
                 else:
                     known.add(h)
                     todo.append((it, h))
+            folders: dict[str, str] = {}
             for start in range(0, len(todo), max(1, commit_every)):
                 block = todo[start : start + commit_every]
                 inputs = [it.image if it.image is not None else it.path for it, _ in block]
@@ -381,7 +397,7 @@ class Engine:
                 )
                 for pos, reason in res.failures:
                     report.failed.append((str(block[pos][0].path), reason))
-                rows = [_row_from_meta(block[pos][0], block[pos][1]) for pos in res.ok]
+                rows = [_row_from_meta(block[pos][0], block[pos][1], folders) for pos in res.ok]
                 for ann in self.annotators:
                     notes = ann.annotate([inputs[pos] for pos in res.ok])
                     for row, note in zip(rows, notes):
@@ -400,7 +416,8 @@ class Engine:
         if len(features) != len(items):
             raise InvalidInputError(f"{len(features)} feature rows for {len(items)} crops")
         hashes = list(hashes) if hashes is not None else [it.sha256() for it in items]
-        rows = [_row_from_meta(it, h) for it, h in zip(items, hashes)]
+        folders: dict[str, str] = {}
+        rows = [_row_from_meta(it, h, folders) for it, h in zip(items, hashes)]
         return self.store.add(l2_normalize(features), rows)
 
     # -- querying -------------------------------------------------------------------------

@@ -243,3 +243,29 @@ def test_sql_hook_commits_with_the_crops_or_not_at_all(tmp_path, tiny_weights, m
         eng.add(paths[2:], sql_hook=hook)
     with eng.store.sql.connect() as conn:
         assert sorted(conn.execute(sa.select(side.c.crop_id)).scalars()) == [0, 1]
+
+
+def test_stored_paths_resolve_like_pathlib_with_folder_and_file_links(tmp_path):
+    """The per-call folder cache gives the same text as Path.resolve(): relative parts, linked folders and a
+    linked file are all followed."""
+    import os
+
+    from pathlib import Path
+
+    from reid_engine.engine import _resolved
+
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (real / "sub" / "a.png").write_bytes(b"x")
+    (tmp_path / "linkdir").symlink_to(real)
+    (real / "sub" / "b.png").symlink_to(real / "sub" / "a.png")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        folders: dict = {}
+        for p in ["linkdir/sub/a.png", "real/sub/../sub/a.png", "real/sub/b.png", "missing/x.png", "a.png",
+                  str(tmp_path / "linkdir" / "sub" / "a.png"), "real/sub/.", "real/sub/.."]:
+            for _ in range(2):  # second time from the cache
+                assert _resolved(p, folders) == str(Path(p).resolve()), p
+    finally:
+        os.chdir(cwd)
