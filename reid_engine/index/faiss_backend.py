@@ -307,7 +307,7 @@ def _reserve_storage(index: Any, nbytes: int) -> None:
     """Give an empty HNSW index's flat storage its final capacity: adding block by block then never
     reallocates (a growing vector briefly holds its old and new buffers: up to 2x the vectors in memory)."""
     try:
-        codes = faiss.downcast_index(index.storage).codes
+        codes = faiss.downcast_index(index.storage).codes  # type: ignore[attr-defined]
         codes.resize(nbytes)
         codes.resize(0)  # the capacity stays
     except (AttributeError, RuntimeError, MemoryError):  # older FAISS: plain growth
