@@ -4,10 +4,16 @@ Every track of ingested footage has a row in the ``tracks`` table with the
 normalised mean embedding of its kept crops. A track query ranks those
 embeddings instead of the crops, so fifty near-identical crops of one walk past
 a camera come back as one hit.
+
+The candidates come from the vector backend: the query's nearest crops (at
+least ``TRACK_POOL_MIN``, ``TRACK_POOL_PER_HIT`` per track wanted, filtered
+inside the search) name the tracks that are then scored by their mean
+embeddings, read from SQL for those tracks only. A gallery no larger than the
+pool therefore gives exactly the ranking of every track; a larger one misses a
+track only when none of its crops is among the query's nearest.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -16,6 +22,7 @@ import sqlalchemy as sa
 
 from .errors import InvalidInputError
 from .index import db
+from .index.backend import SearchFilter
 from .ingest.crops import parse_time
 from .results import Hit, check_queries
 
@@ -24,6 +31,11 @@ if TYPE_CHECKING:
 
 #: tracks scored per matrix product; keeps memory flat for large galleries
 _BLOCK = 65536
+#: nearest crops a track query looks at: at least this many, and this many per track wanted
+TRACK_POOL_MIN = 1000
+TRACK_POOL_PER_HIT = 50
+#: tracks read from SQL per statement
+_SQL_CHUNK = 500
 
 
 @dataclass
@@ -75,36 +87,14 @@ class TrackResult:
         return {"query": self.query, "camera": self.camera, "hits": [h.to_dict() for h in self.hits]}
 
 
-@dataclass
-class _TrackTable:
-    generation: int
-    keys: list[str]
-    emb: np.ndarray  # (T, D) float32
-    rows: list[dict[str, Any]]
-
-
-_CACHE: "weakref.WeakKeyDictionary[IndexStore, _TrackTable]" = weakref.WeakKeyDictionary()
-
-
-def load_tracks(store: "IndexStore") -> _TrackTable:
-    """The tracks whose crops are still in the index, with their embeddings (cached per generation)."""
-    cached = _CACHE.get(store)
-    if cached is not None and cached.generation == store.generation:
-        return cached
-    t = db.tracks
-    live = sa.select(db.crops.c.track).where(db.crops.c.track.is_not(None)).distinct()
+def track_row(store: "IndexStore", key: str) -> Optional[dict[str, Any]]:
+    """One track's row (embedding removed) when it has crops still in the index, else None."""
+    rows, _ = _track_rows(store, [str(key)])
+    if not rows:
+        return None
     with store.sql.connect() as conn:
-        rows = [dict(r) for r in conn.execute(sa.select(t).where(t.c.key.in_(live)).order_by(t.c.key)).mappings()]
-    dim = store.manifest.dim
-    emb = np.zeros((len(rows), dim), np.float32)
-    for i, r in enumerate(rows):
-        v = np.frombuffer(r.pop("embedding"), dtype=np.float32)
-        if v.shape[0] != dim:
-            raise InvalidInputError(f"track {r['key']}: embedding of dimension {v.shape[0]}, the index holds {dim}")
-        emb[i] = v
-    table = _TrackTable(store.generation, [r["key"] for r in rows], emb, rows)
-    _CACHE[store] = table
-    return table
+        live = conn.execute(sa.select(db.crops.c.id).where(db.crops.c.track == str(key)).limit(1)).first()
+    return rows[0] if live is not None else None
 
 
 def _mask(
@@ -153,6 +143,39 @@ def _topk(q: np.ndarray, emb: np.ndarray, allowed: np.ndarray, k: int) -> tuple[
     return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
 
 
+def _track_rows(store: "IndexStore", keys: Sequence[str]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The rows and embeddings of the given tracks (those that have a row), in the order of ``keys``."""
+    dim = store.manifest.dim
+    found: dict[str, dict[str, Any]] = {}
+    with store.sql.connect() as conn:
+        for start in range(0, len(keys), _SQL_CHUNK):
+            chunk = list(keys[start : start + _SQL_CHUNK])
+            for m in conn.execute(sa.select(db.tracks).where(db.tracks.c.key.in_(chunk))).mappings():
+                found[m["key"]] = dict(m)
+    rows = [found[k] for k in keys if k in found]
+    emb = np.zeros((len(rows), dim), np.float32)
+    for i, r in enumerate(rows):
+        v = np.frombuffer(r.pop("embedding"), dtype=np.float32)
+        if v.shape[0] != dim:
+            raise InvalidInputError(f"track {r['key']}: embedding of dimension {v.shape[0]}, the index holds {dim}")
+        emb[i] = v
+    return rows, emb
+
+
+def _candidate_tracks(store: "IndexStore", q: np.ndarray, k: int, where: SearchFilter) -> list[str]:
+    """Tracks with a crop among the query's nearest crops that pass ``where`` (one query row)."""
+    pool = int(min(max(store.count, 1), max(TRACK_POOL_MIN, TRACK_POOL_PER_HIT * k)))
+    _, ids = store.search(q, pool, where=where)
+    ids = np.asarray(ids[0], np.int64)
+    ids = ids[ids >= 0]
+    if not len(ids):
+        return []
+    tracks = store.fields(ids).get("track")
+    if tracks is None:
+        return []
+    return sorted({str(t) for t in tracks if t is not None})
+
+
 def search_tracks(
     store: "IndexStore",
     features: np.ndarray,
@@ -172,27 +195,32 @@ def search_tracks(
     n = len(q)
     if exclude_same_camera and any(c is None for c in qcams):
         raise InvalidInputError("a query's camera is unknown, so it cannot be excluded; pass the query camera")
-    table = load_tracks(store)
-    base = _mask(table.rows, cameras, list(exclude_cameras or []), sources, parse_time(time_from), parse_time(time_to))
+    t_from, t_to = parse_time(time_from), parse_time(time_to)
+    excl = [str(c) for c in (exclude_cameras or [])]
     results = []
     best_ids: set[int] = set()
-    ranked: list[list[tuple[float, int]]] = []
+    ranked: list[list[tuple[float, dict[str, Any]]]] = []
     for qi in range(n):
-        allowed = base
-        if exclude_same_camera:
-            allowed = base & np.array([r["camera"] != str(qcams[qi]) for r in table.rows], bool)
-        if not len(table.rows) or not allowed.any():
+        q_excl = excl + ([str(qcams[qi])] if exclude_same_camera else [])
+        # crops of tracks that can pass: the camera and source filters hold for a track's crops too (a time
+        # filter is on the track's interval, so it is applied to the tracks, not to their crops' times)
+        where = SearchFilter(cameras=None if cameras is None else tuple(map(str, cameras)),
+                             exclude_cameras=tuple(q_excl),
+                             sources=None if sources is None else tuple(map(str, sources)))
+        keys = _candidate_tracks(store, q[qi : qi + 1], k, where)
+        rows, emb = _track_rows(store, keys)
+        allowed = _mask(rows, cameras, q_excl, sources, t_from, t_to)
+        if not len(rows) or not allowed.any():
             ranked.append([])
             continue
-        s, idx = _topk(q[qi : qi + 1], table.emb, allowed, k)
-        hits = [(float(si), int(ii)) for si, ii in zip(s[0], idx[0]) if np.isfinite(si)]
+        s, idx = _topk(q[qi : qi + 1], emb, allowed, k)
+        hits = [(float(si), rows[int(ii)]) for si, ii in zip(s[0], idx[0]) if np.isfinite(si)]
         ranked.append(hits)
-        best_ids.update(_best_crop(table.rows[i]) for _, i in hits)
+        best_ids.update(_best_crop(r) for _, r in hits)
     crop_rows = store.rows(sorted(best_ids - {-1}))
     for qi in range(n):
         track_hits: list[TrackHit] = []
-        for sim, i in ranked[qi]:
-            r = table.rows[i]
+        for sim, r in ranked[qi]:
             crop = crop_rows.get(_best_crop(r))
             if crop is None:
                 continue

@@ -17,7 +17,7 @@ from ..errors import InvalidInputError, printable
 from ..ingest import scan_source
 from ..ingest.crops import CropItem
 from ..results import Hit, QueryResult
-from ..tracks import TrackResult, load_tracks
+from ..tracks import TrackResult, track_row
 from . import media
 from .errors import NotFoundError
 from .requests import preset_names
@@ -228,11 +228,10 @@ def crop_image(engine: Engine, req: CropRequest) -> np.ndarray:
 
 
 def _track_row(engine: Engine, key: str) -> dict[str, Any]:
-    table = load_tracks(engine.store)
-    try:
-        return table.rows[table.keys.index(key)]
-    except ValueError:
-        raise NotFoundError(f"track {key!r}: no such track in the index") from None
+    row = track_row(engine.store, key)
+    if row is None:
+        raise NotFoundError(f"track {key!r}: no such track in the index")
+    return row
 
 
 def get_track(engine: Engine, req: TrackRequest) -> dict[str, Any]:
