@@ -18,7 +18,7 @@ from .attributes import AttributeModel, AttributeQuery, AttributesNotIndexedErro
 from .attributes import fusion as attr_fusion
 from .attributes.groups import WIDTH as ATTR_WIDTH, notes_to_matrix
 from .attributes.search import DEFAULT_THRESHOLD, rank_by_attributes
-from .attributes.store import GalleryAttributes, load_gallery_attributes
+from .attributes.store import GalleryAttributes, update_gallery_attributes
 from .encoders import Encoder, create_encoder, get_spec
 from .encoders.registry import default_weights_path
 from .errors import EncoderMismatchError, ImageReadError, InvalidInputError, WeightsError
@@ -597,7 +597,8 @@ class Engine:
     def _gallery_attributes(self) -> GalleryAttributes:
         """The attribute matrix of the committed generation, read once per generation."""
         if self._gallery_attrs is None or self._gallery_attrs.generation != self.store.generation:
-            self._gallery_attrs = load_gallery_attributes(self.store.sql, self.store.generation)
+            self._gallery_attrs = update_gallery_attributes(self.store.sql, self._gallery_attrs, self.store.generation,
+                                                            self.store.contains)
         return self._gallery_attrs
 
     def _attribute_rule(self, attributes: Any, threshold: float) -> Optional[AttributeQuery]:

@@ -179,6 +179,40 @@ def test_new_crops_are_seen_after_a_commit(gallery):
     assert len(res.hits) == before + 1 and "c9" in {h.camera for h in res.hits}
 
 
+def test_attribute_matrix_follows_commits_incrementally_and_equals_a_full_read(gallery):
+    """After adds and a removal, the matrix kept from the last generation equals reading every live row again,
+    and the update reads only the rows added since."""
+    from reid_engine.attributes.store import load_gallery_attributes
+
+    eng, *_ = gallery
+    first = eng._gallery_attributes()
+    assert len(first.ids) == 300
+    v = np.full(WIDTH, 0.99, np.float32)
+    rng = np.random.default_rng(3)
+    eng.add_features(_unit(rng, 2), [CropItem(f"n{i}.png", {"camera": "c9", "extra": {ANNOTATOR_NAME: vector_to_note(v)}})
+                                     for i in range(2)], hashes=["e" * 63 + str(i) for i in range(2)])
+    eng.remove(ids=[int(first.ids[5]), int(first.ids[17])])
+    reads: list = []
+    import reid_engine.attributes.store as attr_store
+
+    real = attr_store.load_gallery_attributes
+
+    def spy(*args, **kw):
+        reads.append(kw.get("after"))
+        return real(*args, **kw)
+
+    attr_store.load_gallery_attributes = spy
+    try:
+        now = eng._gallery_attributes()
+    finally:
+        attr_store.load_gallery_attributes = real
+    assert reads == [int(first.ids[-1])]  # only rows newer than the previous generation's were read
+    full = load_gallery_attributes(eng.store.sql, eng.store.generation)
+    np.testing.assert_array_equal(now.ids, full.ids)
+    np.testing.assert_array_equal(now.matrix, full.matrix)
+    assert len(now.ids) == 300 and int(first.ids[5]) not in now.ids and now.generation == eng.store.generation
+
+
 def test_errors(gallery, tmp_path, tiny_weights):
     eng, *_ = gallery
     q = _unit(np.random.default_rng(0), 2)

@@ -408,6 +408,10 @@ class IndexStore:
         k = max(1, min(int(k), max(1, self.count)))
         return self.backend.search(np.asarray(queries, np.float32), k, where, self.search_params(params))
 
+    def contains(self, ids: IdsLike) -> np.ndarray:
+        """Which ids are crops of the loaded generation (a bool mask)."""
+        return np.asarray(self.backend.contains(ids), bool)
+
     def vectors(self, ids: IdsLike) -> np.ndarray:
         return self.backend.reconstruct(ids)
 
