@@ -214,3 +214,18 @@ def test_declared_torch_options_match_the_real_builders():
         params = list(inspect.signature(impl).parameters)[4:]
         assert tuple(params) == TORCH_OPTIONS
         assert encoder_options(get_spec(name)) == list(TORCH_OPTIONS)
+
+
+def test_auto_device_without_an_nvidia_driver_is_cpu_without_loading_torch(tmp_path):
+    """Resolving "auto" must not import torch (hundreds of MB) when no NVIDIA driver is present."""
+    import subprocess
+    import sys
+
+    from reid_engine.encoders import base
+
+    if any(__import__("os").path.exists(p) for p in base._NVIDIA_DEVICES):
+        pytest.skip("an NVIDIA driver is present here")
+    code = ("import sys; from reid_engine.encoders import resolve_device; "
+            "print(resolve_device(None), resolve_device('auto'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["cpu", "cpu", "False"]

@@ -53,12 +53,18 @@ class EncodeResult:
     failures: list[tuple[int, str]]  # (position, one-line reason)
 
 
+#: present when an NVIDIA driver is loaded (CUDA needs it)
+_NVIDIA_DEVICES = ("/dev/nvidiactl", "/proc/driver/nvidia")
+
+
 def resolve_device(device: Optional[str]) -> str:
     """Resolve ``None``/"auto" to "cuda" when a CUDA device is usable, else "cpu"."""
     if device not in (None, "auto"):
         if device not in ("cpu",) and not str(device).startswith("cuda"):
             raise InvalidInputError(f"device {device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
         return str(device)
+    if "torch" not in sys.modules and not any(os.path.exists(p) for p in _NVIDIA_DEVICES):
+        return "cpu"  # no NVIDIA driver: no CUDA, and no need to load torch (hundreds of MB) to learn that
     try:
         import torch
 
