@@ -225,6 +225,11 @@ def phase_query(args: argparse.Namespace) -> dict[str, Any]:
     _, approx = eng.store.search(sq, 10)
     _, exact = eng.store.search(sq, 10, params=_exact())
     out["recall_at_10"] = round(float(np.mean([len(np.intersect1d(a, e)) / 10 for a, e in zip(approx, exact)])), 4)
+    cam = _camera_filter("02")
+    _, approx = eng.store.search(sq, 10, where=cam)
+    _, exact = eng.store.search(sq, 10, where=cam, params=_exact())
+    out["recall_at_10_camera"] = round(float(np.mean([len(np.intersect1d(a, e)) / 10 for a, e in zip(approx, exact)])),
+                                       4)
     # mAP of the default re-ranking on candidates vs with an exact first stage (labelled synthetic rows)
     rel = [eng.store.ids_where(_pid_clause(f"s{i}")) for i in sid]
     for label, params in (("map_default", None), ("map_default_exact", {"exact": True})):
@@ -242,6 +247,12 @@ def _exact() -> Any:
     from reid_engine.index.backend import SearchParams
 
     return SearchParams(exact=True)
+
+
+def _camera_filter(camera: str) -> Any:
+    from reid_engine.index.backend import SearchFilter
+
+    return SearchFilter(cameras=(camera,))
 
 
 def _pid_clause(pid: str) -> Any:

@@ -59,15 +59,17 @@ GRAPH_EF_CONSTRUCTION = 40
 #: default search beam width of the graphs (measured: recall@10 0.97 at 100k on tools/bench_scale.py data)
 GRAPH_EF_SEARCH = 128
 #: graphs up to this many rows get a default beam of at least twice the results wanted; a larger graph gets
-#: sqrt(rows / GRAPH_BEAM_ROWS) times that (on tools/bench_scale.py data a 262k-row graph needs a beam of ~5-6x the
-#: results for recall@100 0.98; a 32k one ~2x)
+#: (rows / GRAPH_BEAM_ROWS) ** GRAPH_BEAM_POWER times that (on tools/bench_scale.py data a 262k-row graph needs a
+#: beam of ~5-6x the results for recall@100 0.98, a 32k one ~2x; a filtered walk is not widened: it already
+#: passes over the rows the filter leaves out, and widening it cost more than it gave at 1M)
 GRAPH_BEAM_ROWS = 32768
+GRAPH_BEAM_POWER = 0.5
 
 
 def graph_beam(ef: int, k: int, rows: int, scaled: bool = True) -> int:
     """HNSW beam width for ``k`` results from a graph of ``rows``: at least ``ef`` and twice ``k``, and with
     ``scaled`` (the index's default beam, not one the caller set) widened with the graph's size."""
-    floor = 2.0 * k * (math.sqrt(max(1.0, rows / GRAPH_BEAM_ROWS)) if scaled else 1.0)
+    floor = 2.0 * k * (max(1.0, rows / GRAPH_BEAM_ROWS) ** GRAPH_BEAM_POWER if scaled else 1.0)
     return int(min(4096, max(ef, math.ceil(floor))))
 _BLOCK = 32768
 _SUPPORTED = '"auto", "Flat", "HNSW<M>", "IVF<n>,Flat"'
@@ -1125,7 +1127,7 @@ class FaissBackend(VectorBackend):
         params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stub
         # the beam holds results that pass the filter, so it needs no widening by the filter's selectivity, only
         # enough room for k of them (twice k: a beam barely wider than k loses recall at its tail)
-        params.efSearch = graph_beam(ef, k, seg.rows, scaled)
+        params.efSearch = graph_beam(ef, k, seg.rows, scaled and sf is None)
         packed = None
         if keep is not None:
             packed = np.packbits(keep, bitorder="little")
