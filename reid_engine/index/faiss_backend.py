@@ -148,13 +148,11 @@ SEGMENT_THREADS_BELOW = 20
 def _segment_pool() -> Optional[ThreadPoolExecutor]:
     """The shared pool that searches the segments of a small query side by side (None on one core)."""
     global _POOL
-    workers = min(8, os.cpu_count() or 1)
-    if workers < 2:
-        return None
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="faiss-segments")
-        return _POOL
+    if _POOL is None and (os.cpu_count() or 1) >= 2:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="faiss-segments")
+    return _POOL
 
 
 @contextmanager
@@ -803,8 +801,8 @@ class FaissBackend(VectorBackend):
     def _build_graph(self, name: str, rows: int, vectors: Any) -> None:
         """Build the HNSW graph of a segment's rows (``vectors(a, b)``: rows a..b in the segment's order) and
         write it durably; the graph's storage is the segment's vectors."""
-        graph_m = self.graph_m or int((self._view.state.get("graph") or {}).get("m") or GRAPH_M)
-        index = faiss.IndexHNSWFlat(self.dim, graph_m, faiss.METRIC_INNER_PRODUCT)
+        assert self.graph_m is not None  # only graph modes build graphs
+        index = faiss.IndexHNSWFlat(self.dim, self.graph_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
         _reserve_storage(index, rows * self.dim * 4)
         t0 = time.perf_counter()
@@ -817,7 +815,8 @@ class FaissBackend(VectorBackend):
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        log.info("built the HNSW%d graph of %s (%d rows) in %.1f s", graph_m, name, rows, time.perf_counter() - t0)
+        log.info("built the HNSW%d graph of %s (%d rows) in %.1f s", self.graph_m, name, rows,
+                 time.perf_counter() - t0)
 
     def _train(self, view: _View) -> np.ndarray:
         """Spherical k-means centroids on a sample of the live vectors."""
