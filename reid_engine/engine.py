@@ -28,7 +28,7 @@ from .index.backend import SearchFilter, SearchParams
 from .index.store import IndexStore, SqlHook
 from .index.vectors import l2_normalize
 from .ingest.crops import CropItem, parse_time
-from .rerank.base import Candidates, Pipeline, RerankContext, get_pipeline, list_hooks
+from .rerank.base import RERANK_K, Candidates, Pipeline, RerankContext, get_pipeline, list_hooks
 from .results import Hit, QueryResult, check_k, check_queries
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ INDEXES_ENV = "REID_ENGINE_INDEXES"
 DEFAULT_RERANK = "default"
 #: answers are re-ranked within the candidate pool a preset asks for this many hits; beyond it the
 #: cosine order follows, so a top-k answer is a prefix of any longer one (k never changes the head)
-RERANK_K = 100
 PathLike = Union[str, Path]
 
 
@@ -420,6 +419,12 @@ class Engine:
         rows = [_row_from_meta(it, h, folders) for it, h in zip(items, hashes)]
         return self.store.add(l2_normalize(features), rows)
 
+    def add_context_features(self, features: np.ndarray, cameras: Sequence[Optional[str]]) -> int:
+        """Show the index crops that are not gallery rows (never results), so its per-camera
+        statistics cover their cameras: for example the query camera of an evaluation, whose
+        crops are not indexed. One commit; returns the generation."""
+        return self.store.observe(l2_normalize(features), list(cameras))
+
     # -- querying -------------------------------------------------------------------------
     def query(
         self,
@@ -445,7 +450,7 @@ class Engine:
         if isinstance(images, (str, Path, np.ndarray)):
             images = [images]
         labels = [str(im) if not isinstance(im, np.ndarray) else f"<array {i}>" for i, im in enumerate(images)]
-        if query_cameras is None and filters.get("exclude_same_camera"):
+        if query_cameras is None:  # an indexed query crop brings its camera (filters, camera normalization)
             query_cameras = self._cameras_of_indexed(images)
         qattrs = None
         if attr_fusion.needs_attributes(fusion):
@@ -458,7 +463,15 @@ class Engine:
         )
 
     def _cameras_of_indexed(self, images: Sequence[ImageLike]) -> list[Optional[str]]:
-        hashes = [file_sha256(im) if not isinstance(im, np.ndarray) and Path(im).is_file() else "" for im in images]
+        """The camera of each query file that is itself indexed (None otherwise; bad inputs are the encoder's
+        to report)."""
+        def sha(im: Any) -> str:
+            try:
+                return file_sha256(im) if isinstance(im, (str, Path)) and Path(im).is_file() else ""
+            except OSError:
+                return ""
+
+        hashes = [sha(im) for im in images]
         rows = self.store.rows_by_hash([h for h in hashes if h])
         return [rows[h]["camera"] if h in rows else None for h in hashes]
 
@@ -703,7 +716,7 @@ class Engine:
         if isinstance(images, (str, Path, np.ndarray)):
             images = [images]
         labels = [str(im) if not isinstance(im, np.ndarray) else f"<array {i}>" for i, im in enumerate(images)]
-        if query_cameras is None and filters.get("exclude_same_camera"):
+        if query_cameras is None:  # an indexed query crop brings its camera (filters, camera normalization)
             query_cameras = self._cameras_of_indexed(images)
         feats = self.encoder.encode(images, batch_size=batch_size)
         return self.query_tracks_features(feats, k, query_labels=labels, query_cameras=query_cameras, **filters)

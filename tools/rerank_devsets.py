@@ -11,9 +11,10 @@ asks). Scores follow torchreid's ``evaluate_rank`` (Rank-1, Rank-5, mAP).
 
 The free parameters of the default are chosen by leave-one-set-out: for each
 set, the grid point that scores best on the other five sets x two encoders
-(objective: mAP + (Rank-1 + Rank-5) / 2 gains over cosine, minus a penalty
-for every loss past the targets of issue #14), then scored on the held-out
-set. The peers run as published, on the full query and gallery sets:
+(objective: mAP + (Rank-1 + Rank-5) / 2 gains over cosine, minus ``--penalty``
+(100) x every point lost past the targets of issue #14), then scored on the
+held-out set. The query crops are shown to each gallery as camera context
+(``MemoryGallery.observe``), as ``reid-engine eval`` does. The peers run as published, on the full query and gallery sets:
 torchreid ``re_ranking`` (k1=20, k2=6, lambda=0.3) and Pose2ID NFC (k1=k2=2).
 
     python tools/rerank_devsets.py                  # held-out table, both encoders
@@ -28,9 +29,13 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import json
 import logging
+import multiprocessing as mp
+import os
 import sys
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reid_engine.assets import shared_path  # noqa: E402
 from reid_engine.rerank import MemoryGallery, Pipeline, get_pipeline, rerank_search  # noqa: E402
 from reid_engine.rerank.config import PRESETS  # noqa: E402
-from reid_engine.rerank.presets import DEFAULT_CAMERA, DEFAULT_CENTRALIZE, default_pipeline  # noqa: E402
+from reid_engine.rerank.presets import DEFAULT_CAMERA, DEFAULT_CENTRALIZE, DEFAULT_KRECIPROCAL  # noqa: E402
+from reid_engine.rerank.presets import default_pipeline  # noqa: E402
 
 log = logging.getLogger("rerank_devsets")
 
@@ -66,8 +72,14 @@ ENCODERS = {
     "osnet": "weights/osnet/osnet_x0_25_msmt17.onnx",
     "retail0277": "weights/intel/person-reidentification-retail-0277/FP16/person-reidentification-retail-0277.xml",
 }
-#: the grid of the default's free parameters (Centralize); alpha 0 is plain cosine
-GRID = {"k1": (2, 4), "alpha": (0.0, 0.15, 0.3), "margin": (0.15, 0.2)}
+#: the grid of the default's free parameters: camera-mean removal strength (CameraNormalize) and the
+#: gated k-reciprocal step's lambda, gate share and gate margin (share > 1: no k-reciprocal step).
+#: Centralize keeps the point an earlier run of this tool chose on every fold from strength (0, 0.5, 1)
+#: x k1 (2, 4) x alpha (0, 0.15, 0.3) x margin (0.15, 0.2): k1 4, alpha 0.3, margin 0.15 (docs/rerank.md).
+GRID = {"strength": (0.5, 1.0), "lambda_value": (0.5, 0.7, 0.85), "gate_share": (0.7, 0.9, 2.0),
+        "gate_margin": (0.0, 0.05)}
+CAMERA_KEYS = ("strength",)
+KR_KEYS = ("lambda_value", "gate_share", "gate_margin")
 
 
 def _features(protocol: str, encoder: str, cache: Path) -> tuple[np.ndarray, list[dict[str, str]]]:
@@ -103,12 +115,15 @@ def load_set(name: str, encoder: str, cache: Path) -> dict[str, Any]:
     return {"qf": x[q], "gf": x[g], "q_pid": pid[q], "g_pid": pid[g], "q_cam": cam[q], "g_cam": cam[g]}
 
 
-def build_gallery(data: dict[str, Any], block: int = 128) -> MemoryGallery:
-    """The gallery in a MemoryGallery, added in blocks (the hooks update incrementally, as in an index)."""
+def build_gallery(data: dict[str, Any], block: int = 128, query_context: bool = True) -> MemoryGallery:
+    """The gallery in a MemoryGallery, added in blocks (the hooks update incrementally, as in an index);
+    with ``query_context`` the query crops are then shown as context, as ``reid-engine eval`` does."""
     gal = MemoryGallery(data["gf"].shape[1])
     n = len(data["gf"])
     for s in range(0, n, block):
         gal.add(np.arange(s, min(n, s + block)), data["gf"][s:s + block], {"camera": data["g_cam"][s:s + block]})
+    if query_context:
+        gal.observe(data["qf"], list(data["q_cam"]))
     return gal
 
 
@@ -153,8 +168,8 @@ def peer_scores(data: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
 def grid_points() -> list[dict[str, float]]:
     pts = [dict(zip(GRID, v)) for v in itertools.product(*GRID.values())]
     seen, out = set(), []
-    for p in pts:  # alpha 0 is cosine whatever the rest: keep one
-        key = (0.0,) if p["alpha"] == 0 else tuple(p.values())
+    for p in pts:  # without the k-reciprocal step its parameters do not matter: keep one
+        key = (p["strength"], "no kr") if p["gate_share"] > 1 else tuple(p.values())
         if key not in seen:
             seen.add(key)
             out.append(p)
@@ -162,16 +177,35 @@ def grid_points() -> list[dict[str, float]]:
 
 
 def pipeline_for(point: dict[str, float]) -> Pipeline:
-    cen = dict(DEFAULT_CENTRALIZE, **point)
-    return default_pipeline(DEFAULT_CAMERA, cen, name="default@" + ",".join(f"{k}={v}" for k, v in point.items()))
+    cam = dict(DEFAULT_CAMERA, **{k: v for k, v in point.items() if k in CAMERA_KEYS})
+    cen = dict(DEFAULT_CENTRALIZE, **{k: v for k, v in point.items() if k not in CAMERA_KEYS + KR_KEYS})
+    kr = dict(DEFAULT_KRECIPROCAL, **{k: v for k, v in point.items() if k in KR_KEYS})
+    return default_pipeline(cam, cen, kreciprocal=kr, name="default@" + ",".join(f"{k}={v}" for k, v in point.items()))
 
 
-def objective(scores: list[tuple[float, float, float]], bases: list[tuple[float, float, float]]) -> float:
-    """Gains over cosine (mAP + (R1 + R5) / 2), minus 5 x every loss past the targets (R1 -0.5, R5 -1, mAP 0)."""
+_GRID_INPUT: dict[str, Any] = {}
+
+
+def _grid_point(i: int) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """Scores of grid point ``i`` on every (set, encoder) pair (run in a worker process)."""
+    g = _GRID_INPUT
+    pipe = pipeline_for(g["points"][i])
+    return {p: evaluate(rank_pipeline(g["gals"][p], g["datas"][p], pipe), g["datas"][p]) for p in g["pairs"]}
+
+
+#: weight of every point lost past the safety targets in the objective: they are the issue's constraints
+#: (never worse than cosine), the gains over cosine come second
+PENALTY = 100.0
+
+
+def objective(scores: list[tuple[float, float, float]], bases: list[tuple[float, float, float]],
+              penalty: float = PENALTY) -> float:
+    """Gains over cosine (mAP + (R1 + R5) / 2), minus ``penalty`` x every loss past the targets
+    (R1 -0.5, R5 -1, mAP 0)."""
     total = 0.0
     for (r1, r5, m), (b1, b5, bm) in zip(scores, bases):
         total += (m - bm) + 0.5 * (r1 - b1) + 0.5 * (r5 - b5)
-        total -= 5.0 * (max(0.0, (b1 - 0.5) - r1) + max(0.0, (b5 - 1.0) - r5) + max(0.0, bm - m))
+        total -= penalty * (max(0.0, (b1 - 0.5) - r1) + max(0.0, (b5 - 1.0) - r5) + max(0.0, bm - m))
     return total
 
 
@@ -183,13 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-select", action="store_true", help="skip the leave-one-set-out selection")
     ap.add_argument("--one-call", action="store_true", help="check that all queries in one call give the same lists")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/reid_rerank_devsets"))
+    ap.add_argument("--no-query-context", action="store_true",
+                    help="do not show the galleries the query crops as camera context (reid-engine eval does)")
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--penalty", type=float, default=PENALTY, help="objective weight of a loss past the targets")
+    ap.add_argument("--grid-cache", type=Path, default=None,
+                    help="JSON file of grid scores: read when present (same sets and encoders), written after")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes for the grid")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     encoders, sets = args.encoders.split(","), args.sets.split(",")
     pairs = [(s, e) for e in encoders for s in sets]
     datas = {p: load_set(p[0], p[1], args.cache) for p in pairs}
-    gals = {p: build_gallery(datas[p]) for p in pairs}
+    gals = {p: build_gallery(datas[p], query_context=not args.no_query_context) for p in pairs}
     presets = {name: get_pipeline(name) for name in args.presets.split(",")}
     res: dict[str, dict[tuple[str, str], tuple[float, float, float]]] = {}
     for name, pipe in presets.items():
@@ -210,20 +250,35 @@ def main(argv: list[str] | None = None) -> int:
     rows_out = list(res)
     if not args.no_select:
         points = grid_points()
-        grid = {}
+        grid: dict[int, dict[tuple[str, str], tuple[float, float, float]]] = {}
+        cached = json.loads(args.grid_cache.read_text()) if args.grid_cache and args.grid_cache.exists() else {}
         for i, pt in enumerate(points):
-            pipe = pipeline_for(pt)
-            grid[i] = {p: evaluate(rank_pipeline(gals[p], datas[p], pipe), datas[p]) for p in pairs}
-            log.info("grid %d/%d %s", i + 1, len(points), pt)
+            got = cached.get(json.dumps(pt, sort_keys=True), {})
+            if all(f"{s}|{e}" in got for s, e in pairs):
+                grid[i] = {p: tuple(got[f"{p[0]}|{p[1]}"]) for p in pairs}
+        todo = [i for i in range(len(points)) if i not in grid]
+        _GRID_INPUT.update(points=points, pairs=pairs, gals=gals, datas=datas)
+        # grid points in worker processes (forked: they inherit the galleries); one thread each
+        with ProcessPoolExecutor(max(1, args.jobs), mp_context=mp.get_context("fork")) as pool:
+            for i, scores in zip(todo, pool.map(_grid_point, todo)):
+                grid[i] = scores
+                log.info("grid %d/%d %s", i + 1, len(points), points[i])
+        if args.grid_cache:
+            for i, pt in enumerate(points):
+                cached.setdefault(json.dumps(pt, sort_keys=True), {}).update(
+                    {f"{s}|{e}": list(v) for (s, e), v in grid[i].items()})
+            args.grid_cache.write_text(json.dumps(cached))
         held, chosen = {}, {}
         for s in sets:
             train = [p for p in pairs if p[0] != s]
-            best = max(grid, key=lambda i: (objective([grid[i][p] for p in train], [base[p] for p in train]), -i))
+            best = max(grid, key=lambda i: (objective([grid[i][p] for p in train], [base[p] for p in train],
+                                                      args.penalty), -i))
             chosen[s] = points[best]
             for p in pairs:
                 if p[0] == s:
                     held[p] = grid[best][p]
-        all_best = max(grid, key=lambda i: (objective([grid[i][p] for p in pairs], [base[p] for p in pairs]), -i))
+        all_best = max(grid, key=lambda i: (objective([grid[i][p] for p in pairs], [base[p] for p in pairs],
+                                                      args.penalty), -i))
         res["default (held-out)"] = held
         rows_out.append("default (held-out)")
         print("parameters chosen per held-out set:")

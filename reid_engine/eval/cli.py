@@ -52,6 +52,9 @@ def _default_report_dir(name: str) -> Path:
               help="Ranked-list length asked from the engine (default: the whole gallery up to 5000 crops, else 100).")
 @click.option("--exclude-same-camera", is_flag=True,
               help="Query with the engine's same-camera filter (drops every same-camera gallery crop).")
+@click.option("--query-context/--no-query-context", default=True, show_default=True,
+              help="Show the index the query crops as context (never results) so that its per-camera "
+                   "statistics know the query cameras, as an index of every camera's footage would.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (metrics in percent, settings).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write report.json (and the --visualize page) into this folder.")
@@ -75,6 +78,7 @@ def eval_command(
     fusions: tuple[str, ...],
     k: Optional[int],
     exclude_same_camera: bool,
+    query_context: bool,
     as_json: bool,
     report_dir: Optional[Path],
     visualize: int,
@@ -106,6 +110,7 @@ def eval_command(
                 k=k,
                 cache_dir=cache,
                 batch_size=batch_size,
+                query_context=query_context,
             )
             if as_json:
                 doc = {"dataset": split.name, "protocol": split.protocol, "unit": "percent", "rows": rows}
@@ -131,6 +136,7 @@ def eval_command(
             report_dir=report_dir,
             visualize=visualize,
             batch_size=batch_size,
+            query_context=query_context,
             extra_settings={"dataset": str(dataset), "format": split.format, "protocol": split.protocol},
         )
     except ReidEngineError as exc:

@@ -198,6 +198,7 @@ def prepare(
     cache_dir: Union[PathLike, None, bool] = None,
     batch_size: int = 32,
     attributes: bool = False,
+    query_context: bool = True,
 ) -> Prepared:
     """Create an index in ``workdir``, embed (or fetch cached) query and gallery crops, index the gallery.
 
@@ -237,6 +238,9 @@ def prepare(
 
     t0 = time.perf_counter()
     id_to_gallery = _index_gallery(engine, split, g_feats, g_hashes, g_attrs)
+    add_context = getattr(engine, "add_context_features", None)
+    if query_context and callable(add_context) and len(q_feats):
+        add_context(q_feats, [str(s.camid) for s in split.query])
     timings["index"] = time.perf_counter() - t0
 
     settings = {
@@ -246,6 +250,7 @@ def prepare(
         "dim": int(g_feats.shape[1]),
         "preprocess": encoder.preprocess_spec.to_dict() if hasattr(encoder, "preprocess_spec") else None,
         "cache": str(cache.path) if cache else None,
+        "query_context": bool(query_context),
     }
     return Prepared(split, engine, q_feats, id_to_gallery, settings, timings, g_new + q_new, q_attrs)
 
@@ -339,6 +344,7 @@ def evaluate_dataset(
     batch_size: int = 32,
     max_rank: int = 50,
     extra_settings: Optional[dict[str, Any]] = None,
+    query_context: bool = True,
 ) -> EvalRun:
     """Score a model on a split through the engine; optionally write report.json and the HTML page.
 
@@ -357,7 +363,8 @@ def evaluate_dataset(
             workdir = Path(index_dir)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reid-eval-")))
-        prep = prepare(split, factory, workdir, cache_dir=cache_dir, batch_size=batch_size, attributes=attrs)
+        prep = prepare(split, factory, workdir, cache_dir=cache_dir, batch_size=batch_size, attributes=attrs,
+                       query_context=query_context)
         stack.callback(_close, prep.engine)
         result, ranked, dists, run_settings, seconds = run_queries(
             prep, rerank=rerank, fusion=fusion, k=k, exclude_same_camera=exclude_same_camera, max_rank=max_rank
@@ -407,6 +414,7 @@ def sweep(
     cache_dir: Union[PathLike, None, bool] = None,
     batch_size: int = 32,
     max_rank: int = 50,
+    query_context: bool = True,
 ) -> list[dict[str, Any]]:
     """Score every (re-ranking preset, fusion mode) pair on one index and one set of embeddings.
 
@@ -424,7 +432,8 @@ def sweep(
     factory = engine_factory or default_engine_factory(encoder, weights, device, _annotators_for(attrs))
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="reid-sweep-") as tmp:
-        prep = prepare(split, factory, Path(tmp), cache_dir=cache_dir, batch_size=batch_size, attributes=attrs)
+        prep = prepare(split, factory, Path(tmp), cache_dir=cache_dir, batch_size=batch_size, attributes=attrs,
+                       query_context=query_context)
         try:
             for rr in reranks:
                 for fu in fusions:

@@ -290,6 +290,47 @@ class IndexStore:
             self._load(new_gen, state)
             self._maybe_compact(force=False)
 
+    def observe(self, feats: np.ndarray, cameras: Sequence[Optional[str]]) -> int:
+        """Let the hooks learn from context crops that are not rows (``IndexHook.observe``); one commit.
+
+        The crops never become results and change no row; today only ``camera_stats``
+        uses them (the per-camera means of cameras whose crops are not indexed).
+        Returns the new generation (the current one when no hook changed).
+        """
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        if feats.ndim != 2 or feats.shape[1] != self.manifest.dim:
+            raise InvalidInputError(f"context features of shape {feats.shape}: expected (N, {self.manifest.dim})")
+        if len(cameras) != len(feats):
+            raise InvalidInputError(f"{len(feats)} context vectors but {len(cameras)} cameras")
+        if not np.isfinite(feats).all():
+            raise InvalidInputError("context features hold NaN or infinite values")
+        if not len(feats):
+            return self.generation
+        fields = {"camera": np.array([None if c is None else str(c) for c in cameras], dtype=object)}
+        with self.writing():
+            new_gen = self.generation + 1
+            hook_states = dict(self.committed["hooks"])
+            for name, hook in self._hook_objects.items():
+                before = hook_states.get(name) or hook.empty_state()
+                st = hook.observe(self.folder, new_gen, before, self, feats, fields)
+                if st is not None:
+                    hook_states[name] = st
+            if hook_states == self.committed["hooks"]:
+                return self.generation
+            state = {"backend": self.committed["backend"], "hooks": hook_states}
+            with self.sql.begin() as conn:
+                current = db.get_meta(conn, "generation")
+                if current != str(self.generation):
+                    raise IndexCorruptError(
+                        f"{self.folder}: changed by another writer (generation {current}, expected {self.generation})"
+                    )
+                _after_vectors_written()
+                db.set_meta(conn, "generation", str(new_gen))
+                db.set_meta(conn, "state", json.dumps(state))
+            self._retire(self.committed, state)
+            self._load(new_gen, state)
+        return self.generation
+
     def _maybe_compact(self, force: bool) -> bool:
         new_gen = self.generation + 1
         backend_state = self.backend.compact(new_gen, force=force)

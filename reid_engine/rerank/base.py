@@ -176,6 +176,15 @@ class IndexHook(ABC):
     def load(self, folder: Path, state: dict[str, Any]) -> Any:
         """The state object re-rankers read (``GalleryView.state(name)``)."""
 
+    def observe(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView,
+                vectors: np.ndarray, fields: dict[str, np.ndarray]) -> Optional[dict[str, Any]]:
+        """Learn from context crops that are not gallery rows (never results); None = state unchanged.
+
+        Like ``prepare``, it writes the new state durably for ``generation``; the
+        store commits it with no row change (``IndexStore.observe``).
+        """
+        return None
+
     def files(self, state: dict[str, Any]) -> list[str]:
         """File names (inside the index folder) the state refers to, so cleanup keeps them."""
         return []
@@ -184,6 +193,10 @@ class IndexHook(ABC):
         """A state with the same content in fewer files (called by ``reid-engine compact``)."""
         return state
 
+
+#: a query re-ranks its top ``pipeline.pool_size(min(k, RERANK_K))`` candidates; the rest of its top ``k``
+#: follows in cosine order (the engine and ``MemoryGallery.query``)
+RERANK_K = 100
 
 _PIPELINES: dict[str, Pipeline] = {}
 _HOOKS: dict[str, type[IndexHook]] = {}

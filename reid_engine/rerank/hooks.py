@@ -15,8 +15,9 @@ per commit (replacement lists of new and changed rows, plus the removed ids);
 ``load`` applies them in order, ``compact`` folds them into one.
 
 ``camera_stats``: per camera the running sum and count of the stored vectors
-(a commit adds the new rows and subtracts the removed ones); one small file per
-commit.
+(a commit adds the new rows and subtracts the removed ones) and of context
+crops (``observe``: crops of a camera whose rows are not in the gallery, such
+as an evaluation's query camera); one small file per commit.
 
 Neither stores anything per query.
 """
@@ -413,29 +414,43 @@ class CameraStatsHook(IndexHook):
     def prepare(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView,
                 added_ids: np.ndarray, added_vectors: np.ndarray, added_fields: dict[str, np.ndarray],
                 removed_ids: np.ndarray) -> dict[str, Any]:
-        loaded = gallery.state(self.name)
-        stats = loaded if isinstance(loaded, CameraStats) else self.load(folder, state)
-        cams = list(stats.cameras)
-        dim = stats.sums.shape[1] if stats.sums.size else None
-        sums = {c: stats.sums[i].copy() for i, c in enumerate(cams)}
-        counts = {c: int(stats.counts[i]) for i, c in enumerate(cams)}
-
-        def accumulate(keys: list[str], vecs: np.ndarray, sign: int) -> None:
-            for key in sorted(set(keys)):
-                rows = [i for i, k in enumerate(keys) if k == key]
-                part = vecs[rows].astype(np.float64).sum(0)
-                sums[key] = sums.get(key, np.zeros(vecs.shape[1])) + sign * part
-                counts[key] = counts.get(key, 0) + sign * len(rows)
-
+        parts = []
         removed = np.asarray(removed_ids, np.int64)
         if len(removed):
-            vecs = np.asarray(gallery.vectors(removed), np.float32)
-            accumulate(_camera_keys(gallery.fields(removed).get("camera"), len(removed)), vecs, -1)
+            parts.append((_camera_keys(gallery.fields(removed).get("camera"), len(removed)),
+                          np.asarray(gallery.vectors(removed), np.float32), -1))
         if len(added_ids):
-            vecs = np.asarray(added_vectors, np.float32).reshape(len(added_ids), -1)
-            accumulate(_camera_keys(added_fields.get("camera"), len(added_ids)), vecs, +1)
+            parts.append((_camera_keys(added_fields.get("camera"), len(added_ids)),
+                          np.asarray(added_vectors, np.float32).reshape(len(added_ids), -1), +1))
+        return self._write(folder, generation, self._current(folder, state, gallery), parts)
+
+    def observe(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView,
+                vectors: np.ndarray, fields: dict[str, np.ndarray]) -> Optional[dict[str, Any]]:
+        """Context crops count in their camera's statistics (they are never removed)."""
+        vecs = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
+        if not len(vecs):
+            return None
+        parts = [(_camera_keys(fields.get("camera"), len(vecs)), vecs, +1)]
+        return self._write(folder, generation, self._current(folder, state, gallery), parts)
+
+    def _current(self, folder: Path, state: dict[str, Any], gallery: GalleryView) -> CameraStats:
+        loaded = gallery.state(self.name)
+        return loaded if isinstance(loaded, CameraStats) else self.load(folder, state)
+
+    def _write(self, folder: Path, generation: int, stats: CameraStats,
+               parts: list[tuple[list[str], np.ndarray, int]]) -> dict[str, Any]:
+        """The statistics plus (camera keys, vectors, +1 add / -1 subtract) parts, written for ``generation``."""
+        sums = {c: stats.sums[i].copy() for i, c in enumerate(stats.cameras)}
+        counts = {c: int(stats.counts[i]) for i, c in enumerate(stats.cameras)}
+        dim = stats.sums.shape[1] if stats.sums.size else None
+        for keys, vecs, sign in parts:
+            dim = vecs.shape[1] if dim is None else dim
+            for key in sorted(set(keys)):
+                rows = [i for i, k in enumerate(keys) if k == key]
+                sums[key] = sums.get(key, np.zeros(vecs.shape[1])) + sign * vecs[rows].astype(np.float64).sum(0)
+                counts[key] = counts.get(key, 0) + sign * len(rows)
         keys = sorted(k for k in sums if counts[k] > 0)
-        dim = dim if dim is not None else (next(iter(sums.values())).shape[0] if sums else 0)
+        dim = 0 if dim is None else dim
         name = f"hook-camera_stats-{int(generation):08d}.npz"
         path = Path(folder) / name
         tmp = path.with_name(name + ".tmp")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Un
 import numpy as np
 
 from ..errors import InvalidInputError
-from .base import Candidates, IndexHook, Pipeline, RerankContext, get_hook
+from .base import RERANK_K, Candidates, IndexHook, Pipeline, RerankContext, get_hook
 from .hooks import top_k_rows
 
 if TYPE_CHECKING:
@@ -133,6 +133,18 @@ class MemoryGallery:
             self._rows[int(i)] = row
         self._load_hooks()
 
+    def observe(self, vectors: np.ndarray, cameras: Sequence[Optional[str]]) -> None:
+        """Context crops for the hooks (``IndexHook.observe``), as ``IndexStore.observe`` commits them."""
+        vecs = np.asarray(vectors, np.float32).reshape(-1, self.dim)
+        fields = {"camera": np.array([None if c is None else str(c) for c in cameras], dtype=object)}
+        gen = self.generation + 1
+        pending = {}
+        for n, h in self.hooks.items():
+            st = h.observe(self.folder, gen, self.states[n], self, vecs, fields)
+            pending[n] = self.states[n] if st is None else st
+        self._pending = pending
+        self._load_hooks()
+
     def remove(self, ids: IdsLike) -> None:
         """Remove rows in one commit."""
         ids = np.unique(np.asarray(ids, np.int64))
@@ -173,12 +185,25 @@ class MemoryGallery:
               query_cameras: Optional[Sequence[Optional[str]]] = None, same_person: bool = False,
               query_attributes: Optional[np.ndarray] = None, options: Optional[dict[str, Any]] = None
               ) -> Candidates:
-        """What the engine does: cosine top ``pipeline.pool_size(k)`` (filtered), the pipeline, the top ``k``."""
+        """What the engine does: cosine top ``max(k, pool)`` (filtered) with ``pool =
+        pipeline.pool_size(min(k, RERANK_K))``, the pipeline on the pool, then the rest in cosine order."""
         q = np.asarray(queries, np.float32).reshape(-1, self.dim)
-        pool_n = pipeline.pool_size(int(k))
-        s, i = self.search(q, pool_n, where)
+        k = int(k)
+        pool_n = pipeline.pool_size(min(k, RERANK_K))
+        s, i = self.search(q, max(k, pool_n), where)
         ctx = RerankContext(gallery=self, k=int(k),
                             query_cameras=list(query_cameras) if query_cameras is not None else [None] * len(q),
                             query_tracks=[None] * len(q), same_person=same_person,
                             query_attributes=query_attributes, where=where, options=dict(options or {}))
-        return pipeline.run(q, Candidates.sorted(i, s), ctx).top(int(k))
+        head = pipeline.run(q, Candidates.sorted(i[:, :pool_n], s[:, :pool_n]), ctx)
+        if head.ids.shape[1] >= k and (len(q) == 0 or i.shape[1] <= pool_n):
+            return head.top(k)
+        ids = np.full((len(head.ids), k), -1, np.int64)
+        scores = np.full((len(head.ids), k), -np.inf, np.float32)
+        for r in range(len(head.ids)):  # the re-ranked head, then the first stage's tail (no id twice)
+            row = r if len(head.ids) == len(q) else 0
+            tail = ~np.isin(i[row, pool_n:], head.ids[r])
+            top_i = np.concatenate([head.ids[r], i[row, pool_n:][tail]])[:k]
+            top_s = np.concatenate([head.scores[r], s[row, pool_n:][tail]])[:k]
+            ids[r, :len(top_i)], scores[r, :len(top_s)] = top_i, top_s
+        return Candidates(ids, scores)

@@ -13,16 +13,20 @@ from .base import Pipeline, register_pipeline
 from .steps import CameraNormalize, Centralize, KReciprocal, QueryExpansion, SamePersonPool
 
 #: parameters of the default, chosen by tools/rerank_devsets.py on all development sets
-DEFAULT_CAMERA: dict[str, Any] = {"strength": 1.0, "unknown_strength": 0.0, "min_count": 10}
-DEFAULT_CENTRALIZE: dict[str, Any] = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 0.2, "ramp": 0.05}
+DEFAULT_CAMERA: dict[str, Any] = {"strength": 0.5, "unknown_strength": 0.0, "min_count": 10}
+DEFAULT_CENTRALIZE: dict[str, Any] = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 0.15, "ramp": 0.05}
+DEFAULT_KRECIPROCAL: dict[str, Any] = {"k1": 20, "k2": 6, "lambda_value": 0.85, "gate_margin": 0.05,
+                                       "gate_share": 0.9, "gate_top": 10}
 
 
-def default_pipeline(camera: dict | None = None, centralize: dict | None = None, name: str = "default") -> Pipeline:
+def default_pipeline(camera: dict | None = None, centralize: dict | None = None, name: str = "default",
+                     kreciprocal: dict | None = None) -> Pipeline:
     """The default composition with the given parameters (tools use it to sweep them)."""
     return Pipeline(name, (CameraNormalize(**(camera or DEFAULT_CAMERA)),
-                           Centralize(**(centralize or DEFAULT_CENTRALIZE)), SamePersonPool()),
+                           Centralize(**(centralize or DEFAULT_CENTRALIZE)),
+                           KReciprocal(**(kreciprocal or DEFAULT_KRECIPROCAL)), SamePersonPool()),
                     "camera-mean removal (query camera known) + track pooling + neighbour centralization "
-                    "with per-query adaptive trust")
+                    "with per-query adaptive trust + k-reciprocal where the gallery around the query is multi-shot")
 
 
 PIPELINES = [

@@ -20,7 +20,8 @@ neighbours, so a query's list never depends on the other queries of the call
   multi-shot gallery the same person's crops are much closer and are pooled.
   ``trust="full"`` (weight 1 for every mutual neighbour) is Pose2ID's NFC.
 * ``QueryExpansion``: alpha-QE with the query's top-``n`` candidates.
-* ``KReciprocal``: k-reciprocal re-ranking of each query within its pool.
+* ``KReciprocal``: k-reciprocal re-ranking of each query within its pool; gated per
+  query in the default (only where the gallery around the query is multi-shot).
 * ``AttributeFusion``: ``attributes.fusion.fuse_rank`` on the pool.
 * ``SamePersonPool``: with ``ctx.same_person``, one list for all the queries.
 """
@@ -225,27 +226,53 @@ class QueryExpansion(Reranker):
 
 
 class KReciprocal(Reranker):
-    """k-reciprocal re-ranking (Zhong et al.) of each query within its own candidate pool."""
+    """k-reciprocal re-ranking (Zhong et al.) of each query within its own candidate pool.
+
+    With ``gate_margin`` set it is gated per query (the default preset): it re-ranks only when the
+    gallery around the query is multi-shot, that is when at least ``gate_share`` of the query's top
+    ``gate_top`` candidates have a stored nearest neighbour closer to them (raw cosine) than the
+    query's own best match plus ``gate_margin``. On a single-shot gallery a candidate's nearest
+    gallery neighbour is another person, no closer than the query's match, so the gate stays shut
+    and the previous steps' ranking stands (a ``gate_share`` above 1 never opens it). Re-ranked rows
+    score ``1 - distance``.
+    """
 
     name = "k_reciprocal"
+    hooks = ("neighbours",)
 
-    def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, pool: int = POOL):
+    def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, pool: int = POOL,
+                 gate_margin: Optional[float] = None, gate_share: float = 0.8, gate_top: int = 10):
+        if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0 or gate_top < 1 or gate_share < 0:
+            raise InvalidInputError("KReciprocal: k1, k2, gate_top >= 1, lambda_value in [0, 1], gate_share >= 0")
         self.k1, self.k2, self.lambda_value, self.pool = int(k1), int(k2), float(lambda_value), int(pool)
+        self.gate_margin = None if gate_margin is None else float(gate_margin)
+        self.gate_share, self.gate_top = float(gate_share), int(gate_top)
 
     def pool_size(self, k: int) -> int:
         return max(k, self.pool)
+
+    def gate(self, query: np.ndarray, ids: np.ndarray, ctx: RerankContext) -> bool:
+        """Whether this query's pool (``ids``, best first) is re-ranked (see the class docstring)."""
+        if self.gate_margin is None:
+            return True
+        table = ctx.gallery.state("neighbours")
+        if not isinstance(table, NeighbourTable) or table.width == 0:
+            return False
+        raw_top1 = float((np.asarray(ctx.gallery.vectors(ids), np.float32) @ np.asarray(query, np.float32)).max())
+        first = table.lists(ids[:self.gate_top])[1][:, 0]
+        return bool(np.mean(first > raw_top1 + self.gate_margin) >= self.gate_share)
 
     def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
         from .kreciprocal import k_reciprocal_rerank
 
         ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
         for r, ids in enumerate(_rows(pool)):
-            if len(ids) < 2:
+            if len(ids) < 2 or not self.gate(queries[r], ids, ctx):
                 continue
             space = _Space(ctx, r)
             dist, pos = k_reciprocal_rerank(space.query(queries[r])[None], space.candidates(ids), len(ids),
                                             k1=self.k1, k2=self.k2, lambda_value=self.lambda_value)
-            _replace_row(ids_out, sc_out, r, ids[pos[0]], -dist[0])
+            _replace_row(ids_out, sc_out, r, ids[pos[0]], 1.0 - dist[0])
         return Candidates.sorted(ids_out, sc_out)
 
 
