@@ -272,23 +272,35 @@ class IndexStore:
                     for name, hook in self._hook_objects.items()
                 }
                 state = {"backend": backend_state, "hooks": hook_states}
-                with self.sql.begin() as conn:
-                    current = db.get_meta(conn, "generation")
-                    if current != str(self.generation):
-                        raise IndexCorruptError(
-                            f"{self.folder}: changed by another writer "
-                            f"(generation {current}, expected {self.generation})"
-                        )
-                    sql_work(conn)
-                    _after_vectors_written()
-                    db.set_meta(conn, "generation", str(new_gen))
-                    db.set_meta(conn, "state", json.dumps(state))
+                self._commit_sql(new_gen, state, sql_work)
             except BaseException:
                 self.backend.discard(backend_state)
                 raise
             self._retire(self.committed, state)
             self._load(new_gen, state)
             self._maybe_compact(force=False)
+
+    def _commit_sql(self, new_gen: int, state: dict[str, Any], sql_work: Callable[[Connection], object]) -> None:
+        """The commit point: one transaction runs ``sql_work`` and records ``new_gen`` and ``state``."""
+        with self.sql.begin() as conn:
+            current = db.get_meta(conn, "generation")
+            if current != str(self.generation):
+                raise IndexCorruptError(
+                    f"{self.folder}: changed by another writer (generation {current}, expected {self.generation})"
+                )
+            sql_work(conn)
+            _after_vectors_written()
+            db.set_meta(conn, "generation", str(new_gen))
+            db.set_meta(conn, "state", json.dumps(state))
+
+    def _checked(self, feats: np.ndarray, what: str) -> np.ndarray:
+        """``feats`` as contiguous float32 (N, dim) with finite values, or InvalidInputError naming ``what``."""
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        if feats.ndim != 2 or feats.shape[1] != self.manifest.dim:
+            raise InvalidInputError(f"{what} of shape {feats.shape}: expected (N, {self.manifest.dim})")
+        if not np.isfinite(feats).all():
+            raise InvalidInputError(f"{what} hold NaN or infinite values")
+        return feats
 
     def observe(self, feats: np.ndarray, cameras: Sequence[Optional[str]]) -> int:
         """Let the hooks learn from context crops that are not rows (``IndexHook.observe``); one commit.
@@ -297,13 +309,9 @@ class IndexStore:
         uses them (the per-camera means of cameras whose crops are not indexed).
         Returns the new generation (the current one when no hook changed).
         """
-        feats = np.ascontiguousarray(feats, dtype=np.float32)
-        if feats.ndim != 2 or feats.shape[1] != self.manifest.dim:
-            raise InvalidInputError(f"context features of shape {feats.shape}: expected (N, {self.manifest.dim})")
+        feats = self._checked(feats, "context features")
         if len(cameras) != len(feats):
             raise InvalidInputError(f"{len(feats)} context vectors but {len(cameras)} cameras")
-        if not np.isfinite(feats).all():
-            raise InvalidInputError("context features hold NaN or infinite values")
         if not len(feats):
             return self.generation
         fields = {"camera": np.array([None if c is None else str(c) for c in cameras], dtype=object)}
@@ -318,15 +326,7 @@ class IndexStore:
             if hook_states == self.committed["hooks"]:
                 return self.generation
             state = {"backend": self.committed["backend"], "hooks": hook_states}
-            with self.sql.begin() as conn:
-                current = db.get_meta(conn, "generation")
-                if current != str(self.generation):
-                    raise IndexCorruptError(
-                        f"{self.folder}: changed by another writer (generation {current}, expected {self.generation})"
-                    )
-                _after_vectors_written()
-                db.set_meta(conn, "generation", str(new_gen))
-                db.set_meta(conn, "state", json.dumps(state))
+            self._commit_sql(new_gen, state, lambda conn: None)
             self._retire(self.committed, state)
             self._load(new_gen, state)
         return self.generation
@@ -376,13 +376,9 @@ class IndexStore:
         ``sql_hook(conn, ids, rows, feats)`` runs inside the same transaction, so
         tables kept beside the crops (tracks, ingest progress) commit with them.
         """
-        feats = np.ascontiguousarray(feats, dtype=np.float32)
-        if feats.ndim != 2 or feats.shape[1] != self.manifest.dim:
-            raise InvalidInputError(f"features of shape {feats.shape}: expected (N, {self.manifest.dim})")
+        feats = self._checked(feats, "features")
         if len(rows) != len(feats):
             raise InvalidInputError(f"{len(feats)} vectors but {len(rows)} metadata rows")
-        if not np.isfinite(feats).all():
-            raise InvalidInputError("features hold NaN or infinite values")
         if not len(rows):
             return []
         if len(rows) > MAX_COMMIT_ROWS:  # index-time work per commit grows faster than its size
