@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 INDEXES_ENV = "REID_ENGINE_INDEXES"
 #: re-ranking used when a query does not name one
 DEFAULT_RERANK = "default"
-#: answers are re-ranked within the candidate pool a preset asks for this many hits; beyond it the
-#: cosine order follows, so a top-k answer is a prefix of any longer one (k never changes the head)
 PathLike = Union[str, Path]
 
 

@@ -195,7 +195,7 @@ class IndexHook(ABC):
 
 
 #: a query re-ranks its top ``pipeline.pool_size(min(k, RERANK_K))`` candidates; the rest of its top ``k``
-#: follows in cosine order (the engine and ``MemoryGallery.query``)
+#: follows in cosine order, so a top-k answer is a prefix of any longer one (the engine, ``MemoryGallery.query``)
 RERANK_K = 100
 
 _PIPELINES: dict[str, Pipeline] = {}
