@@ -287,3 +287,17 @@ def test_the_default_needs_its_k_reciprocal_step_on_a_multi_shot_gallery(seed: i
     with_kr = _m_ap(gal.query(default, q, len(x)).ids, pid)
     without = _m_ap(gal.query(_without(default, KReciprocal), q, len(x)).ids, pid)
     assert with_kr > without + 0.005
+
+
+@pytest.mark.parametrize("n, k1, k2", [(100, 20, 6), (40, 20, 6), (12, 20, 6), (60, 6, 3), (30, 4, 1)])
+def test_dense_pool_k_reciprocal_equals_the_sparse_function(n: int, k1: int, k2: int) -> None:
+    from reid_engine.rerank.kreciprocal import k_reciprocal_pool
+
+    rng = np.random.default_rng(n + k1)
+    g = _n(rng.normal(size=(n, 24)) + 1.5 * np.repeat(rng.normal(size=(n // 4 + 1, 24)), 4, 0)[:n])
+    q = _n(g[3] + 0.5 * rng.normal(size=24))
+    dist, pos = k_reciprocal_rerank(q[None].astype(np.float32), g.astype(np.float32), n, k1=k1, k2=k2,
+                                    lambda_value=0.3)
+    want = np.empty(n)
+    want[pos[0]] = dist[0]
+    assert np.allclose(k_reciprocal_pool(q, g, k1, k2, 0.3), want, atol=1e-5)

@@ -362,3 +362,49 @@ def k_reciprocal_rerank(
         d, p = _rerank_exact(qb, gf[local], k, k1, k2, lambda_value, block_size)
         out_d[q0:q0 + len(qb)], out_p[q0:q0 + len(qb)] = d, local[p]
     return out_d, out_p
+
+
+#: pools up to this size are re-ranked by the dense ``k_reciprocal_pool`` (a few (n, n) matrices)
+DENSE_POOL_MAX = 512
+
+
+def k_reciprocal_pool(query: np.ndarray, pool: np.ndarray, k1: int = 20, k2: int = 6,
+                      lambda_value: float = 0.3) -> np.ndarray:
+    """k-reciprocal distances of one query to a small candidate pool, with dense (n, n) matrices.
+
+    The same definitions as ``k_reciprocal_rerank`` (the query and the pool are the
+    whole set: neighbour lists, row scales, expanded k-reciprocal sets, k2 averaging,
+    Jaccard blended with the scaled original distance), without the sparse machinery
+    that only pays off for large galleries. ``query`` (D,) and ``pool`` (P, D) are
+    L2-normalised; returns (P,) distances, lower is better.
+    """
+    feats = np.concatenate([np.asarray(query, np.float32)[None], np.asarray(pool, np.float32)])
+    n = len(feats)
+    if not 0.0 <= lambda_value <= 1.0 or k1 < 1 or k2 < 1:
+        raise InvalidInputError(f"k1, k2 >= 1 and lambda_value in [0, 1], got {k1}, {k2}, {lambda_value}")
+    sims = feats @ feats.T
+    nn = np.argsort(-sims, axis=1, kind="stable")[:, :min(max(k1 + 1, k2), n)]
+    row_scale = np.maximum(2.0 - 2.0 * sims.min(axis=1).astype(np.float64), 1e-12)
+    width = min(k1 + 1, nn.shape[1])
+    half = min(int(np.around(k1 / 2.0)) + 1, width)
+    rows = np.arange(n)[:, None]
+
+    def reciprocal(w: int) -> np.ndarray:
+        first = np.zeros((n, n), bool)  # first[i, j]: j is among i's first w neighbours
+        first[rows, nn[:, :w]] = True
+        return first & first.T
+
+    full, part = reciprocal(width), reciprocal(half)
+    fullf, partf = full.astype(np.float32), part.astype(np.float32)
+    shared = fullf @ partf.T  # |R(i, k1) & R(c, k1/2)|
+    grow = full & (shared > (2.0 / 3.0) * part.sum(axis=1)[None, :])
+    union = full | (grow.astype(np.float32) @ partf > 0)
+    dist = np.maximum(2.0 - 2.0 * sims.astype(np.float64), 0.0) / row_scale[:, None]
+    v = np.where(union, np.exp(-dist), 0.0)
+    v /= v.sum(axis=1, keepdims=True)
+    avg = min(k2, nn.shape[1])
+    if avg > 1:
+        v = v[nn[:, :avg]].mean(axis=1)
+    overlap = np.minimum(v[0][None, :], v[1:]).sum(axis=1)
+    jaccard = 1.0 - overlap / (2.0 - overlap)
+    return ((1.0 - lambda_value) * jaccard + lambda_value * dist[0, 1:]).astype(np.float32)

@@ -263,13 +263,18 @@ class KReciprocal(Reranker):
         return bool(np.mean(first > raw_top1 + self.gate_margin) >= self.gate_share)
 
     def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
-        from .kreciprocal import k_reciprocal_rerank
+        from .kreciprocal import DENSE_POOL_MAX, k_reciprocal_pool, k_reciprocal_rerank
 
         ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
         for r, ids in enumerate(_rows(pool)):
             if len(ids) < 2 or not self.gate(queries[r], ids, ctx):
                 continue
             space = _Space(ctx, r)
+            if len(ids) <= DENSE_POOL_MAX:  # the usual pool of 100: dense matrices are much cheaper
+                d = k_reciprocal_pool(space.query(queries[r]), space.candidates(ids),
+                                      self.k1, self.k2, self.lambda_value)
+                _replace_row(ids_out, sc_out, r, ids, 1.0 - d)
+                continue
             dist, pos = k_reciprocal_rerank(space.query(queries[r])[None], space.candidates(ids), len(ids),
                                             k1=self.k1, k2=self.k2, lambda_value=self.lambda_value)
             _replace_row(ids_out, sc_out, r, ids[pos[0]], 1.0 - dist[0])
