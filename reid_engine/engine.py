@@ -574,13 +574,10 @@ class Engine:
                 query_attributes=None if qattrs is None else qattrs[rows_q],
             )
             head = pipe.run(qm, Candidates.sorted(i[:, :pool], s[:, :pool]), ctx)
-            for out_row, r in zip(members, range(len(head.ids))):
-                # the re-ranked head, then the rest of the first stage in cosine order (no id twice)
-                tail = ~np.isin(i[r, pool:], head.ids[r])
-                top_i = np.concatenate([head.ids[r], i[r, pool:][tail]])[:k]
-                top_s = np.concatenate([head.scores[r], s[r, pool:][tail]])[:k]
-                sims[out_row, : len(top_s)] = top_s
-                ids[out_row, : len(top_i)] = top_i
+            # the re-ranked head, then the rest of the first stage in cosine order (no id twice)
+            ranked = head.then(i[:, pool:], s[:, pool:], k)
+            for out_row, r in zip(members, range(len(ranked.ids))):
+                sims[out_row], ids[out_row] = ranked.scores[r], ranked.ids[r]
         rows = self.store.rows(ids[ids >= 0].tolist())
         results = []
         for qi in range(n):
@@ -714,7 +711,7 @@ class Engine:
         if isinstance(images, (str, Path, np.ndarray)):
             images = [images]
         labels = [str(im) if not isinstance(im, np.ndarray) else f"<array {i}>" for i, im in enumerate(images)]
-        if query_cameras is None:  # an indexed query crop brings its camera (filters, camera normalization)
+        if query_cameras is None and filters.get("exclude_same_camera"):  # only the filter reads it here
             query_cameras = self._cameras_of_indexed(images)
         feats = self.encoder.encode(images, batch_size=batch_size)
         return self.query_tracks_features(feats, k, query_labels=labels, query_cameras=query_cameras, **filters)

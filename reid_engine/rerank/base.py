@@ -53,6 +53,18 @@ class Candidates:
     def top(self, k: int) -> "Candidates":
         return Candidates(self.ids[:, :k], self.scores[:, :k])
 
+    def then(self, ids: np.ndarray, scores: np.ndarray, k: int) -> "Candidates":
+        """Each row, then row r of (``ids``, ``scores``) (the first stage past the pool, in its order) without
+        the ids already in it, cut to ``k`` columns (-1 / -inf padding)."""
+        out_i = np.full((len(self.ids), k), -1, np.int64)
+        out_s = np.full((len(self.ids), k), -np.inf, np.float32)
+        for r in range(len(self.ids)):
+            tail = ~np.isin(ids[r], self.ids[r])
+            top_i = np.concatenate([self.ids[r], ids[r][tail]])[:k]
+            out_i[r, :len(top_i)] = top_i
+            out_s[r, :len(top_i)] = np.concatenate([self.scores[r], scores[r][tail]])[:k]
+        return Candidates(out_i, out_s)
+
     @property
     def valid(self) -> np.ndarray:
         return self.ids >= 0

@@ -196,14 +196,4 @@ class MemoryGallery:
                             query_tracks=[None] * len(q), same_person=same_person,
                             query_attributes=query_attributes, where=where, options=dict(options or {}))
         head = pipeline.run(q, Candidates.sorted(i[:, :pool_n], s[:, :pool_n]), ctx)
-        if head.ids.shape[1] >= k and (len(q) == 0 or i.shape[1] <= pool_n):
-            return head.top(k)
-        ids = np.full((len(head.ids), k), -1, np.int64)
-        scores = np.full((len(head.ids), k), -np.inf, np.float32)
-        for r in range(len(head.ids)):  # the re-ranked head, then the first stage's tail (no id twice)
-            row = r if len(head.ids) == len(q) else 0
-            tail = ~np.isin(i[row, pool_n:], head.ids[r])
-            top_i = np.concatenate([head.ids[r], i[row, pool_n:][tail]])[:k]
-            top_s = np.concatenate([head.scores[r], s[row, pool_n:][tail]])[:k]
-            ids[r, :len(top_i)], scores[r, :len(top_s)] = top_i, top_s
-        return Candidates(ids, scores)
+        return head.then(i[:, pool_n:], s[:, pool_n:], k)

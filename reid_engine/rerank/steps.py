@@ -251,14 +251,16 @@ class KReciprocal(Reranker):
     def pool_size(self, k: int) -> int:
         return max(k, self.pool)
 
-    def gate(self, query: np.ndarray, ids: np.ndarray, ctx: RerankContext) -> bool:
-        """Whether this query's pool (``ids``, best first) is re-ranked (see the class docstring)."""
+    def gate(self, query: np.ndarray, ids: np.ndarray, ctx: RerankContext, raw: Optional[np.ndarray] = None) -> bool:
+        """Whether this query's pool (``ids``, best first; ``raw``: their stored vectors) is re-ranked (see the
+        class docstring)."""
         if self.gate_margin is None:
             return True
         table = ctx.gallery.state("neighbours")
         if not isinstance(table, NeighbourTable) or table.width == 0:
             return False
-        raw_top1 = float((np.asarray(ctx.gallery.vectors(ids), np.float32) @ np.asarray(query, np.float32)).max())
+        raw = np.asarray(ctx.gallery.vectors(ids) if raw is None else raw, np.float32)
+        raw_top1 = float((raw @ np.asarray(query, np.float32)).max())
         first = table.lists(ids[:self.gate_top])[1][:, 0]
         return bool(np.mean(first > raw_top1 + self.gate_margin) >= self.gate_share)
 
@@ -267,15 +269,18 @@ class KReciprocal(Reranker):
 
         ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
         for r, ids in enumerate(_rows(pool)):
-            if len(ids) < 2 or not self.gate(queries[r], ids, ctx):
+            if len(ids) < 2:
+                continue
+            raw = np.asarray(ctx.gallery.vectors(ids), np.float32)  # read once: the gate and the space use them
+            if not self.gate(queries[r], ids, ctx, raw):
                 continue
             space = _Space(ctx, r)
+            cands = space.candidates(ids, raw)
             if len(ids) <= DENSE_POOL_MAX:  # the usual pool of 100: dense matrices are much cheaper
-                d = k_reciprocal_pool(space.query(queries[r]), space.candidates(ids),
-                                      self.k1, self.k2, self.lambda_value)
+                d = k_reciprocal_pool(space.query(queries[r]), cands, self.k1, self.k2, self.lambda_value)
                 _replace_row(ids_out, sc_out, r, ids, 1.0 - d)
                 continue
-            dist, pos = k_reciprocal_rerank(space.query(queries[r])[None], space.candidates(ids), len(ids),
+            dist, pos = k_reciprocal_rerank(space.query(queries[r])[None], cands, len(ids),
                                             k1=self.k1, k2=self.k2, lambda_value=self.lambda_value)
             _replace_row(ids_out, sc_out, r, ids[pos[0]], 1.0 - dist[0])
         return Candidates.sorted(ids_out, sc_out)
