@@ -214,7 +214,8 @@ def query_cmd(
 
 def _describe_backend(d: dict[str, Any]) -> str:
     """One line for `info`: backend, index type and its parameters, segments, removed vectors."""
-    params = [f"{k}={d[k]}" for k in ("graph_m", "ef_search", "nlist", "nprobe", "exact_threshold") if d.get(k)]
+    keys = ("graph_m", "graph_rows", "ef_search", "nlist", "nprobe", "exact_threshold")
+    params = [f"{k}={d[k]}" for k in keys if d.get(k)]
     segs = d.get("segments") or []
     kinds: dict[str, int] = {}
     for seg in segs:

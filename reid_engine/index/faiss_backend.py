@@ -15,18 +15,23 @@ On disk (all files immutable once renamed into place, names carry the generation
   (a removal hides the id in segments written before it, so a re-added id lives again).
 - ``quant-<gen>-<token>.npy`` float32 (nlist, D): the trained coarse quantizer.
 
-A commit writes one small flat segment (searched exhaustively); ``compact`` merges flat
-segments into IVF segments once a quantizer is trained (automatically when the gallery
-passes ``exact_threshold``, again when it has grown ``retrain_growth`` times), merges IVF
-segments tier by tier and drops removed rows. Own CSR lists rather than a FAISS IVF index
-because memory-mapping them is zero-copy, all segments share one quantizer, and filters are
-evaluated list by list on the stored codes.
+A commit writes one small flat segment (searched exhaustively). Past ``exact_threshold`` (graph
+modes) ``compact`` inserts the flat segments' rows into the growing graph (written as a new
+segment; the old graph's files are left for readers) until it holds ``graph_rows``, then starts
+a new one, so each row is inserted into a graph once. With an IVF factory it merges flat
+segments into IVF segments once a quantizer is trained (again when the gallery has grown
+``retrain_growth`` times) and merges IVF segments tier by tier. Both drop removed rows. IVF
+segments keep their own CSR lists rather than a FAISS IVF index because memory-mapping them is
+zero-copy, all segments share one quantizer, and filters are evaluated list by list on the
+stored codes.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
+import mmap
 import os
 import re
 import secrets
@@ -56,21 +61,28 @@ _HNSW_RE = re.compile(r"^HNSW(\d+)$")
 #: links per node of the graphs "auto" builds (FAISS HNSW M) and the construction beam width
 GRAPH_M = 32
 GRAPH_EF_CONSTRUCTION = 40
+#: a graph grows (new rows are added to it at merges) until it holds this many rows; then it is sealed and the
+#: next merge starts a new graph. Every row is inserted into a graph once; a bigger cap means fewer graphs to
+#: search per query and per commit, but more bytes rewritten per merge and more memory while one grows (at
+#: merge time the growing graph is held in memory once more beside its memory-mapped copy)
+GRAPH_ROWS = 1 << 19
 #: default search beam width of the graphs (measured: recall@10 0.97 at 100k on tools/bench_scale.py data)
 GRAPH_EF_SEARCH = 128
-#: graphs up to this many rows get a default beam of at least twice the results wanted; a larger graph gets
-#: (rows / GRAPH_BEAM_ROWS) ** GRAPH_BEAM_POWER times that (on tools/bench_scale.py data a 262k-row graph needs a
-#: beam of ~5-6x the results for recall@100 0.98, a 32k one ~2x; a filtered walk is not widened: it already
-#: passes over the rows the filter leaves out, and widening it cost more than it gave at 1M)
+#: graphs up to this many rows get a default beam of at least efSearch and twice the results wanted; a larger
+#: graph gets (rows / GRAPH_BEAM_ROWS) ** GRAPH_BEAM_POWER times both. On tools/bench_scale.py data a 262k-row graph
+#: needs a beam of ~5-6x the results for recall@100 0.98, a 32k one ~2x; on two graphs of 512k rows recall@10 is
+#: 0.908 / 0.955 / 0.984 at beams 128 / 200 / 400 (camera filter, 1/8 of the rows: 0.835 / 0.907 / 0.958), and the
+#: default re-ranking's mAP@100 on a pool searched with beams 790 / 1200 / 2400 / exact is 23.96 / 24.42 / 24.56 /
+#: 24.80 (7.4 / 9.8 / 16.9 ms a pool search): power 0.65 gives the 1200
 GRAPH_BEAM_ROWS = 32768
-GRAPH_BEAM_POWER = 0.5
+GRAPH_BEAM_POWER = 0.65
 
 
 def graph_beam(ef: int, k: int, rows: int, scaled: bool = True) -> int:
     """HNSW beam width for ``k`` results from a graph of ``rows``: at least ``ef`` and twice ``k``, and with
-    ``scaled`` (the index's default beam, not one the caller set) widened with the graph's size."""
-    floor = 2.0 * k * (max(1.0, rows / GRAPH_BEAM_ROWS) ** GRAPH_BEAM_POWER if scaled else 1.0)
-    return int(min(4096, max(ef, math.ceil(floor))))
+    ``scaled`` (the index's default beam, not one the caller set) both widened with the graph's size."""
+    factor = max(1.0, rows / GRAPH_BEAM_ROWS) ** GRAPH_BEAM_POWER if scaled else 1.0
+    return int(min(4096, math.ceil(factor * max(ef, 2.0 * k))))
 _BLOCK = 32768
 _SUPPORTED = '"auto", "Flat", "HNSW<M>", "IVF<n>,Flat"'
 
@@ -303,14 +315,47 @@ _SEG_SUFFIXES = (_VEC_SUFFIX, ".ids.npy", ".aux.npy", ".ts.npy", ".json")
 _GRAPH_SUFFIX = ".hnsw"
 
 
-def _reserve_storage(index: Any, nbytes: int) -> None:
-    """Give an empty HNSW index's flat storage its final capacity: adding block by block then never
-    reallocates (a growing vector briefly holds its old and new buffers: up to 2x the vectors in memory)."""
+def _reserve_storage(index: Any, nbytes: int, used: int = 0) -> None:
+    """Give an HNSW index's flat storage (``used`` bytes filled) its final capacity: adding block by block then
+    never reallocates (a growing vector briefly holds its old and new buffers: up to 2x the vectors in memory)."""
     try:
         codes = faiss.downcast_index(index.storage).codes  # type: ignore[attr-defined]
-        codes.resize(nbytes)
-        codes.resize(0)  # the capacity stays
+        codes.resize(max(nbytes, used))
+        codes.resize(used)  # the capacity stays, and the filled bytes
     except (AttributeError, RuntimeError, MemoryError):  # older FAISS: plain growth
+        pass
+
+
+def _file_mapped(start: int, end: int, path: Path) -> bool:
+    """Whether bytes ``start..end`` of this process are a mapping of the file ``path`` (Linux /proc/self/maps)."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return False
+    want = str(path.resolve())
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] == want:
+            lo, hi = (int(v, 16) for v in parts[0].split("-"))
+            if lo <= start and end <= hi:
+                return True
+    return False
+
+
+def _release_pages(arr: np.ndarray, path: Path) -> None:
+    """Drop this process's resident pages of ``arr`` when it is a read-only mapping of the file ``path`` (they are
+    read back from the page cache when next touched). Lowers the peak memory of growing a graph, whose file is
+    read into memory while its mapping was paged in by searches. Anything else is left alone."""
+    page = mmap.PAGESIZE
+    start = arr.__array_interface__["data"][0]
+    lo = -(-start // page) * page
+    hi = (start + arr.nbytes) // page * page
+    if hi <= lo or not _file_mapped(lo, hi, path):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
+    except (OSError, AttributeError):  # not Linux: the pages stay
         pass
 
 
@@ -510,10 +555,11 @@ class FaissBackend(VectorBackend):
         self.exact_threshold = int(o.get("exact_threshold", EXACT_THRESHOLD))
         self.flat_limit = int(o.get("flat_limit", 32768))
         self.merge_factor = int(o.get("merge_factor", 8))
+        self.graph_rows = int(o.get("graph_rows", GRAPH_ROWS))
         self.retrain_growth = float(o.get("retrain_growth", 4.0))
         self.nlist_factor = float(o.get("nlist_factor", 4.0))
         self.train_points = int(o.get("train_points_per_list", 32))
-        for k in ("exact_threshold", "flat_limit", "merge_factor", "train_points_per_list"):
+        for k in ("exact_threshold", "flat_limit", "merge_factor", "train_points_per_list", "graph_rows"):
             if k in o and int(o[k]) < 1:
                 raise InvalidInputError(f"faiss backend option {k}={o[k]!r}: expected a positive integer")
         if "nprobe" in o and o["nprobe"] is not None:
@@ -526,7 +572,8 @@ class FaissBackend(VectorBackend):
 
     @classmethod
     def default_options(cls, dim: int) -> dict[str, Any]:
-        return {"factory": "auto", "exact_threshold": EXACT_THRESHOLD, "flat_limit": 32768, "merge_factor": 8}
+        return {"factory": "auto", "exact_threshold": EXACT_THRESHOLD, "flat_limit": 32768, "merge_factor": 8,
+                "graph_rows": GRAPH_ROWS}
 
     def empty_state(self) -> dict[str, Any]:
         return {"format": FORMAT, "dim": self.dim, "segments": [], "tombstones": None, "quantizer": None,
@@ -690,7 +737,7 @@ class FaissBackend(VectorBackend):
         plan = self._plan(view, force)
         if plan is None:
             return None
-        merge, retrain = plan
+        merge, retrain, base = plan
         new_files: list[str] = []
         try:
             centroids = view.centroids
@@ -706,7 +753,7 @@ class FaissBackend(VectorBackend):
                 state["search"]["nprobe"] = self.options.get("nprobe") or auto_nprobe(len(centroids))
             name = self._new_name("seg", generation)
             new_files.append(name)
-            rows = self._merge(view, merge, centroids, name, graph=bool(state.get("graph")))
+            rows = self._merge(view, merge, centroids, name, graph=bool(state.get("graph")), base=base)
             graph = bool(state.get("graph")) and rows > 0
         except BaseException:
             self._remove_files(new_files)
@@ -737,7 +784,7 @@ class FaissBackend(VectorBackend):
                 state["tombstones"] = None
         _fsync_dir(self.folder)
         log.info("compacted %d segments into %s (%d rows)%s", len(merge), name, rows,
-                 " after training" if retrain else "")
+                 " after training" if retrain else f" by growing {segs[base].name}" if base is not None else "")
         return state
 
     def _wants_ivf(self, live: int) -> bool:
@@ -750,8 +797,9 @@ class FaissBackend(VectorBackend):
             return live >= min(self.exact_threshold, 30 * (self.fixed_nlist or 1)) and live >= (self.fixed_nlist or 1)
         return live >= self.exact_threshold
 
-    def _plan(self, view: _View, force: bool) -> Optional[tuple[set[int], bool]]:
-        """(segments to merge, whether to train a new quantizer), or None when nothing is worth doing."""
+    def _plan(self, view: _View, force: bool) -> Optional[tuple[set[int], bool, Optional[int]]]:
+        """(segments to merge, whether to train a new quantizer, the graph segment that grows by the others'
+        rows or None), or None when nothing is worth doing."""
         segs = view.segments
         trained = view.centroids is not None or bool(view.state.get("graph"))
         retrain = False
@@ -767,7 +815,7 @@ class FaissBackend(VectorBackend):
             if not retrain and len(segs) <= 1 and not any(view.ndead) and (
                     not segs or segs[0].kind == (sealed if trained and self.mode != "flat" else "flat")):
                 return None
-            return (every, retrain) if segs else None
+            return (every, retrain, None) if segs else None
         merge: set[int] = set()
         # segments that are mostly removed rows
         for i, s in enumerate(segs):
@@ -775,10 +823,17 @@ class FaissBackend(VectorBackend):
                 merge.add(i)
         flat = [i for i, s in enumerate(segs) if s.kind == "flat"]
         flat_rows = sum(segs[i].rows for i in flat)
-        if trained and self.mode != "flat":
+        base: Optional[int] = None
+        if trained and self.mode != "flat" and view.state.get("graph"):
             if flat and (flat_rows >= self.flat_limit or len(flat) > self.merge_factor):
                 merge.update(flat)
-            ivf = [i for i, s in enumerate(segs) if s.kind in ("ivf", "graph")]
+                base = self._growing_graph(view, merge)
+                if base is not None:
+                    merge.add(base)
+        elif trained and self.mode != "flat":
+            if flat and (flat_rows >= self.flat_limit or len(flat) > self.merge_factor):
+                merge.update(flat)
+            ivf = [i for i, s in enumerate(segs) if s.kind == "ivf"]
             tiers: dict[int, list[int]] = {}
             for i in ivf:
                 # tier t holds about flat_limit * merge_factor**t rows (rounded on a log scale)
@@ -796,18 +851,45 @@ class FaissBackend(VectorBackend):
             (i,) = merge
             if not view.ndead[i] and not (segs[i].kind == "flat" and trained and self.mode != "flat"):
                 return None
-        return (merge, False) if merge else None
+        return (merge, False, base) if merge else None
 
-    def _build_graph(self, name: str, rows: int, vectors: Any) -> None:
+    def _growing_graph(self, view: _View, merge: set[int]) -> Optional[int]:
+        """The graph segment the rows of segments ``merge`` are added to: the largest one with no removed rows
+        that stays within ``graph_rows`` (None: they start a new graph)."""
+        adding = sum(view.segments[i].rows - view.ndead[i] for i in merge)
+        room = [i for i, s in enumerate(view.segments)
+                if s.kind == "graph" and i not in merge and not view.ndead[i] and s.rows + adding <= self.graph_rows]
+        return max(room, key=lambda i: (view.segments[i].rows, view.segments[i].seq), default=None)
+
+    def _build_graph(self, name: str, rows: int, vectors: Any, grow: Optional[_Segment] = None) -> None:
         """Build the HNSW graph of a segment's rows (``vectors(a, b)``: rows a..b in the segment's order) and
-        write it durably; the graph's storage is the segment's vectors."""
+        write it durably; the graph's storage is the segment's vectors. With ``grow`` (a graph segment whose
+        rows are this segment's first rows) its graph is read and only the remaining rows are inserted."""
         assert self.graph_m is not None  # only graph modes build graphs
-        index = faiss.IndexHNSWFlat(self.dim, self.graph_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
-        _reserve_storage(index, rows * self.dim * 4)
         t0 = time.perf_counter()
+        start = 0
+        # building reads no graph's vectors but the ones it copies: the graphs' pages that searches brought in
+        # are dropped from this process (read back from the page cache when next searched), so the graph being
+        # built is the only one held in memory meanwhile
+        for seg in self._view.segments:
+            if seg.graph is not None:
+                _release_pages(seg.vec, self.folder / f"{seg.name}{_GRAPH_SUFFIX}")
+        if grow is not None:
+            path = self.folder / f"{grow.name}{_GRAPH_SUFFIX}"
+            try:  # a private copy in memory: the memory-mapped one stays as it is for readers
+                index = faiss.read_index(str(path))
+            except RuntimeError as exc:
+                raise IndexCorruptError(f"vector segment {grow.name}: graph {path.name} cannot be read "
+                                        f"({str(exc).splitlines()[0]})") from None
+            start = grow.rows
+            if index.ntotal != start:
+                raise IndexCorruptError(f"vector segment {grow.name}: graph of {index.ntotal} rows, expected {start}")
+        else:
+            index = faiss.IndexHNSWFlat(self.dim, self.graph_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
+        _reserve_storage(index, rows * self.dim * 4, start * self.dim * 4)
         with _threads(faiss.omp_get_max_threads()):
-            for i0 in range(0, rows, _BLOCK):
+            for i0 in range(start, rows, _BLOCK):
                 index.add(np.ascontiguousarray(vectors(i0, min(rows, i0 + _BLOCK)), np.float32))
         path = self.folder / f"{name}{_GRAPH_SUFFIX}"
         tmp = path.with_name(path.name + ".tmp" + secrets.token_hex(4))
@@ -815,8 +897,8 @@ class FaissBackend(VectorBackend):
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        log.info("built the HNSW%d graph of %s (%d rows) in %.1f s", self.graph_m, name, rows,
-                 time.perf_counter() - t0)
+        log.info("built the HNSW%d graph of %s (%d rows, %d inserted) in %.1f s", self.graph_m, name, rows,
+                 rows - start, time.perf_counter() - t0)
 
     def _train(self, view: _View) -> np.ndarray:
         """Spherical k-means centroids on a sample of the live vectors."""
@@ -849,11 +931,13 @@ class FaissBackend(VectorBackend):
         return out
 
     def _merge(self, view: _View, merge: set[int], centroids: Optional[np.ndarray], name: str,
-               graph: bool = False) -> int:
+               graph: bool = False, base: Optional[int] = None) -> int:
         """Write the live rows of segments ``merge`` as one new segment (with its graph when ``graph``); return
-        its row count."""
-        segs = [view.segments[i] for i in sorted(merge)]
-        deads = [view.dead[i] for i in sorted(merge)]
+        its row count. With ``base`` (a graph segment in ``merge`` with no removed rows) the new segment is that
+        graph grown by the other segments' rows: its rows first, in their order, and only the others inserted."""
+        picked = sorted(merge) if base is None else [base] + sorted(merge - {base})
+        segs = [view.segments[i] for i in picked]
+        deads = [view.dead[i] for i in picked]
         ivf = centroids is not None and self.mode != "flat"
         same_quant = view.centroids is not None and centroids is view.centroids
         src_seg, src_row, ids_l, lists_l = [], [], [], []
@@ -897,6 +981,10 @@ class FaissBackend(VectorBackend):
             lists = np.concatenate(lists_l)
             order = np.lexsort((ids, lists))
             offsets = np.searchsorted(lists[order], np.arange(len(centroids) + 1))
+        elif base is not None:  # the grown graph's rows keep their places; the added ones follow by id
+            kept = segs[0].rows
+            order = np.r_[np.arange(kept), kept + np.argsort(ids[kept:], kind="stable")]
+            offsets = None
         else:
             order = np.argsort(ids, kind="stable")
             offsets = None
@@ -915,7 +1003,7 @@ class FaissBackend(VectorBackend):
         data = _SegmentData(ids=ids[order], codes=np.concatenate(codes_l, axis=1)[:, order], vocab=vocab,
                             ts=np.concatenate(ts_l)[order], vectors=vectors, lists=offsets)
         if graph:  # the graph first: the segment's vectors are its storage
-            self._build_graph(name, int(ids.size), vectors)
+            self._build_graph(name, int(ids.size), vectors, grow=segs[0] if base is not None else None)
         _write_segment(self.folder, name, data, self.dim, vectors=not graph)
         return int(ids.size)
 
@@ -977,6 +1065,7 @@ class FaissBackend(VectorBackend):
             "factory": self.options.get("factory", "auto"),
             "index_type": ("hnsw" if view.state.get("graph") else "ivf_flat" if ivf else "flat"),
             "graph_m": (view.state.get("graph") or {}).get("m"),
+            "graph_rows": self.graph_rows if self.graph_m is not None else None,
             "ef_search": self._defaults(view).get("ef_search") if view.state.get("graph") else None,
             "metric": "inner_product",
             "dim": self.dim,
@@ -1125,8 +1214,9 @@ class FaissBackend(VectorBackend):
             keep = ~dead if keep is None else keep & ~dead
         params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stub
         # the beam holds results that pass the filter, so it needs no widening by the filter's selectivity, only
-        # enough room for k of them (twice k: a beam barely wider than k loses recall at its tail)
-        params.efSearch = graph_beam(ef, k, seg.rows, scaled and sf is None)
+        # enough room for k of them (twice k: a beam barely wider than k loses recall at its tail), widened with
+        # the graph's size like an unfiltered walk
+        params.efSearch = graph_beam(ef, k, seg.rows, scaled)
         packed = None
         if keep is not None:
             packed = np.packbits(keep, bitorder="little")
