@@ -380,3 +380,37 @@ def test_describe_reports_storage(folder):
     assert d["bytes_on_disk"] >= 64 * DIM * 4
     assert d["segments"][0]["rows"] == 64 and d["count"] == 64
     json.dumps(d)
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc/self/maps")
+def test_releasing_a_mapped_graph_drops_its_pages_but_never_its_data(tmp_path):
+    """The pages of a memory-mapped graph's vectors leave this process's memory and read back the same; an array
+    that is not a read-only mapping of that file (anonymous memory, another file) is left alone."""
+    import faiss
+
+    from reid_engine.index.faiss_backend import _graph_vectors, _release_pages
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20000, 256)).astype(np.float32)
+    index = faiss.IndexHNSWFlat(256, 8)
+    index.add(x)
+    path = tmp_path / "g.hnsw"
+    faiss.write_index(index, str(path))
+    graph = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    vec = _graph_vectors(graph, 20000, 256)
+    assert np.array_equal(vec, x)  # every page is now resident
+    before = _rss_mib()
+    _release_pages(vec, path)
+    assert before - _rss_mib() > 0.5 * x.nbytes / 2**20
+    assert np.array_equal(vec, x)
+    anon = x.copy()
+    _release_pages(anon, path)  # not a mapping of that file
+    _release_pages(vec, tmp_path / "other.hnsw")  # the wrong file
+    assert np.array_equal(anon, x) and np.array_equal(vec, x)

@@ -64,7 +64,7 @@ GRAPH_EF_CONSTRUCTION = 40
 #: a graph grows (new rows are added to it at merges) until it holds this many rows; then it is sealed and the
 #: next merge starts a new graph. Every row is inserted into a graph once; a bigger cap means fewer graphs to
 #: search per query and per commit, but more bytes rewritten per merge and more memory while one grows (at
-#: merge time the growing graph is held in memory once more beside its memory-mapped copy)
+#: merge time the growing graph is read into memory from its file)
 GRAPH_ROWS = 1 << 19
 #: default search beam width of the graphs (measured: recall@10 0.97 at 100k on tools/bench_scale.py data)
 GRAPH_EF_SEARCH = 128
@@ -327,7 +327,8 @@ def _reserve_storage(index: Any, nbytes: int, used: int = 0) -> None:
 
 
 def _file_mapped(start: int, end: int, path: Path) -> bool:
-    """Whether bytes ``start..end`` of this process are a mapping of the file ``path`` (Linux /proc/self/maps)."""
+    """Whether bytes ``start..end`` of this process are a read-only mapping of the file ``path`` (Linux
+    /proc/self/maps)."""
     try:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
@@ -335,7 +336,7 @@ def _file_mapped(start: int, end: int, path: Path) -> bool:
     want = str(path.resolve())
     for line in lines:
         parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5] == want:
+        if len(parts) == 6 and parts[5] == want and "w" not in parts[1]:
             lo, hi = (int(v, 16) for v in parts[0].split("-"))
             if lo <= start and end <= hi:
                 return True
