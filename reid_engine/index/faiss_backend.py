@@ -824,16 +824,17 @@ class FaissBackend(VectorBackend):
                 merge.add(i)
         flat = [i for i, s in enumerate(segs) if s.kind == "flat"]
         flat_rows = sum(segs[i].rows for i in flat)
+        # sealed (graph or IVF) segments exist: the flat ones are merged into them once they are many or large
+        flat_due = trained and self.mode != "flat" and bool(flat) and (
+            flat_rows >= self.flat_limit or len(flat) > self.merge_factor)
+        if flat_due:
+            merge.update(flat)
         base: Optional[int] = None
         if trained and self.mode != "flat" and view.state.get("graph"):
-            if flat and (flat_rows >= self.flat_limit or len(flat) > self.merge_factor):
-                merge.update(flat)
-                base = self._growing_graph(view, merge)
-                if base is not None:
-                    merge.add(base)
+            base = self._growing_graph(view, merge) if flat_due else None
+            if base is not None:
+                merge.add(base)
         elif trained and self.mode != "flat":
-            if flat and (flat_rows >= self.flat_limit or len(flat) > self.merge_factor):
-                merge.update(flat)
             ivf = [i for i, s in enumerate(segs) if s.kind == "ivf"]
             tiers: dict[int, list[int]] = {}
             for i in ivf:

@@ -314,7 +314,7 @@ class IndexStore:
             raise InvalidInputError(f"{len(feats)} context vectors but {len(cameras)} cameras")
         if not len(feats):
             return self.generation
-        fields = {"camera": np.array([None if c is None else str(c) for c in cameras], dtype=object)}
+        fields = fields_of([{"camera": c} for c in cameras])
         with self.writing():
             new_gen = self.generation + 1
             hook_states = dict(self.committed["hooks"])

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Un
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..index.backend import fields_of
 from .base import RERANK_K, Candidates, IndexHook, Pipeline, RerankContext, get_hook
 from .hooks import top_k_rows
 
@@ -136,7 +137,7 @@ class MemoryGallery:
     def observe(self, vectors: np.ndarray, cameras: Sequence[Optional[str]]) -> None:
         """Context crops for the hooks (``IndexHook.observe``), as ``IndexStore.observe`` commits them."""
         vecs = np.asarray(vectors, np.float32).reshape(-1, self.dim)
-        fields = {"camera": np.array([None if c is None else str(c) for c in cameras], dtype=object)}
+        fields = fields_of([{"camera": c} for c in cameras])
         gen = self.generation + 1
         pending = {}
         for n, h in self.hooks.items():
