@@ -144,3 +144,61 @@ def test_neighbour_table_appending_update_equals_the_general_one(seed):
     want = _general_apply(table, odd, nb[:1], sims[:1])
     np.testing.assert_array_equal(got.ids, want[0])
     np.testing.assert_array_equal(got.nb_ids, want[1])
+
+
+def _lexsort_top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: every row fully sorted by (score descending, id ascending), -1 ids last, cut to k."""
+    out_s = np.full((len(scores), k), -np.inf, np.float32)
+    out_i = np.full((len(scores), k), -1, np.int64)
+    for r in range(len(scores)):
+        valid = ids[r] >= 0
+        s, i = scores[r][valid], ids[r][valid]
+        o = np.lexsort((i, -s))[:k]
+        out_s[r, :len(o)], out_i[r, :len(o)] = s[o], i[o]
+    return out_s, out_i
+
+
+@pytest.mark.parametrize("width", [100, 3000])
+def test_top_k_rows_keeps_the_smallest_ids_among_many_ties(width: int) -> None:
+    """More tied scores than k (duplicate crops) in narrow and wide rows (the wide ones are narrowed through
+    a sampled bound): the k best by score, ties always by ascending id, as a full sort gives."""
+    from reid_engine.rerank.hooks import top_k_rows
+
+    rng = np.random.default_rng(width)
+    scores = rng.integers(0, 6, size=(30, width)).astype(np.float32) / 5  # six distinct values: heavy ties
+    if width > 2048:  # rows whose best scores all lie past the sampled columns
+        scores[:5, :2048] = np.minimum(scores[:5, :2048], 0.4)
+    ids = np.stack([rng.permutation(10 * width)[:width] for _ in range(30)])
+    ids[:, ::7] = -1  # padding is never returned
+    got_s, got_i = top_k_rows(scores, ids, 16)
+    ref_s, ref_i = _lexsort_top(scores, ids, 16)
+    assert np.array_equal(got_i, ref_i)
+    assert np.array_equal(got_s, ref_s)
+
+
+def test_exact_neighbours_of_duplicated_rows_equal_a_full_sort() -> None:
+    """A commit of 4,096 rows that are copies of 150 vectors (tied similarities far beyond the list width)."""
+    from reid_engine.rerank.hooks import exact_neighbours
+
+    rng = np.random.default_rng(5)
+    x = _unit(rng, 150, 32)[rng.integers(0, 150, 4096)]
+    ids = rng.permutation(50_000)[:4096].astype(np.int64)
+    sims, nbs = exact_neighbours(ids, x, 16)
+    s = x[:1024] @ x.T  # the function's first block, computed the same way
+    np.fill_diagonal(s, -np.inf)
+    ref_s, ref_i = _lexsort_top(s, np.where(np.isfinite(s), np.broadcast_to(ids, s.shape), -1), 16)
+    assert np.array_equal(nbs[:1024], ref_i)
+    assert np.array_equal(sims[:1024], ref_s)
+
+
+def test_kth_is_the_last_listed_similarity_and_minus_inf_when_unknown() -> None:
+    rng = np.random.default_rng(6)
+    x = _unit(rng, 40)
+    gal = _build(x, np.arange(100, 140), 40, width=8)
+    table = gal.state("neighbours")
+    ask = np.array([[105, 7], [139, 100]])  # 7 is not in the gallery
+    got = table.kth(ask)
+    assert got.shape == (2, 2)
+    assert got[0, 0] == table.lists([105])[1][0, -1] and got[1, 0] == table.lists([139])[1][0, -1]
+    assert got[1, 1] == table.lists([100])[1][0, -1]
+    assert got[0, 1] == -np.inf

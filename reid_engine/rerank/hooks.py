@@ -57,10 +57,14 @@ NO_CAMERA = "\x00none"
 def top_k_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the ``k`` best (scores, ids) by descending score, ties by ascending id; -1 ids are padding."""
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
-    if scores.shape[1] > 2 * k + 16:  # keep a few more than k by score first: sorting wide rows is slow
-        keep = np.argpartition(-scores, k + 7, axis=1)[:, : k + 8]
-        scores = np.take_along_axis(scores, keep, 1)
-        ids = np.take_along_axis(ids, keep, 1)
+    ids = np.asarray(ids, np.int64)
+    if k >= 1 and scores.shape[1] > 2 * k + 16:  # only the columns that can be in the top k: sorting wide rows is slow
+        cols = _columns_at_or_above_kth(scores, k)
+        if cols is not None:
+            keep = np.maximum(cols, 0)
+            scores = np.where(cols >= 0, np.take_along_axis(scores, keep, 1), -np.inf)
+            ids = np.where(cols >= 0, np.take_along_axis(np.broadcast_to(ids, scores.shape[:1] + ids.shape[1:]),
+                                                        keep, 1), -1)
     big = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
     order = np.lexsort((big, -scores), axis=-1)[:, :k]
     s = np.take_along_axis(scores, order, 1)
@@ -71,6 +75,26 @@ def top_k_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray,
         s = np.concatenate([s, np.full((len(s), pad), -np.inf, np.float32)], 1)
         i = np.concatenate([i, np.full((len(i), pad), -1, np.int64)], 1)
     return s, i.astype(np.int64)
+
+
+def _columns_at_or_above_kth(s: np.ndarray, k: int, sample: int = 512) -> Optional[np.ndarray]:
+    """Per row of a score matrix, every column scoring at least a lower bound of the row's k-th best score
+    (ties included, -1 padded), so the row's top ``k`` is the top ``k`` of those columns; None when that
+    keeps most of the columns. On wide rows the bound is the k-th best of the first ``sample`` columns
+    (partitioning a sample is much cheaper than partitioning the row), else the row's own k-th best."""
+    n, m = s.shape
+    sample = max(sample, 2 * k)
+    head = s[:, :sample] if m >= 4 * sample else s
+    bound = np.partition(head, head.shape[1] - k, axis=1)[:, head.shape[1] - k]
+    r, c = np.nonzero(s >= bound[:, None])
+    count = np.bincount(r, minlength=n)
+    width = int(count.max()) if n else 0
+    if width > m // 2:
+        return None
+    rank = np.arange(len(r)) - (np.cumsum(count) - count)[r]
+    cols = np.full((n, width), -1, np.int64)
+    cols[r, rank] = c
+    return cols
 
 
 def exact_neighbours(ids: np.ndarray, vectors: np.ndarray, width: int, block: int = 1024
@@ -121,8 +145,11 @@ class NeighbourTable:
         return nb, ns.astype(np.float32)
 
     def kth(self, ids: IdsLike) -> np.ndarray:
-        """Each id's W-th neighbour similarity (-inf when its list is not full)."""
-        return self.lists(ids)[1][..., -1]
+        """Each id's W-th neighbour similarity (-inf when its list is not full or the id is unknown)."""
+        pos = self.positions(ids)
+        if len(self.ids) == 0 or self.width == 0:
+            return np.full(pos.shape, -np.inf, np.float32)
+        return np.where(pos >= 0, self.nb_sims[np.maximum(pos, 0), -1], -np.inf).astype(np.float32)
 
     @property
     def min_kth(self) -> float:
