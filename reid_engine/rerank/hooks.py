@@ -107,9 +107,8 @@ def exact_neighbours(ids: np.ndarray, vectors: np.ndarray, width: int, block: in
     for start in range(0, n, block):
         s = vectors[start:start + block] @ vectors.T
         rows = np.arange(start, min(n, start + block))
-        s[rows - start, rows] = -np.inf
-        cand = np.broadcast_to(ids, s.shape)
-        sims[rows], nbs[rows] = top_k_rows(s, np.where(np.isfinite(s), cand, -1), width)
+        s[rows - start, rows] = -np.inf  # a row is not its own neighbour (top_k_rows returns -1 for -inf)
+        sims[rows], nbs[rows] = top_k_rows(s, np.broadcast_to(ids, s.shape), width)
     return sims, nbs
 
 
