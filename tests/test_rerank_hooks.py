@@ -170,6 +170,7 @@ def test_top_k_rows_keeps_the_smallest_ids_among_many_ties(width: int) -> None:
         scores[:5, :2048] = np.minimum(scores[:5, :2048], 0.4)
     ids = np.stack([rng.permutation(10 * width)[:width] for _ in range(30)])
     ids[:, ::7] = -1  # padding is never returned
+    ids[29, 3:] = -1  # a row with fewer valid entries than k: padded with -1
     got_s, got_i = top_k_rows(scores, ids, 16)
     ref_s, ref_i = _lexsort_top(scores, ids, 16)
     assert np.array_equal(got_i, ref_i)
