@@ -83,6 +83,40 @@ def test_topk_merge_against_sort():
     assert (gi[:, 3:] == -1).all() and np.isneginf(gs[:, 3:]).all()
 
 
+def test_topk_merge_keeps_the_smallest_ids_among_tied_candidates():
+    """Segments' candidates with many equal scores (duplicated crops): the merged top k is the k smallest ids
+    among the ties, as a full sort by (score desc, id asc) gives; a prefilter that cut ties arbitrarily fails."""
+    rng = np.random.default_rng(1)
+    k = 10
+    levels = np.array([0.9, 0.5, 0.2], np.float32)
+    s = levels[rng.integers(0, 3, (6, 400))]
+    ids = np.stack([rng.permutation(10_000)[:400] for _ in range(6)]).astype(np.int64)
+    ids[0, :50] = -1  # padding
+    gs, gi = topk_merge(s, ids, k)
+    for r in range(6):
+        ok = ids[r] >= 0
+        o = np.lexsort((ids[r][ok], -s[r][ok]))[:k]
+        np.testing.assert_array_equal(gi[r], ids[r][ok][o])
+        np.testing.assert_array_equal(gs[r], s[r][ok][o])
+
+
+def test_search_over_duplicated_vectors_returns_the_smallest_ids(folder):
+    """Exact search over segments holding many copies of a few vectors: ties are broken by ascending id."""
+    b = FaissBackend(folder, DIM, {"exact_threshold": 10_000})
+    g = Gallery(b)
+    rng = np.random.default_rng(2)
+    base = unit(rng, 3)
+    for c in range(4):
+        ids = np.arange(300 * c, 300 * c + 300)[::-1].copy()
+        g.commit(ids, base[rng.integers(0, 3, 300)], make_fields(rng, 300))
+    q = base + 0.0
+    got = b.search(q, 25)[1]
+    for r in range(len(q)):
+        sims = g.x @ q[r]
+        want = g.ids[np.lexsort((g.ids, -np.round(sims, 5)))][:25]
+        np.testing.assert_array_equal(got[r], want)
+
+
 def test_commit_writes_only_new_rows_as_an_immutable_segment(folder):
     rng = np.random.default_rng(1)
     b = FaissBackend(folder, DIM, {})

@@ -186,6 +186,24 @@ class VectorBackend(ABC):
         """Merge storage when worth it (or ``force``); return the state to commit, or None if nothing to do."""
         return None
 
+    # merges off the write lock: plan on the visible state, build without the lock, apply to the state visible then
+    def plan_merge(self, generation: int, force: bool = False) -> Optional[Any]:
+        """A merge due on the visible state (of ``generation``) to run in the background, or None (also: this
+        backend only merges inside ``compact``)."""
+        return None
+
+    def build_merge(self, job: Any, threads: Optional[int] = None) -> None:
+        """Write what a planned merge makes, without the write lock (files no committed state refers to)."""
+        raise NotImplementedError(f"{self.name} backend plans no background merges")
+
+    def apply_merge(self, job: Any, generation: int) -> Optional[dict[str, Any]]:
+        """Under the write lock: the visible state with a built merge applied, to commit as ``generation``;
+        None (and the merge's files removed) when commits since its plan make it obsolete."""
+        raise NotImplementedError(f"{self.name} backend plans no background merges")
+
+    def abandon_merge(self, job: Any) -> None:  # noqa: B027  optional hook, no-op by default
+        """Remove what a merge that will not be committed wrote."""
+
     def close(self) -> None:  # noqa: B027  optional hook, no-op by default
         """Release files and connections."""
 

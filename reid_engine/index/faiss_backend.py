@@ -24,6 +24,11 @@ segments into IVF segments once a quantizer is trained (again when the gallery h
 segments keep their own CSR lists rather than a FAISS IVF index because memory-mapping them is
 zero-copy, all segments share one quantizer, and filters are evaluated list by list on the
 stored codes.
+
+A merge is planned on one state (``plan_merge``), built without the write lock (``build_merge``: it reads only
+that state's immutable files) and applied to whatever state is committed when it is done (``apply_merge``: its
+segments are swapped for the new one, later commits are kept); the store runs that in a background thread.
+``compact`` does the three in a row.
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ import numpy as np
 
 from ..errors import IndexCorruptError, InvalidInputError
 from .backend import Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, register_backend
+from .topk import top_k_rows
 
 log = logging.getLogger(__name__)
 
@@ -133,21 +139,7 @@ def auto_nprobe(nlist: int) -> int:
 
 def topk_merge(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best ``k`` per row of candidate (sims, ids), descending by similarity then ascending id; pads id -1."""
-    q, m = sims.shape
-    if m < k:
-        sims = np.concatenate([sims, np.full((q, k - m), -np.inf, np.float32)], axis=1)
-        ids = np.concatenate([ids, np.full((q, k - m), -1, np.int64)], axis=1)
-        m = k
-    if m > 4 * k:
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        sims = np.take_along_axis(sims, part, 1)
-        ids = np.take_along_axis(ids, part, 1)
-    tie = np.where(ids < 0, np.iinfo(np.int64).max, ids)
-    order = np.lexsort((tie, -sims), axis=-1)[:, :k]
-    s = np.take_along_axis(sims, order, 1).astype(np.float32)
-    i = np.take_along_axis(ids, order, 1)
-    i[~np.isfinite(s)] = -1
-    return s, i
+    return top_k_rows(sims, ids, k)
 
 
 _POOL: Optional[ThreadPoolExecutor] = None
@@ -538,6 +530,28 @@ class _View:
         return 0 if self.centroids is None else len(self.centroids)
 
 
+@dataclass(eq=False)
+class _MergeJob:
+    """A merge planned on one visible state (``view``), built off the write lock, applied to a later state."""
+
+    seq: int  # the generation of the state it was planned on: names its files
+    view: _View
+    merge: set[int]  # positions in view.segments
+    retrain: bool
+    base: Optional[int]  # the graph segment that grows, or None
+    consumed: list[str]  # names of the segments it replaces
+    planned_on: str  # how sealed segments were made when planned (graph, quantizer): must be unchanged to apply
+    files: list[str] = field(default_factory=list)  # what it wrote (segment names and file names)
+    segment: Optional[dict[str, Any]] = None  # the new segment's state entry (None: every row was removed)
+    changes: dict[str, Any] = field(default_factory=dict)  # state entries it sets (graph, quantizer, search)
+    built: bool = False
+
+
+def _sealing(state: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a state that say how sealed segments are made: a merge applies only if they are unchanged."""
+    return {"graph": state.get("graph"), "quantizer": state.get("quantizer")}
+
+
 @register_backend
 class FaissBackend(VectorBackend):
     """Append-only segments of L2-normalised float32 vectors; exact search below a size, IVF above it."""
@@ -568,6 +582,8 @@ class FaissBackend(VectorBackend):
         self._view = _View(state=self.empty_state())
         self._cache: dict[str, _Segment] = {}
         self._lock = threading.Lock()
+        #: merges being built (their files are not yet in any state: cleanup leaves them alone)
+        self._building: set[_MergeJob] = set()
         self._gpu_res: Optional[Any] = None  # faiss.StandardGpuResources, made on first GPU search
         self._gpus = faiss.get_num_gpus()
 
@@ -710,11 +726,12 @@ class FaissBackend(VectorBackend):
 
     def cleanup(self, state: dict[str, Any], grace_seconds: float = 60.0) -> None:
         keep = _files_of(state)
+        building = tuple(f for job in list(self._building) for f in job.files)
         now = time.time()
         if not self.folder.is_dir():
             return
         for p in sorted(self.folder.iterdir()):
-            if p.name in keep or not _NAME_RE.match(p.name):
+            if p.name in keep or not _NAME_RE.match(p.name) or p.name.startswith(building or ("\0",)):
                 continue
             try:
                 if now - p.stat().st_mtime >= grace_seconds:
@@ -730,50 +747,98 @@ class FaissBackend(VectorBackend):
 
     # -- compaction ---------------------------------------------------------------------------
     def compact(self, generation: int, force: bool = False) -> Optional[dict[str, Any]]:
+        job = self.plan_merge(generation, force=force)
+        if job is None:
+            return None
+        self.build_merge(job)
+        return self.apply_merge(job, generation)
+
+    def plan_merge(self, generation: int, force: bool = False) -> Optional["_MergeJob"]:
+        """The merge due on the visible state (all segments with ``force``), or None. Its new segment is named
+        with ``generation``, so removals committed after that generation hide its rows like any older segment's."""
         view = self._view
-        state = json.loads(json.dumps(view.state))
-        segs = view.segments
-        if view.count == 0 and not segs:
+        if view.count == 0 and not view.segments:
             return None
         plan = self._plan(view, force)
         if plan is None:
             return None
         merge, retrain, base = plan
-        new_files: list[str] = []
+        return _MergeJob(seq=int(generation), view=view, merge=merge, retrain=retrain, base=base,
+                         consumed=[view.segments[i].name for i in sorted(merge)],
+                         planned_on=json.dumps(_sealing(view.state), sort_keys=True))
+
+    def build_merge(self, job: "_MergeJob", threads: Optional[int] = None) -> None:
+        """Write the merged segment (and a new quantizer) of ``job``; needs no write lock: it only reads the
+        immutable files of the state it was planned on and writes files no state refers to yet."""
+        view = job.view
+        self._building.add(job)
         try:
             centroids = view.centroids
-            if retrain and self.graph_m is not None:  # graphs need no training: from now on, sealed segments get one
-                state["graph"] = {"m": self.graph_m, "ef_construction": GRAPH_EF_CONSTRUCTION}
-                state["search"]["ef_search"] = self.options.get("ef_search") or GRAPH_EF_SEARCH
-            elif retrain:
+            changes: dict[str, Any] = {}
+            if job.retrain and self.graph_m is not None:  # graphs need no training: sealed segments get one
+                changes["graph"] = {"m": self.graph_m, "ef_construction": GRAPH_EF_CONSTRUCTION}
+                changes["search"] = {**view.state["search"],
+                                     "ef_search": self.options.get("ef_search") or GRAPH_EF_SEARCH}
+            elif job.retrain:
                 centroids = self._train(view)
-                qname = self._new_name("quant", generation) + ".npy"
+                qname = self._new_name("quant", job.seq) + ".npy"
+                job.files.append(qname)
                 _save_npy(self.folder / qname, centroids)
-                new_files.append(qname)
-                state["quantizer"] = {"file": qname, "nlist": len(centroids), "trained_rows": view.count}
-                state["search"]["nprobe"] = self.options.get("nprobe") or auto_nprobe(len(centroids))
-            name = self._new_name("seg", generation)
-            new_files.append(name)
-            rows = self._merge(view, merge, centroids, name, graph=bool(state.get("graph")), base=base)
-            graph = bool(state.get("graph")) and rows > 0
+                changes["quantizer"] = {"file": qname, "nlist": len(centroids), "trained_rows": view.count}
+                changes["search"] = {**view.state["search"],
+                                     "nprobe": self.options.get("nprobe") or auto_nprobe(len(centroids))}
+            graph = bool(changes.get("graph", view.state.get("graph")))
+            name = self._new_name("seg", job.seq)
+            job.files.append(name)
+            with _threads(threads or faiss.omp_get_max_threads()):
+                rows = self._merge(view, job.merge, centroids, name, graph=graph, base=job.base)
+            if rows:
+                kind = "graph" if graph else "ivf" if centroids is not None and self.mode != "flat" else "flat"
+                job.segment = {"name": name, "rows": rows, "kind": kind,
+                               **({"graph": True, "vectors": "graph"} if graph else {})}
+            else:
+                self._remove_files([name])
+                job.files.remove(name)
+            job.changes = changes
+            job.built = True
+            _fsync_dir(self.folder)
         except BaseException:
-            self._remove_files(new_files)
+            self.abandon_merge(job)
             raise
-        merged = {segs[i].name for i in merge}
-        kept = [s for s in state["segments"] if s["name"] not in merged]
-        if rows:
-            kind = "graph" if graph else "ivf" if centroids is not None and self.mode != "flat" else "flat"
-            kept.append({"name": name, "rows": rows, "kind": kind,
-                         **({"graph": True, "vectors": "graph"} if graph else {})})
-        else:
-            self._remove_files([name])
+
+    def apply_merge(self, job: "_MergeJob", generation: int) -> Optional[dict[str, Any]]:
+        """The visible state with the built ``job`` in place of the segments it merged, to commit as
+        ``generation`` (writer only); None, with the job's files removed, when a commit since the plan merged
+        one of those segments or changed how segments are sealed."""
+        view = self._view
+        present = {s["name"] for s in view.state["segments"]}
+        missing = [f for f in _files_of({"segments": [job.segment] if job.segment else [],
+                                         "quantizer": job.changes.get("quantizer")})
+                   if not (self.folder / f).exists()]
+        if (not job.built or not set(job.consumed) <= present or missing
+                or json.dumps(_sealing(view.state), sort_keys=True) != job.planned_on):
+            log.info("merge of %d segments planned at generation %d no longer applies; dropped",
+                     len(job.consumed), job.seq)
+            self.abandon_merge(job)
+            return None
+        self._building.discard(job)
+        state = json.loads(json.dumps(view.state))
+        state.update(json.loads(json.dumps(job.changes)))
+        consumed = set(job.consumed)
+        kept = [s for s in state["segments"] if s["name"] not in consumed]
+        stays = [seg for seg in view.segments if seg.name not in consumed]
+        if job.segment is not None:
+            kept.append(job.segment)
+            seg = _Segment(self.folder, job.segment["name"], int(job.segment["rows"]), self.dim,
+                           graph=bool(job.segment.get("graph")), vectors_in_graph=job.segment.get("vectors") == "graph")
+            self._cache.setdefault(seg.name, seg)
+            stays.append(seg)
         state["segments"] = kept
-        # tombstones that still hide a row of a segment that stays
+        # tombstones that still hide a row of a segment that stays (the merged one included: removals committed
+        # after the plan hide its rows, which carry the plan's generation)
         if view.tomb_ids.size:
             alive = np.zeros(view.tomb_ids.size, bool)
-            for i, seg in enumerate(segs):
-                if i in merge:
-                    continue
+            for seg in stays:
                 alive |= (seg.find(view.tomb_ids) >= 0) & (view.tomb_gen > seg.seq)
             if alive.all():
                 pass
@@ -784,9 +849,19 @@ class FaissBackend(VectorBackend):
             else:
                 state["tombstones"] = None
         _fsync_dir(self.folder)
-        log.info("compacted %d segments into %s (%d rows)%s", len(merge), name, rows,
-                 " after training" if retrain else f" by growing {segs[base].name}" if base is not None else "")
+        base = job.view.segments[job.base].name if job.base is not None else None
+        log.info("compacted %d segments into %s (%d rows)%s", len(job.consumed),
+                 job.segment["name"] if job.segment else "nothing", job.segment["rows"] if job.segment else 0,
+                 " after training" if job.retrain else f" by growing {base}" if base else "")
         return state
+
+    def abandon_merge(self, job: "_MergeJob") -> None:
+        """Remove what a merge that will not be committed wrote."""
+        self._building.discard(job)
+        self._remove_files(job.files)
+        job.files.clear()
+        job.segment = None
+        job.built = False
 
     def _wants_ivf(self, live: int) -> bool:
         """Whether the sealed segments should be approximate (IVF lists or graphs) at this size."""

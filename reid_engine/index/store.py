@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,8 @@ DEFAULT_DB_URL = "sqlite:///{index}/crops.db"
 HOOK_FOLD_FILES = 32
 #: larger adds are committed in blocks of this many rows (each block its own atomic commit)
 MAX_COMMIT_ROWS = 4096
+#: FAISS threads of a merge built in the background: one core is left to the commits and queries meanwhile
+MERGE_THREADS = max(1, (os.cpu_count() or 1) - 1)
 #: called inside an add's transaction with (connection, new ids, rows, features)
 SqlHook = Callable[[Connection, list[int], Sequence[dict[str, Any]], np.ndarray], None]
 
@@ -61,6 +64,20 @@ class IndexStore:
         self.generation = -1
         self.committed: dict[str, Any] = {}
         self.lock = WriteLock(folder, sql)
+        #: a merge due after a single-block add (or a removal) is built by a background thread and committed
+        #: as a generation of its own (by that thread, or by this process's next commit if it comes first), so
+        #: the add does not wait for it; the blocks of a larger add merge inside their commits (a bulk load is
+        #: faster and smaller that way: nothing is searched while a graph grows). False (or the environment's
+        #: REID_ENGINE_BACKGROUND_MERGES=0): always inside, which bounds memory (docs/storage.md)
+        self.background_merges = os.environ.get("REID_ENGINE_BACKGROUND_MERGES", "1").strip() != "0"
+        self._bulk = False  # inside a multi-block add
+        self._writer = threading.RLock()  # one thread of this process writes at a time
+        self._merge_thread: Optional[threading.Thread] = None
+        self._merge_built = threading.Event()  # set when the background merge is built (or failed)
+        self._merge_ready: Optional[Any] = None  # a built merge waiting for the write lock
+        #: the last background merge: {"build_s": seconds to build it, "applied": committed yet} (for benchmarks)
+        self.last_merge: Optional[dict[str, Any]] = None
+        self.merges_started = 0
         self._hook_objects = {name: _hooks_registry().get_hook(name) for name in manifest.hooks}
         self._hook_cache: dict[str, tuple[int, Any]] = {}
 
@@ -228,15 +245,16 @@ class IndexStore:
     @contextmanager
     def writing(self, timeout: Optional[float] = None) -> Iterator["IndexStore"]:
         """Hold the index's write lock (re-entrant); on first entry catch up and clean up after crashed writers."""
-        first = not self.lock.held
-        self.lock.acquire(timeout)
-        try:
-            if first:
-                self.refresh()
-                self._cleanup()
-            yield self
-        finally:
-            self.lock.release()
+        with self._writer:
+            first = not self.lock.held
+            self.lock.acquire(timeout)
+            try:
+                if first:
+                    self.refresh()
+                    self._cleanup()
+                yield self
+            finally:
+                self.lock.release()
 
     def _cleanup(self) -> None:
         try:
@@ -278,7 +296,19 @@ class IndexStore:
                 raise
             self._retire(self.committed, state)
             self._load(new_gen, state)
-            self._maybe_compact(force=False)
+            try:  # this change is committed: a merge that fails to commit now must not make it look failed
+                if self._merge_building() and not (self.background_merges and not self._bulk) and \
+                        self.backend.plan_merge(self.generation) is not None:
+                    self._merge_built.wait()  # a merge is due here: the one being built first
+                self._apply_ready_merge()
+            except Exception as exc:
+                log.warning("%s: a background merge could not be committed, the index is unchanged: %s",
+                            self.folder, exc)
+            if self.background_merges and not self._bulk:
+                self._maybe_compact(force=False, backend=False)  # hook state only
+                self._start_merge()
+            else:
+                self._maybe_compact(force=False)
 
     def _commit_sql(self, new_gen: int, state: dict[str, Any], sql_work: Callable[[Connection], object]) -> None:
         """The commit point: one transaction runs ``sql_work`` and records ``new_gen`` and ``state``."""
@@ -331,9 +361,93 @@ class IndexStore:
             self._load(new_gen, state)
         return self.generation
 
-    def _maybe_compact(self, force: bool) -> bool:
+    # -- merges ---------------------------------------------------------------------------
+    def _merge_building(self) -> bool:
+        return self._merge_thread is not None and self._merge_thread.is_alive() and not self._merge_built.is_set()
+
+    def _start_merge(self) -> None:
+        """Plan the merge due on the state just committed and build it in a background thread (one at a time)."""
+        if self._merge_ready is not None or self._merge_building():
+            return
+        job = self.backend.plan_merge(self.generation)
+        if job is None:
+            return
+        self.merges_started += 1
+        self._merge_built = threading.Event()
+        self._merge_thread = threading.Thread(target=self._build_merge, args=(job, self._merge_built), daemon=False,
+                                              name=f"reid-engine-merge-{self.generation}")
+        self._merge_thread.start()
+
+    def _build_merge(self, job: Any, built: threading.Event) -> None:
+        """Background thread: build the merge without the write lock, then commit it, unless a commit of this
+        process takes it first (or another process holds the lock: then the next commit here applies it)."""
+        t0 = time.perf_counter()
+        try:
+            self.backend.build_merge(job, threads=MERGE_THREADS)
+        except Exception as exc:  # a merge is an optimisation: the committed state stays as it is
+            log.warning("%s: background merge failed, the index is unchanged: %s", self.folder, exc)
+            built.set()
+            return
+        seconds = time.perf_counter() - t0
+        self.last_merge = {"build_s": round(seconds, 2), "applied": False}
+        log.info("%s: merge built in the background in %.1f s", self.folder, seconds)
+        self._merge_ready = job
+        built.set()
+        # a thread of this process that holds the writer lock may be waiting for this merge: never block on it
+        while self._merge_ready is job:
+            if not self._writer.acquire(timeout=0.2):
+                continue
+            try:
+                if self._merge_ready is job:
+                    with self.writing():
+                        self._apply_ready_merge()
+            except Exception as exc:
+                log.info("%s: built merge left for the next commit (%s)", self.folder, exc)
+                return
+            finally:
+                self._writer.release()
+
+    def _apply_ready_merge(self) -> bool:
+        """Commit a built background merge as its own generation (under the write lock); True when one was."""
+        job, self._merge_ready = self._merge_ready, None
+        if job is None:
+            return False
         new_gen = self.generation + 1
-        backend_state = self.backend.compact(new_gen, force=force)
+        backend_state = self.backend.apply_merge(job, new_gen)
+        if backend_state is None:
+            return False
+        state = {"backend": backend_state, "hooks": self.committed["hooks"]}
+        try:
+            self._commit_sql(new_gen, state, lambda conn: None)
+        except BaseException:
+            self.backend.discard(backend_state)
+            raise
+        self._retire(self.committed, state)
+        self._load(new_gen, state)
+        if self.last_merge is not None:
+            self.last_merge["applied"] = True
+        return True
+
+    def wait_for_merges(self) -> None:
+        """Wait for a background merge and commit it (if it still applies)."""
+        thread = self._merge_thread
+        if thread is not None and thread is not threading.current_thread():
+            self._merge_built.wait()
+        if self._merge_ready is not None:
+            try:
+                with self.writing():
+                    self._apply_ready_merge()
+            except ReidEngineError as exc:
+                job, self._merge_ready = self._merge_ready, None
+                if job is not None:
+                    self.backend.abandon_merge(job)
+                log.warning("%s: a built merge was dropped: %s", self.folder, exc)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()  # it only has to notice that its merge was taken
+
+    def _maybe_compact(self, force: bool, backend: bool = True) -> bool:
+        new_gen = self.generation + 1
+        backend_state = self.backend.compact(new_gen, force=force) if backend else None
         hook_states = dict(self.committed["hooks"])
         for name, hook in self._hook_objects.items():
             st = hook_states.get(name) or hook.empty_state()
@@ -358,6 +472,7 @@ class IndexStore:
 
     def compact(self) -> dict[str, Any]:
         """Merge segments and drop removed vectors now; returns ``describe()`` after."""
+        self.wait_for_merges()
         with self.writing():
             self._maybe_compact(force=True)
             self.backend.cleanup(self.committed["backend"], grace_seconds=60.0)
@@ -383,8 +498,12 @@ class IndexStore:
             return []
         if len(rows) > MAX_COMMIT_ROWS:  # index-time work per commit grows faster than its size
             with self.writing():
-                return [i for b in range(0, len(rows), MAX_COMMIT_ROWS)
-                        for i in self.add(feats[b : b + MAX_COMMIT_ROWS], rows[b : b + MAX_COMMIT_ROWS], sql_hook)]
+                bulk, self._bulk = self._bulk, True
+                try:
+                    return [i for b in range(0, len(rows), MAX_COMMIT_ROWS)
+                            for i in self.add(feats[b : b + MAX_COMMIT_ROWS], rows[b : b + MAX_COMMIT_ROWS], sql_hook)]
+                finally:
+                    self._bulk = bulk
         with self.writing():
             with self.sql.connect() as conn:
                 # ids are never reused: a removed id may still be a tombstone in the backend
@@ -536,6 +655,7 @@ class IndexStore:
         }
 
     def close(self) -> None:
+        self.wait_for_merges()
         self.lock.release()
         self.backend.close()
         self.sql.dispose()
