@@ -43,6 +43,15 @@ SYN_QUERIES = 200
 log = logging.getLogger("bench_scale")
 
 
+def _reset_peak_rss() -> bool:
+    """Start a new VmHWM period (Linux: clear_refs 5); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -172,23 +181,57 @@ def phase_build(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     eng.add_features(real["feats"][gal], items, hashes=[f"pku{j:06d}" for j in range(len(items))])
     build_s += time.perf_counter() - t0
-    # one more block of 4,096 crops on the full index: the cost of a commit (and of the merge it may trigger:
-    # "merged"), then a second block (whose commit the first block's merge, if any, leaves without one)
+    # the build's last merge finishes first, so the blocks below start from the same state every run
+    t0 = time.perf_counter()
+    eng.store.wait_for_merges()
+    build_s += time.perf_counter() - t0
+    build_peak = round(_peak_rss_mb())
     adds: dict[str, Any] = {}
+    if not _reset_peak_rss():  # then the adds' peak below is the whole phase's
+        adds["add_peak_rss_mb_includes_build"] = True
+    # one more block of 4,096 crops on the full index: the cost of a commit (and of the merge it may trigger:
+    # "merged": built in the background since the merge of a graph takes longer than the commit), then a second
+    # block, committed while that merge is being built; then the wait for that merge to be built and committed;
+    # then, for comparison, more blocks with merges inside the commit (the previous path) until one runs a merge
     for b, key in enumerate(("add4096", "add4096_second")):
+        x, ids = synthetic_chunk(real["feats"], n_syn + 4096 * b, 4096, seed=7)
+        items = [CropItem(Path(f"new/{b}-{j}.png"), {"pid": f"n{ids[j]}", "camera": CAMERAS[j % 8]})
+                 for j in range(4096)]
+        gen, started = eng.store.generation, eng.store.merges_started
+        t1 = time.perf_counter()
+        eng.add_features(x, items, hashes=[f"new{b}-{j:012d}" for j in range(4096)])
+        adds[f"{key}_s"] = round(time.perf_counter() - t1, 2)
+        # the call committed a merge (a generation of its own) or started one in the background
+        adds[f"{key}_merged"] = eng.store.generation > gen + 1 or eng.store.merges_started > started
+        if b == 0:
+            stats = eng.stats()
+    t1 = time.perf_counter()
+    eng.store.wait_for_merges()
+    adds["merge_wait_s"] = round(time.perf_counter() - t1, 2)
+    adds["merge_build_s"] = (eng.store.last_merge or {}).get("build_s")
+    adds["add_peak_rss_mb"] = round(_peak_rss_mb())  # the two blocks and their background merge
+    _reset_peak_rss()
+    # the previous path, same index: merges inside the commit; blocks until one commit runs a merge
+    eng.store.background_merges = False
+    plain = []
+    for b in range(2, 14):
         x, ids = synthetic_chunk(real["feats"], n_syn + 4096 * b, 4096, seed=7)
         items = [CropItem(Path(f"new/{b}-{j}.png"), {"pid": f"n{ids[j]}", "camera": CAMERAS[j % 8]})
                  for j in range(4096)]
         gen = eng.store.generation
         t1 = time.perf_counter()
         eng.add_features(x, items, hashes=[f"new{b}-{j:012d}" for j in range(4096)])
-        adds[f"{key}_s"] = round(time.perf_counter() - t1, 2)
-        adds[f"{key}_merged"] = eng.store.generation > gen + 1  # a merge is a generation of its own
-        if b == 0:
-            stats = eng.stats()
+        took = round(time.perf_counter() - t1, 2)
+        if eng.store.generation > gen + 1:
+            adds["inline_merge_add4096_s"] = took
+            break
+        plain.append(took)
+    adds["inline_plain_add4096_s"] = round(float(np.median(plain)), 2) if plain else None
+    adds["inline_add_peak_rss_mb"] = round(_peak_rss_mb())
+    adds["n_queried"] = eng.store.count  # the gallery the query phase searches
     eng.close()
     return {"n": stats["crops"], "build_s": round(build_s, 1), **adds,
-            "disk_mb": round(stats["bytes_on_disk"] / 2**20, 1), "build_peak_rss_mb": round(_peak_rss_mb()),
+            "disk_mb": round(stats["bytes_on_disk"] / 2**20, 1), "build_peak_rss_mb": build_peak,
             "index": stats["backend"]}
 
 
