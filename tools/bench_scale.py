@@ -205,9 +205,13 @@ def phase_build(args: argparse.Namespace) -> dict[str, Any]:
         adds[f"{key}_merged"] = eng.store.generation > gen + 1 or eng.store.merges_started > started
         if b == 0:
             stats = eng.stats()
+            if eng.store.merging:  # readers while the merge is built: single feature queries
+                adds.update(_feature_query_latency(eng, real["feats"], args.n, "query_during_merge"))
     t1 = time.perf_counter()
     eng.store.wait_for_merges()
     adds["merge_wait_s"] = round(time.perf_counter() - t1, 2)
+    if "query_during_merge_p50_ms" in adds:
+        adds.update(_feature_query_latency(eng, real["feats"], args.n, "query_after_merge"))
     adds["merge_build_s"] = (eng.store.last_merge or {}).get("build_s")
     adds["add_peak_rss_mb"] = round(_peak_rss_mb())  # the two blocks and their background merge
     _reset_peak_rss()
@@ -233,6 +237,19 @@ def phase_build(args: argparse.Namespace) -> dict[str, Any]:
     return {"n": stats["crops"], "build_s": round(build_s, 1), **adds,
             "disk_mb": round(stats["bytes_on_disk"] / 2**20, 1), "build_peak_rss_mb": build_peak,
             "index": stats["backend"]}
+
+
+def _feature_query_latency(eng: Any, real: np.ndarray, n: int, name: str, count: int = 50) -> dict[str, float]:
+    """p50 / p99 of single synthetic feature queries (search + default re-ranking + rows; no encoding)."""
+    sq, _ = synthetic_queries(real, n)
+    eng.query_features(sq[-1:], k=10)  # loads the re-ranking state
+    lat = []
+    for q in sq[:count]:
+        t = time.perf_counter()
+        eng.query_features(q[None], k=10)
+        lat.append(1000 * (time.perf_counter() - t))
+    return {f"{name}_p50_ms": round(float(np.percentile(lat, 50)), 1),
+            f"{name}_p99_ms": round(float(np.percentile(lat, 99)), 1)}
 
 
 def _map_at(ranked: np.ndarray, relevant: list[np.ndarray]) -> float:

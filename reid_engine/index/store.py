@@ -365,6 +365,11 @@ class IndexStore:
     def _merge_building(self) -> bool:
         return self._merge_thread is not None and self._merge_thread.is_alive() and not self._merge_built.is_set()
 
+    @property
+    def merging(self) -> bool:
+        """Whether a background merge is being built or waits to be committed."""
+        return self._merge_building() or self._merge_ready is not None
+
     def _start_merge(self) -> None:
         """Plan the merge due on the state just committed and build it in a background thread (one at a time)."""
         if self._merge_ready is not None or self._merge_building():
