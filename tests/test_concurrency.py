@@ -68,9 +68,15 @@ def make_engine(tmp_path: Path, tiny_weights: Path, db_url: str | None, backend:
         e.close()
 
 
+#: more than any gallery of these tests holds (the stress writer adds 10k+ crops a minute on a fast machine)
+ALL = 200_000
+
+
 def _all_ids(engine: Engine) -> list[int]:
-    res = engine.query_features(_vectors(1, 99), k=10_000, rerank="none")
-    return sorted(h.id for h in res[0].hits)
+    res = engine.query_features(_vectors(1, 99), k=ALL, rerank="none")
+    ids = sorted(h.id for h in res[0].hits)
+    assert len(ids) < ALL, "the gallery outgrew _all_ids"
+    return ids
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, float]]:
