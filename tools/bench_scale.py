@@ -194,13 +194,8 @@ def phase_build(args: argparse.Namespace) -> dict[str, Any]:
     # block, committed while that merge is being built; then the wait for that merge to be built and committed;
     # then, for comparison, more blocks with merges inside the commit (the previous path) until one runs a merge
     for b, key in enumerate(("add4096", "add4096_second")):
-        x, ids = synthetic_chunk(real["feats"], n_syn + 4096 * b, 4096, seed=7)
-        items = [CropItem(Path(f"new/{b}-{j}.png"), {"pid": f"n{ids[j]}", "camera": CAMERAS[j % 8]})
-                 for j in range(4096)]
         gen, started = eng.store.generation, eng.store.merges_started
-        t1 = time.perf_counter()
-        eng.add_features(x, items, hashes=[f"new{b}-{j:012d}" for j in range(4096)])
-        adds[f"{key}_s"] = round(time.perf_counter() - t1, 2)
+        adds[f"{key}_s"] = _add_block(eng, real["feats"], n_syn, b)
         # the call committed a merge (a generation of its own) or started one in the background
         adds[f"{key}_merged"] = eng.store.generation > gen + 1 or eng.store.merges_started > started
         if b == 0:
@@ -219,13 +214,8 @@ def phase_build(args: argparse.Namespace) -> dict[str, Any]:
     eng.store.background_merges = False
     plain = []
     for b in range(2, 14):
-        x, ids = synthetic_chunk(real["feats"], n_syn + 4096 * b, 4096, seed=7)
-        items = [CropItem(Path(f"new/{b}-{j}.png"), {"pid": f"n{ids[j]}", "camera": CAMERAS[j % 8]})
-                 for j in range(4096)]
         gen = eng.store.generation
-        t1 = time.perf_counter()
-        eng.add_features(x, items, hashes=[f"new{b}-{j:012d}" for j in range(4096)])
-        took = round(time.perf_counter() - t1, 2)
+        took = _add_block(eng, real["feats"], n_syn, b)
         if eng.store.generation > gen + 1:
             adds["inline_merge_add4096_s"] = took
             break
@@ -237,6 +227,17 @@ def phase_build(args: argparse.Namespace) -> dict[str, Any]:
     return {"n": stats["crops"], "build_s": round(build_s, 1), **adds,
             "disk_mb": round(stats["bytes_on_disk"] / 2**20, 1), "build_peak_rss_mb": build_peak,
             "index": stats["backend"]}
+
+
+def _add_block(eng: Any, real: np.ndarray, start: int, b: int) -> float:
+    """Add the ``b``-th block of 4,096 new synthetic crops after row ``start``; seconds the call took."""
+    from reid_engine import CropItem
+
+    x, ids = synthetic_chunk(real, start + 4096 * b, 4096, seed=7)
+    items = [CropItem(Path(f"new/{b}-{j}.png"), {"pid": f"n{ids[j]}", "camera": CAMERAS[j % 8]}) for j in range(4096)]
+    t = time.perf_counter()
+    eng.add_features(x, items, hashes=[f"new{b}-{j:012d}" for j in range(4096)])
+    return round(time.perf_counter() - t, 2)
 
 
 def _feature_query_latency(eng: Any, real: np.ndarray, n: int, name: str, count: int = 50) -> dict[str, float]:

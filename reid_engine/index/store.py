@@ -296,15 +296,15 @@ class IndexStore:
                 raise
             self._retire(self.committed, state)
             self._load(new_gen, state)
+            background = self.background_merges and not self._bulk
             try:  # this change is committed: a merge that fails to commit now must not make it look failed
-                if self._merge_building() and not (self.background_merges and not self._bulk) and \
-                        self.backend.plan_merge(self.generation) is not None:
+                if not background and self._merge_building() and self.backend.plan_merge(self.generation) is not None:
                     self._merge_built.wait()  # a merge is due here: the one being built first
                 self._apply_ready_merge()
             except Exception as exc:
                 log.warning("%s: a background merge could not be committed, the index is unchanged: %s",
                             self.folder, exc)
-            if self.background_merges and not self._bulk:
+            if background:
                 self._maybe_compact(force=False, backend=False)  # hook state only
                 self._start_merge()
             else:
