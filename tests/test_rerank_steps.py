@@ -301,3 +301,66 @@ def test_dense_pool_k_reciprocal_equals_the_sparse_function(n: int, k1: int, k2:
     want = np.empty(n)
     want[pos[0]] = dist[0]
     assert np.allclose(k_reciprocal_pool(q, g, k1, k2, 0.3), want, atol=1e-5)
+
+
+def test_head_tail_k_reciprocal_is_two_plain_lists_spliced() -> None:
+    """Head from the lambda_value list, the rest of the pool in the order of the tail_lambda list."""
+    x, _, q = _multi_shot(5)
+    gal = _gallery(x)
+    safe = gal.query(Pipeline("a", (KReciprocal(20, 6, 0.85),)), q, 100).ids
+    strong = gal.query(Pipeline("b", (KReciprocal(20, 6, 0.2),)), q, 100).ids
+    out = gal.query(Pipeline("ht", (KReciprocal(20, 6, 0.85, head=4, tail_lambda=0.2),)), q, 100)
+    assert (np.diff(out.scores, axis=1) < 0).all()  # strictly below the head: one order, no tie to break
+    for r in range(len(q)):
+        assert list(out.ids[r, :4]) == list(safe[r, :4])
+        assert list(out.ids[r, 4:]) == [i for i in strong[r] if i not in set(safe[r, :4])]
+    assert not np.array_equal(out.ids, safe) and not np.array_equal(out.ids, strong)
+
+
+@pytest.mark.parametrize("d_head, d_tail, head, want", [  # distances: lower is better
+    ([0.1, 0.2, 0.3, 0.4], [0.9, 0.1, 0.5, 0.0], 1, [0, 3, 1, 2]),
+    ([0.1, 0.2, 0.3, 0.4], [0.9, 0.1, 0.5, 0.0], 0, [3, 1, 2, 0]),
+    ([0.4, 0.3, 0.2, 0.1], [0.9, 0.1, 0.5, 0.0], 2, [3, 2, 1, 0]),
+    ([0.5, 0.5, 0.1], [0.0, 0.0, 0.0], 9, [2, 0, 1]),
+])
+def test_head_tail_order_by_hand(d_head, d_tail, head, want) -> None:
+    from reid_engine.rerank.steps import head_tail_order
+
+    order, scores = head_tail_order(1.0 - np.array(d_head, np.float32), 1.0 - np.array(d_tail, np.float32), head)
+    assert list(order) == want
+    assert (np.diff(scores) <= 0).all() and len(scores) == len(want)
+    if 0 < head < len(want):
+        assert scores[head] < scores[head - 1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_default_needs_its_strong_tail_on_a_multi_shot_gallery(seed: int) -> None:
+    """The default's k-reciprocal tail is what lifts mAP past the safe head's order, which it keeps (16 crops a
+    person, so that most matches lie past the head; not every gallery gains: see docs/rerank.md)."""
+    from dataclasses import replace as dc_replace
+
+    x, pid, q = _multi_shot(seed, people=40, shots=16)
+    gal = _gallery(x)
+    default = get_pipeline("default")
+    kr = next(s for s in default.steps if isinstance(s, KReciprocal))
+    assert kr.tail_lambda is not None and kr.head >= 1
+    no_tail = KReciprocal(kr.k1, kr.k2, kr.lambda_value, kr.pool, kr.gate_margin, kr.gate_share, kr.gate_top)
+    plain = dc_replace(default, steps=tuple(no_tail if s is kr else s for s in default.steps))
+    with_tail, without = gal.query(default, q, len(x)).ids, gal.query(plain, q, len(x)).ids
+    assert np.array_equal(with_tail[:, :kr.head], without[:, :kr.head])
+    assert _m_ap(with_tail, pid) > _m_ap(without, pid) + 0.005
+
+
+def test_the_tail_gate_alone_keeps_the_incoming_head() -> None:
+    """Where only the tail's gate opens, the head is the incoming (cosine) order and the rest the strong list."""
+    x, _, q = _multi_shot(7)
+    gal = _gallery(x)
+    cos = gal.query(get_pipeline("none"), q, 100).ids
+    strong = gal.query(Pipeline("b", (KReciprocal(20, 6, 0.2),)), q, 100).ids
+    step = KReciprocal(20, 6, 0.85, gate_margin=0.0, gate_share=2.0, head=3, tail_lambda=0.2, tail_share=0.0)
+    out = gal.query(Pipeline("t", (step,)), q, 100).ids
+    for r in range(len(q)):
+        assert list(out[r, :3]) == list(cos[r, :3])
+        assert list(out[r, 3:]) == [i for i in strong[r] if i not in set(cos[r, :3])]
+    shut = KReciprocal(20, 6, 0.85, gate_margin=0.0, gate_share=2.0, head=3, tail_lambda=0.2, tail_share=2.0)
+    assert np.array_equal(gal.query(Pipeline("s", (shut,)), q, 100).ids, cos)

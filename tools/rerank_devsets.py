@@ -78,8 +78,14 @@ ENCODERS = {
 #: x k1 (2, 4) x alpha (0, 0.15, 0.3) x margin (0.15, 0.2): k1 4, alpha 0.3, margin 0.15 (docs/rerank.md).
 GRID = {"strength": (0.5, 1.0), "lambda_value": (0.5, 0.7, 0.85), "gate_share": (0.7, 0.9, 2.0),
         "gate_margin": (0.0, 0.05)}
+#: the same step with a strong tail (KReciprocal ``head``/``tail_lambda``/``tail_share``): the first 5 answers
+#: by the gated blend above (Rank-1 and Rank-5 are what the safety targets protect), the rest of the pool by
+#: the published k-reciprocal blend (lambda 0.3), behind a gate of its own (share 0, 0.5, or the same as the
+#: head's: ``None``); with ``gate_share`` 2.0 only the tail is re-ranked
+TAIL_GRID = {"strength": (0.5, 1.0), "lambda_value": (0.85,), "gate_share": (0.7, 0.9, 2.0), "gate_margin": (0.0, 0.05),
+             "head": (5,), "tail_lambda": (0.3,), "tail_share": (0.0, 0.5, None)}
 CAMERA_KEYS = ("strength",)
-KR_KEYS = ("lambda_value", "gate_share", "gate_margin")
+KR_KEYS = ("lambda_value", "gate_share", "gate_margin", "head", "tail_lambda", "tail_share")
 
 
 def _features(protocol: str, encoder: str, cache: Path) -> tuple[np.ndarray, list[dict[str, str]]]:
@@ -165,21 +171,29 @@ def peer_scores(data: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
     return out
 
 
-def grid_points() -> list[dict[str, float]]:
-    pts = [dict(zip(GRID, v)) for v in itertools.product(*GRID.values())]
+def grid_points() -> list[dict[str, Any]]:
+    pts = [dict(zip(grid, v)) for grid in (GRID, TAIL_GRID) for v in itertools.product(*grid.values())]
     seen, out = set(), []
-    for p in pts:  # without the k-reciprocal step its parameters do not matter: keep one
-        key = (p["strength"], "no kr") if p["gate_share"] > 1 else tuple(p.values())
+    for p in pts:  # parameters of a part that never runs do not matter: keep one point
+        if p["gate_share"] > 1 and "tail_lambda" not in p:
+            key: tuple = (p["strength"], "no kr")
+        elif p["gate_share"] > 1:  # a tail gate at share 0 is always open, whatever the margin
+            key = (p["strength"], "tail only", p["gate_margin"] if p["tail_share"] else None, p["tail_share"])
+            if p["tail_share"] is None:  # the tail's gate is the head's, which never opens
+                key = (p["strength"], "no kr")
+        else:
+            key = tuple(p.values())
         if key not in seen:
             seen.add(key)
             out.append(p)
     return out
 
 
-def pipeline_for(point: dict[str, float]) -> Pipeline:
+def pipeline_for(point: dict[str, Any]) -> Pipeline:
     cam = dict(DEFAULT_CAMERA, **{k: v for k, v in point.items() if k in CAMERA_KEYS})
     cen = dict(DEFAULT_CENTRALIZE, **{k: v for k, v in point.items() if k not in CAMERA_KEYS + KR_KEYS})
-    kr = dict(DEFAULT_KRECIPROCAL, **{k: v for k, v in point.items() if k in KR_KEYS})
+    kr = dict(DEFAULT_KRECIPROCAL, head=0, tail_lambda=None, tail_share=None)  # a point without a tail has none
+    kr.update({k: v for k, v in point.items() if k in KR_KEYS})
     return default_pipeline(cam, cen, kreciprocal=kr, name="default@" + ",".join(f"{k}={v}" for k, v in point.items()))
 
 

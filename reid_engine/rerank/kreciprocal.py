@@ -378,10 +378,21 @@ def k_reciprocal_pool(query: np.ndarray, pool: np.ndarray, k1: int = 20, k2: int
     that only pays off for large galleries. ``query`` (D,) and ``pool`` (P, D) are
     L2-normalised; returns (P,) distances, lower is better.
     """
+    if not 0.0 <= lambda_value <= 1.0:
+        raise InvalidInputError(f"lambda_value must be in [0, 1], got {lambda_value}")
+    jaccard, dist = k_reciprocal_pool_parts(query, pool, k1, k2)
+    return ((1.0 - lambda_value) * jaccard + lambda_value * dist).astype(np.float32)
+
+
+def k_reciprocal_pool_parts(query: np.ndarray, pool: np.ndarray, k1: int = 20, k2: int = 6
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """The two terms ``k_reciprocal_pool`` blends, (P,) each: the Jaccard distance of the query's and each
+    candidate's expanded k-reciprocal sets, and the query's scaled original distance to each candidate.
+    One computation serves any number of blends (``(1 - lambda) * jaccard + lambda * dist``)."""
     feats = np.concatenate([np.asarray(query, np.float32)[None], np.asarray(pool, np.float32)])
     n = len(feats)
-    if not 0.0 <= lambda_value <= 1.0 or k1 < 1 or k2 < 1:
-        raise InvalidInputError(f"k1, k2 >= 1 and lambda_value in [0, 1], got {k1}, {k2}, {lambda_value}")
+    if k1 < 1 or k2 < 1:
+        raise InvalidInputError(f"k1 and k2 must be >= 1, got {k1}, {k2}")
     sims = feats @ feats.T
     nn = np.argsort(-sims, axis=1, kind="stable")[:, :min(max(k1 + 1, k2), n)]
     row_scale = np.maximum(2.0 - 2.0 * sims.min(axis=1).astype(np.float64), 1e-12)
@@ -407,4 +418,4 @@ def k_reciprocal_pool(query: np.ndarray, pool: np.ndarray, k1: int = 20, k2: int
         v = v[nn[:, :avg]].mean(axis=1)
     overlap = np.minimum(v[0][None, :], v[1:]).sum(axis=1)
     jaccard = 1.0 - overlap / (2.0 - overlap)
-    return ((1.0 - lambda_value) * jaccard + lambda_value * dist[0, 1:]).astype(np.float32)
+    return jaccard, dist[0, 1:]

@@ -16,7 +16,8 @@ from .steps import CameraNormalize, Centralize, KReciprocal, QueryExpansion, Sam
 DEFAULT_CAMERA: dict[str, Any] = {"strength": 0.5, "unknown_strength": 0.0, "min_count": 10}
 DEFAULT_CENTRALIZE: dict[str, Any] = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 0.15, "ramp": 0.05}
 DEFAULT_KRECIPROCAL: dict[str, Any] = {"k1": 20, "k2": 6, "lambda_value": 0.85, "gate_margin": 0.05,
-                                       "gate_share": 0.9, "gate_top": 10}
+                                       "gate_share": 0.9, "gate_top": 10, "head": 5, "tail_lambda": 0.3,
+                                       "tail_share": 0.5}
 
 
 def default_pipeline(camera: dict | None = None, centralize: dict | None = None, name: str = "default",
@@ -26,7 +27,8 @@ def default_pipeline(camera: dict | None = None, centralize: dict | None = None,
                            Centralize(**(centralize or DEFAULT_CENTRALIZE)),
                            KReciprocal(**(kreciprocal or DEFAULT_KRECIPROCAL)), SamePersonPool()),
                     "camera-mean removal (query camera known) + track pooling + neighbour centralization "
-                    "with per-query adaptive trust + k-reciprocal where the gallery around the query is multi-shot")
+                    "with per-query adaptive trust + k-reciprocal where the gallery around the query is multi-shot "
+                    "(a safe blend for the first 5 answers, the strong one after them)")
 
 
 PIPELINES = [

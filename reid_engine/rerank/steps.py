@@ -235,55 +235,106 @@ class KReciprocal(Reranker):
     gallery neighbour is another person, no closer than the query's match, so the gate stays shut
     and the previous steps' ranking stands (a ``gate_share`` above 1 never opens it). Re-ranked rows
     score ``1 - distance``.
+
+    With ``tail_lambda`` set, a re-ranked list has a safe head and a strong tail: its first ``head``
+    answers are the best by the ``lambda_value`` blend (mostly the original distance, which protects
+    Rank-1 and Rank-5), the rest of the pool follows by the ``tail_lambda`` blend (mostly the
+    k-reciprocal Jaccard distance, which finds the deeper matches that mAP counts). The tail has a
+    gate of its own, ``tail_share`` (None: the same as ``gate_share``): where only the tail's gate
+    opens, the head is the first ``head`` of the incoming order. The tail's scores are shifted below
+    the head's lowest, keeping their differences.
     """
 
     name = "k_reciprocal"
     hooks = ("neighbours",)
 
     def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, pool: int = POOL,
-                 gate_margin: Optional[float] = None, gate_share: float = 0.8, gate_top: int = 10):
-        if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0 or gate_top < 1 or gate_share < 0:
-            raise InvalidInputError("KReciprocal: k1, k2, gate_top >= 1, lambda_value in [0, 1], gate_share >= 0")
+                 gate_margin: Optional[float] = None, gate_share: float = 0.8, gate_top: int = 10,
+                 head: int = 0, tail_lambda: Optional[float] = None, tail_share: Optional[float] = None):
+        if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0 or gate_top < 1 or gate_share < 0 or head < 0 \
+                or (tail_lambda is not None and not 0.0 <= tail_lambda <= 1.0) \
+                or (tail_share is not None and tail_share < 0):
+            raise InvalidInputError("KReciprocal: k1, k2, gate_top >= 1, head >= 0, lambda_value and tail_lambda "
+                                    "in [0, 1], gate_share and tail_share >= 0")
         self.k1, self.k2, self.lambda_value, self.pool = int(k1), int(k2), float(lambda_value), int(pool)
         self.gate_margin = None if gate_margin is None else float(gate_margin)
         self.gate_share, self.gate_top = float(gate_share), int(gate_top)
+        self.head, self.tail_lambda = int(head), None if tail_lambda is None else float(tail_lambda)
+        self.tail_share = self.gate_share if tail_share is None else float(tail_share)
 
     def pool_size(self, k: int) -> int:
         return max(k, self.pool)
 
-    def gate(self, query: np.ndarray, ids: np.ndarray, ctx: RerankContext, raw: Optional[np.ndarray] = None) -> bool:
-        """Whether this query's pool (``ids``, best first; ``raw``: their stored vectors) is re-ranked (see the
-        class docstring)."""
+    def share(self, query: np.ndarray, ids: np.ndarray, ctx: RerankContext, raw: Optional[np.ndarray] = None
+              ) -> float:
+        """The gate's statistic for one query's pool (``ids``, best first; ``raw``: their stored vectors): the
+        share of its top ``gate_top`` whose nearest stored neighbour beats the query's best match by
+        ``gate_margin``; 1 when ungated, 0 when the index keeps no neighbour lists."""
         if self.gate_margin is None:
-            return True
+            return 1.0
         table = ctx.gallery.state("neighbours")
         if not isinstance(table, NeighbourTable) or table.width == 0:
-            return False
+            return 0.0
         raw = np.asarray(ctx.gallery.vectors(ids) if raw is None else raw, np.float32)
         raw_top1 = float((raw @ np.asarray(query, np.float32)).max())
         first = table.lists(ids[:self.gate_top])[1][:, 0]
-        return bool(np.mean(first > raw_top1 + self.gate_margin) >= self.gate_share)
+        return float(np.mean(first > raw_top1 + self.gate_margin))
+
+    def gate(self, query: np.ndarray, ids: np.ndarray, ctx: RerankContext, raw: Optional[np.ndarray] = None) -> bool:
+        """Whether this query's pool is re-ranked by the ``lambda_value`` blend (see the class docstring)."""
+        return self.share(query, ids, ctx, raw) >= self.gate_share
 
     def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
-        from .kreciprocal import DENSE_POOL_MAX, k_reciprocal_pool, k_reciprocal_rerank
-
         ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
         for r, ids in enumerate(_rows(pool)):
             if len(ids) < 2:
                 continue
             raw = np.asarray(ctx.gallery.vectors(ids), np.float32)  # read once: the gate and the space use them
-            if not self.gate(queries[r], ids, ctx, raw):
+            share = self.share(queries[r], ids, ctx, raw)
+            main, tail = share >= self.gate_share, self.tail_lambda is not None and share >= self.tail_share
+            if not (main or tail):
                 continue
             space = _Space(ctx, r)
             cands = space.candidates(ids, raw)
-            if len(ids) <= DENSE_POOL_MAX:  # the usual pool of 100: dense matrices are much cheaper
-                d = k_reciprocal_pool(space.query(queries[r]), cands, self.k1, self.k2, self.lambda_value)
-                _replace_row(ids_out, sc_out, r, ids, 1.0 - d)
+            query = space.query(queries[r])
+            lambdas = ([self.lambda_value] if main else []) + ([self.tail_lambda] if tail else [])
+            dists = self._distances(query, cands, [float(v) for v in lambdas if v is not None])
+            head_s = 1.0 - dists[0] if main else pool.scores[r, :len(ids)]
+            if not tail:
+                _replace_row(ids_out, sc_out, r, ids, head_s)
                 continue
-            dist, pos = k_reciprocal_rerank(space.query(queries[r])[None], cands, len(ids),
-                                            k1=self.k1, k2=self.k2, lambda_value=self.lambda_value)
-            _replace_row(ids_out, sc_out, r, ids[pos[0]], 1.0 - dist[0])
+            order, scores = head_tail_order(head_s, 1.0 - dists[-1], self.head)
+            _replace_row(ids_out, sc_out, r, ids[order], scores)
         return Candidates.sorted(ids_out, sc_out)
+
+    def _distances(self, query: np.ndarray, cands: np.ndarray, lambdas: list[float]) -> list[np.ndarray]:
+        """(P,) k-reciprocal distances of one query to its pool, in pool order, one array per blend."""
+        from .kreciprocal import DENSE_POOL_MAX, k_reciprocal_pool_parts, k_reciprocal_rerank
+
+        if len(cands) <= DENSE_POOL_MAX:  # the usual pool of 100: dense matrices are much cheaper
+            jaccard, dist = k_reciprocal_pool_parts(query, cands, self.k1, self.k2)
+            return [((1.0 - lam) * jaccard + lam * dist).astype(np.float32) for lam in lambdas]
+        out = []
+        for lam in lambdas:
+            d, pos = k_reciprocal_rerank(query[None], cands, len(cands), k1=self.k1, k2=self.k2, lambda_value=lam)
+            out.append(np.empty(len(cands), np.float32))
+            out[-1][pos[0]] = d[0]
+        return out
+
+
+def head_tail_order(head_s: np.ndarray, tail_s: np.ndarray, head: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and scores of a list whose first ``head`` entries are the best by ``head_s`` and whose rest
+    follows by ``tail_s`` (both scores of the same items, higher is better, ties by position); the head keeps
+    its scores, the tail's are shifted strictly below the head's lowest."""
+    first = np.argsort(-np.asarray(head_s, np.float64), kind="stable")[:min(head, len(head_s))]
+    rest = np.setdiff1d(np.arange(len(tail_s)), first)
+    rest = rest[np.argsort(-np.asarray(tail_s, np.float64)[rest], kind="stable")]
+    top = np.asarray(head_s, np.float32)[first]
+    low = np.asarray(tail_s, np.float64)[rest]
+    if len(first) and len(rest):
+        floor = np.nextafter(np.float32(top.min()), np.float32(-np.inf))
+        low = np.minimum(low - max(0.0, float(low[0]) - float(floor)), floor)
+    return np.concatenate([first, rest]), np.concatenate([top, low.astype(np.float32)])
 
 
 class AttributeFusion(Reranker):
