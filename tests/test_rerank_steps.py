@@ -364,3 +364,11 @@ def test_the_tail_gate_alone_keeps_the_incoming_head() -> None:
         assert list(out[r, 3:]) == [i for i in strong[r] if i not in set(cos[r, :3])]
     shut = KReciprocal(20, 6, 0.85, gate_margin=0.0, gate_share=2.0, head=3, tail_lambda=0.2, tail_share=2.0)
     assert np.array_equal(gal.query(Pipeline("s", (shut,)), q, 100).ids, cos)
+
+
+@pytest.mark.parametrize("kwargs", [{"head": -1}, {"tail_lambda": 1.5}, {"tail_lambda": -0.1}, {"tail_share": -0.1}])
+def test_k_reciprocal_rejects_a_bad_head_or_tail(kwargs) -> None:
+    from reid_engine.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="head >= 0|tail_lambda|tail_share"):
+        KReciprocal(20, 6, 0.85, **kwargs)
