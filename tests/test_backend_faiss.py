@@ -11,7 +11,8 @@ import pytest
 
 from reid_engine.errors import InvalidInputError
 from reid_engine.index.backend import Changes, SearchFilter, SearchParams, get_backend
-from reid_engine.index.faiss_backend import FaissBackend, parse_factory, topk_merge
+from reid_engine.index.faiss_backend import FaissBackend, parse_factory
+from reid_engine.index.topk import top_k_rows
 
 from .backend_conformance import DIM, BackendConformance, Gallery, assert_same, make_fields, unit
 
@@ -75,11 +76,11 @@ def test_topk_merge_against_sort():
     rng = np.random.default_rng(0)
     s = rng.standard_normal((4, 50)).astype(np.float32)
     ids = rng.permutation(200)[:200].reshape(4, 50).astype(np.int64)
-    gs, gi = topk_merge(s, ids, 7)
+    gs, gi = top_k_rows(s, ids, 7)
     for r in range(4):
         o = np.argsort(-s[r])[:7]
         np.testing.assert_array_equal(gi[r], ids[r][o])
-    gs, gi = topk_merge(s[:, :3], ids[:, :3], 5)
+    gs, gi = top_k_rows(s[:, :3], ids[:, :3], 5)
     assert (gi[:, 3:] == -1).all() and np.isneginf(gs[:, 3:]).all()
 
 
@@ -92,7 +93,7 @@ def test_topk_merge_keeps_the_smallest_ids_among_tied_candidates():
     s = levels[rng.integers(0, 3, (6, 400))]
     ids = np.stack([rng.permutation(10_000)[:400] for _ in range(6)]).astype(np.int64)
     ids[0, :50] = -1  # padding
-    gs, gi = topk_merge(s, ids, k)
+    gs, gi = top_k_rows(s, ids, k)
     for r in range(6):
         ok = ids[r] >= 0
         o = np.lexsort((ids[r][ok], -s[r][ok]))[:k]

@@ -137,11 +137,6 @@ def auto_nprobe(nlist: int) -> int:
     return int(min(nlist, max(16, round(nlist / 128))))
 
 
-def topk_merge(sims: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` per row of candidate (sims, ids), descending by similarity then ascending id; pads id -1."""
-    return top_k_rows(sims, ids, k)
-
-
 _POOL: Optional[ThreadPoolExecutor] = None
 _POOL_LOCK = threading.Lock()
 #: a search of fewer queries than this runs segments side by side in threads (one FAISS thread each); a larger
@@ -1221,7 +1216,7 @@ class FaissBackend(VectorBackend):
         ids = [f[1] for f in found if f is not None]
         if not sims:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
-        return topk_merge(np.concatenate(sims, 1), np.concatenate(ids, 1), k)
+        return top_k_rows(np.concatenate(sims, 1), np.concatenate(ids, 1), k)
 
     # exact search in one segment
     def _search_exact(self, seg: _Segment, dead: Optional[np.ndarray], nd: int, q: np.ndarray, k: int,
@@ -1234,7 +1229,7 @@ class FaissBackend(VectorBackend):
                 bad = (r < 0) | dead[np.maximum(r, 0)]
                 s = np.where(bad, -np.inf, s)
                 i = np.where(bad, -1, i)
-            return topk_merge(s, i, k)
+            return top_k_rows(s, i, k)
         rows = None
         if sf is not None:
             rows, _ = sf.candidates(seg, limit=seg.rows // 4)
@@ -1268,7 +1263,7 @@ class FaissBackend(VectorBackend):
             kk = min(k, r.size)
             s, loc = self._knn(q, np.ascontiguousarray(x), kk)
             ids = np.where(loc >= 0, np.asarray(seg.ids)[r[np.maximum(loc, 0)]], -1)
-            best_s, best_i = topk_merge(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), k)
+            best_s, best_i = top_k_rows(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), k)
         return best_s, best_i
 
     # approximate search in one graph segment
@@ -1346,7 +1341,7 @@ class FaissBackend(VectorBackend):
                 continue
             sc, loc = self._knn(q[qi:qi + 1], seg.vec[rows], min(k, rows.size))
             ok = loc[0] >= 0
-            s, i = topk_merge(sc[:, ok], np.asarray(seg.ids[rows[loc[0][ok]]])[None], k)
+            s, i = top_k_rows(sc[:, ok], np.asarray(seg.ids[rows[loc[0][ok]]])[None], k)
             out_s[qi], out_i[qi] = s[0], i[0]
         return out_s, out_i
 

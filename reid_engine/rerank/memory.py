@@ -14,8 +14,8 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..index.backend import fields_of
+from ..index.topk import top_k_rows
 from .base import RERANK_K, Candidates, IndexHook, Pipeline, RerankContext, get_hook
-from .hooks import top_k_rows
 
 if TYPE_CHECKING:
     from ..index.backend import IdsLike

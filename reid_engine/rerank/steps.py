@@ -27,7 +27,7 @@ neighbours, so a query's list never depends on the other queries of the call
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -297,29 +297,29 @@ class KReciprocal(Reranker):
             space = _Space(ctx, r)
             cands = space.candidates(ids, raw)
             query = space.query(queries[r])
-            lambdas = ([self.lambda_value] if main else []) + ([self.tail_lambda] if tail else [])
-            dists = self._distances(query, cands, [float(v) for v in lambdas if v is not None])
-            head_s = 1.0 - dists[0] if main else pool.scores[r, :len(ids)]
-            if not tail:
+            blend = self._blend(query, cands)
+            head_s = 1.0 - blend(self.lambda_value) if main else pool.scores[r, :len(ids)]
+            if not tail or self.tail_lambda is None:
                 _replace_row(ids_out, sc_out, r, ids, head_s)
                 continue
-            order, scores = head_tail_order(head_s, 1.0 - dists[-1], self.head)
+            order, scores = head_tail_order(head_s, 1.0 - blend(self.tail_lambda), self.head)
             _replace_row(ids_out, sc_out, r, ids[order], scores)
         return Candidates.sorted(ids_out, sc_out)
 
-    def _distances(self, query: np.ndarray, cands: np.ndarray, lambdas: list[float]) -> list[np.ndarray]:
-        """(P,) k-reciprocal distances of one query to its pool, in pool order, one array per blend."""
+    def _blend(self, query: np.ndarray, cands: np.ndarray) -> Callable[[float], np.ndarray]:
+        """lambda -> (P,) k-reciprocal distances of one query to its pool, in pool order."""
         from .kreciprocal import DENSE_POOL_MAX, k_reciprocal_pool_parts, k_reciprocal_rerank
 
-        if len(cands) <= DENSE_POOL_MAX:  # the usual pool of 100: dense matrices are much cheaper
+        if len(cands) <= DENSE_POOL_MAX:  # the usual pool of 100: dense matrices, one computation for every blend
             jaccard, dist = k_reciprocal_pool_parts(query, cands, self.k1, self.k2)
-            return [((1.0 - lam) * jaccard + lam * dist).astype(np.float32) for lam in lambdas]
-        out = []
-        for lam in lambdas:
+            return lambda lam: ((1.0 - lam) * jaccard + lam * dist).astype(np.float32)
+
+        def sparse(lam: float) -> np.ndarray:
             d, pos = k_reciprocal_rerank(query[None], cands, len(cands), k1=self.k1, k2=self.k2, lambda_value=lam)
-            out.append(np.empty(len(cands), np.float32))
-            out[-1][pos[0]] = d[0]
-        return out
+            out = np.empty(len(cands), np.float32)
+            out[pos[0]] = d[0]
+            return out
+        return sparse
 
 
 def head_tail_order(head_s: np.ndarray, tail_s: np.ndarray, head: int) -> tuple[np.ndarray, np.ndarray]:
