@@ -36,6 +36,7 @@ import ctypes
 import json
 import logging
 import math
+import mmap
 import os
 import re
 import secrets
@@ -312,64 +313,38 @@ def _reserve_storage(index: Any, nbytes: int, used: int = 0) -> None:
         pass
 
 
-def _mapped_ranges(folder: Path) -> list[tuple[int, int]]:
-    """Address ranges of this process's shared read-only mappings of files in ``folder`` (Linux
-    /proc/self/maps; empty elsewhere). Only those can drop their pages safely: the file holds their data."""
+def _file_mapped(start: int, end: int, path: Path) -> bool:
+    """Whether bytes ``start..end`` of this process are a read-only mapping of the file ``path`` (Linux
+    /proc/self/maps)."""
     try:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
-        return []
-    root = str(folder.resolve()) + os.sep
-    out = []
+        return False
+    want = str(path.resolve())
     for line in lines:
         parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5].startswith(root) and parts[1][:2] == "r-" and parts[1][3:4] == "s":
+        if len(parts) == 6 and parts[5] == want and "w" not in parts[1]:
             lo, hi = (int(v, 16) for v in parts[0].split("-"))
-            out.append((lo, hi))
-    return out
+            if lo <= start and end <= hi:
+                return True
+    return False
 
 
-def _release_mapped(folder: Path) -> int:
-    """Drop this process's resident pages of the files in ``folder`` that it maps shared and read-only (they
-    are read back from the page cache when next touched); the bytes advised."""
-    ranges = _mapped_ranges(folder)
-    if not ranges:
-        return 0
+def _release_pages(arr: np.ndarray, path: Path) -> None:
+    """Drop this process's resident pages of ``arr`` when it is a read-only mapping of the file ``path`` (they are
+    read back from the page cache when next touched). Lowers the peak memory of growing a graph, whose file is
+    read into memory while its mapping was paged in by searches. Anything else is left alone."""
+    page = mmap.PAGESIZE
+    start = arr.__array_interface__["data"][0]
+    lo = -(-start // page) * page
+    hi = (start + arr.nbytes) // page * page
+    if hi <= lo or not _file_mapped(lo, hi, path):
+        return
     try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
     except (OSError, AttributeError):  # not Linux: the pages stay
-        return 0
-    for lo, hi in ranges:
-        madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
-    return sum(hi - lo for lo, hi in ranges)
-
-
-#: while a graph is built, this process's pages of the index's memory-mapped files are dropped this often
-#: (seconds), so that the graph being built in memory and the mapped ones that searches page in meanwhile are
-#: not both resident; a search after a drop reads its pages back from the page cache
-RELEASE_PERIOD_S = 0.5
-
-
-@contextmanager
-def _mapped_pages_released(folder: Path, period: Optional[float] = None) -> Iterator[None]:
-    """Drop this process's pages of ``folder``'s mapped files now and every ``period`` seconds (default
-    RELEASE_PERIOD_S) until the body ends."""
-    period = RELEASE_PERIOD_S if period is None else period
-    stop = threading.Event()
-
-    def run() -> None:
-        while True:
-            _release_mapped(folder)
-            if stop.wait(period):
-                return
-
-    thread = threading.Thread(target=run, daemon=True, name="reid-engine-release-pages")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+        pass
 
 
 def _graph_vectors(graph: Any, rows: int, dim: int) -> np.ndarray:
@@ -964,18 +939,13 @@ class FaissBackend(VectorBackend):
         rows are this segment's first rows) its graph is read and only the remaining rows are inserted."""
         assert self.graph_m is not None  # only graph modes build graphs
         t0 = time.perf_counter()
-        # the graph is built in memory; the mapped files' pages that searches (of commits and queries running
-        # meanwhile) bring in are dropped from this process every RELEASE_PERIOD_S, so they and the graph
-        # being built are not both held
-        with _mapped_pages_released(self.folder):
-            self._build_graph_file(name, rows, vectors, grow)
-        log.info("built the HNSW%d graph of %s (%d rows, %d inserted) in %.1f s", self.graph_m, name, rows,
-                 rows - (grow.rows if grow is not None else 0), time.perf_counter() - t0)
-
-    def _build_graph_file(self, name: str, rows: int, vectors: Any, grow: Optional[_Segment]) -> None:
-        """The body of :meth:`_build_graph`: the graph in memory, then its file."""
-        assert self.graph_m is not None  # only graph modes build graphs
         start = 0
+        # building reads no graph's vectors but the ones it copies: the graphs' pages that searches brought in
+        # are dropped from this process (read back from the page cache when next searched), so the graph being
+        # built is the only one held in memory meanwhile
+        for seg in self._view.segments:
+            if seg.graph is not None:
+                _release_pages(seg.vec, self.folder / f"{seg.name}{_GRAPH_SUFFIX}")
         if grow is not None:
             path = self.folder / f"{grow.name}{_GRAPH_SUFFIX}"
             try:  # a private copy in memory: the memory-mapped one stays as it is for readers
@@ -999,6 +969,8 @@ class FaissBackend(VectorBackend):
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        log.info("built the HNSW%d graph of %s (%d rows, %d inserted) in %.1f s", self.graph_m, name, rows,
+                 rows - start, time.perf_counter() - t0)
 
     def _train(self, view: _View) -> np.ndarray:
         """Spherical k-means centroids on a sample of the live vectors."""
