@@ -451,6 +451,50 @@ def test_releasing_a_mapped_graph_drops_its_pages_but_never_its_data(tmp_path):
     assert np.array_equal(anon, x) and np.array_equal(vec, x)
 
 
+def test_a_graph_copied_for_growing_is_the_file_byte_for_byte_and_grows_in_place(tmp_path):
+    """The private copy a merge grows (read block by block from the mapped file into buffers with room for the new
+    rows) is what ``faiss.read_index`` reads: the same bytes when written back, the same bytes again after the same
+    rows are added to both (one thread: insertion order fixed), and adding within the room never moves its
+    vectors (no reallocation, which would briefly hold them twice)."""
+    import faiss
+
+    from reid_engine.index import faiss_backend as fb
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = faiss.IndexHNSWFlat(32, 16, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 40
+    index.add(x[:2000])
+    path = tmp_path / "g.hnsw"
+    faiss.write_index(index, str(path))
+    old_block = fb._COPY_BLOCK
+    fb._COPY_BLOCK = 4096  # many blocks, each dropped after copying
+    try:
+        copy = fb._graph_copy(path, 3000, 16)
+    finally:
+        fb._COPY_BLOCK = old_block
+    assert copy.ntotal == 2000 and copy.hnsw.neighbors.is_owned
+    out = tmp_path / "copy.hnsw"
+    faiss.write_index(copy, str(out))
+    assert out.read_bytes() == path.read_bytes()
+    codes = faiss.downcast_index(copy.storage).codes
+    start = codes.data()
+    plain = faiss.read_index(str(path))
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        copy.add(x[2000:])
+        plain.add(x[2000:])
+    finally:
+        faiss.omp_set_num_threads(threads)
+    assert codes.data() == start
+    faiss.write_index(copy, str(out))
+    faiss.write_index(plain, str(tmp_path / "plain.hnsw"))
+    assert out.read_bytes() == (tmp_path / "plain.hnsw").read_bytes()
+    assert np.array_equal(copy.search(x[:50], 5)[1], plain.search(x[:50], 5)[1])
+
+
 def test_growing_graphs_under_random_adds_removals_and_merges_equal_brute_force(folder):
     """Random commits (adds, removals, re-adds of removed ids) with merges after each, a small graph cap so that
     graphs grow, seal and are rebuilt: a wide-beam search always equals brute force over the live rows."""
