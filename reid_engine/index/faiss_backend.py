@@ -373,12 +373,12 @@ def _graph_copy(path: Path, capacity_rows: int, m: int) -> Any:
     reading the file whole and then reserving the room reallocates, briefly holding the old and the new buffer
     (about 1 GB more at the peak of growing a 512k-row graph). Byte for byte the index ``faiss.read_index`` gives
     (tested)."""
-    mapped = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    mapped: Any = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)  # SWIG proxies: attributes typed loosely
     try:
-        src_store = faiss.downcast_index(mapped.storage)
+        src_store: Any = faiss.downcast_index(mapped.storage)
         if not isinstance(mapped, faiss.IndexHNSWFlat) or not isinstance(src_store, faiss.IndexFlat):
             raise IndexCorruptError(f"graph {path.name} holds a {type(mapped).__name__}, expected an IndexHNSWFlat")
-        index = faiss.IndexHNSWFlat(mapped.d, m, mapped.metric_type)
+        index: Any = faiss.IndexHNSWFlat(mapped.d, m, mapped.metric_type)
         index.hnsw = mapped.hnsw  # every field; the links are still a view of the mapping
         links_n = mapped.hnsw.neighbors.size()
         index.hnsw.neighbors = faiss.MaybeOwnedVectorInt32()  # owned, so that adding can grow it
@@ -387,7 +387,7 @@ def _graph_copy(path: Path, capacity_rows: int, m: int) -> Any:
         if links_n:
             _copy_mapped(faiss.rev_swig_ptr(links.data(), links_n),
                          faiss.rev_swig_ptr(mapped.hnsw.neighbors.data(), links_n))
-        store = faiss.downcast_index(index.storage)
+        store: Any = faiss.downcast_index(index.storage)
         used = src_store.codes.size()
         _reserve_storage(index, capacity_rows * mapped.d * 4, used)
         if store.codes.size() != used:  # an older FAISS that cannot reserve: plain size
