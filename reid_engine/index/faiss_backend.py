@@ -379,14 +379,15 @@ def _graph_copy(path: Path, capacity_rows: int, m: int) -> Any:
         if not isinstance(mapped, faiss.IndexHNSWFlat) or not isinstance(src_store, faiss.IndexFlat):
             raise IndexCorruptError(f"graph {path.name} holds a {type(mapped).__name__}, expected an IndexHNSWFlat")
         index: Any = faiss.IndexHNSWFlat(mapped.d, m, mapped.metric_type)
-        index.hnsw = mapped.hnsw  # every field; the links are still a view of the mapping
-        links_n = mapped.hnsw.neighbors.size()
+        old: Any = mapped.hnsw
+        index.hnsw = old  # every field; the links are still a view of the mapping
+        links_n = old.neighbors.size()
         index.hnsw.neighbors = faiss.MaybeOwnedVectorInt32()  # owned, so that adding can grow it
         links = index.hnsw.neighbors
         links.resize(links_n)
         if links_n:
             _copy_mapped(faiss.rev_swig_ptr(links.data(), links_n),
-                         faiss.rev_swig_ptr(mapped.hnsw.neighbors.data(), links_n))
+                         faiss.rev_swig_ptr(old.neighbors.data(), links_n))
         store: Any = faiss.downcast_index(index.storage)
         used = src_store.codes.size()
         _reserve_storage(index, capacity_rows * mapped.d * 4, used)
