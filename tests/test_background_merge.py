@@ -92,6 +92,27 @@ def test_background_merges_give_the_answers_of_inline_merges(tmp_path: Path, tin
     reopened.close()
 
 
+def test_background_merges_grow_graphs_to_half_the_cap_and_inline_merges_to_the_cap(tmp_path: Path,
+                                                                                    tiny_weights: Path) -> None:
+    """A merge built in the background while the process serves copies the graph it grows into memory beside the
+    mapped file: it grows no graph past graph_rows / 2 (150 rows here) and starts a new one instead, while inline
+    merges grow graphs up to graph_rows (300). Both answer as brute force."""
+    sizes = {}
+    for background in (True, False):
+        eng = _engine(tmp_path / str(background), tiny_weights, background=background)
+        assert eng.store.backend.describe()["background_graph_rows"] == 150
+        live: dict[int, np.ndarray] = {}
+        for b in range(16):
+            x = _vectors(37, 100 + b)
+            live.update(zip(_add(eng, 37 * b, x), x))
+            eng.store.wait_for_merges()
+        sizes[background] = [s["rows"] for s in eng.store.backend.describe()["segments"] if s["kind"] == "graph"]
+        _check_against_brute_force(eng, live)
+        eng.close()
+    assert max(sizes[True]) <= 150 and len(sizes[True]) >= 3
+    assert 150 < max(sizes[False]) <= 300
+
+
 @pytest.mark.parametrize("rows_in", ["sqlite", "postgresql"])
 def test_the_background_thread_commits_its_merge_and_another_process_sees_it(tmp_path: Path, tiny_weights: Path,
                                                                              rows_in: str) -> None:

@@ -214,7 +214,7 @@ def query_cmd(
 
 def _describe_backend(d: dict[str, Any]) -> str:
     """One line for `info`: backend, index type and its parameters, segments, removed vectors."""
-    keys = ("graph_m", "graph_rows", "ef_search", "nlist", "nprobe", "exact_threshold")
+    keys = ("graph_m", "graph_rows", "background_graph_rows", "ef_search", "nlist", "nprobe", "exact_threshold")
     params = [f"{k}={d[k]}" for k in keys if d.get(k)]
     segs = d.get("segments") or []
     kinds: dict[str, int] = {}

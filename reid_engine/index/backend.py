@@ -187,9 +187,10 @@ class VectorBackend(ABC):
         return None
 
     # merges off the write lock: plan on the visible state, build without the lock, apply to the state visible then
-    def plan_merge(self, generation: int, force: bool = False) -> Optional[Any]:
-        """A merge due on the visible state (of ``generation``) to run in the background, or None (also: this
-        backend only merges inside ``compact``)."""
+    def plan_merge(self, generation: int, force: bool = False, background: bool = False) -> Optional[Any]:
+        """A merge due on the visible state (of ``generation``), or None (also: this backend only merges inside
+        ``compact``). ``background``: it will be built while the process serves, so it should hold little memory
+        beside what the searches keep paged in."""
         return None
 
     def build_merge(self, job: Any, threads: Optional[int] = None) -> None:

@@ -72,6 +72,12 @@ GRAPH_EF_CONSTRUCTION = 40
 #: search per query and per commit, but more bytes rewritten per merge and more memory while one grows (at
 #: merge time the growing graph is read into memory from its file)
 GRAPH_ROWS = 1 << 19
+#: a merge built in the background (while the process keeps serving from the memory-mapped graphs) grows a graph
+#: only while it holds at most graph_rows / BACKGROUND_GROWTH_DIVISOR rows; past that it starts a new graph. Growing
+#: copies the graph into memory beside its mapped file, which searches keep paged in: at 1M rows a 512k-row copy
+#: lifted the peak to 4.3 GB, more than twice the vectors (docs/storage.md). Inline merges (bulk adds, compact)
+#: grow up to graph_rows
+BACKGROUND_GROWTH_DIVISOR = 2
 #: default search beam width of the graphs (measured: recall@10 0.97 at 100k on tools/bench_scale.py data)
 GRAPH_EF_SEARCH = 128
 #: graphs up to this many rows get a default beam of at least efSearch and twice the results wanted; a larger
@@ -621,10 +627,14 @@ class FaissBackend(VectorBackend):
         self.flat_limit = int(o.get("flat_limit", 32768))
         self.merge_factor = int(o.get("merge_factor", 8))
         self.graph_rows = int(o.get("graph_rows", GRAPH_ROWS))
+        #: the largest graph a background merge grows (it starts a new graph past it)
+        self.background_graph_rows = int(o.get("background_graph_rows",
+                                               max(1, self.graph_rows // BACKGROUND_GROWTH_DIVISOR)))
         self.retrain_growth = float(o.get("retrain_growth", 4.0))
         self.nlist_factor = float(o.get("nlist_factor", 4.0))
         self.train_points = int(o.get("train_points_per_list", 32))
-        for k in ("exact_threshold", "flat_limit", "merge_factor", "train_points_per_list", "graph_rows"):
+        for k in ("exact_threshold", "flat_limit", "merge_factor", "train_points_per_list", "graph_rows",
+                  "background_graph_rows"):
             if k in o and int(o[k]) < 1:
                 raise InvalidInputError(f"faiss backend option {k}={o[k]!r}: expected a positive integer")
         if "nprobe" in o and o["nprobe"] is not None:
@@ -803,13 +813,14 @@ class FaissBackend(VectorBackend):
         self.build_merge(job)
         return self.apply_merge(job, generation)
 
-    def plan_merge(self, generation: int, force: bool = False) -> Optional["_MergeJob"]:
+    def plan_merge(self, generation: int, force: bool = False, background: bool = False) -> Optional["_MergeJob"]:
         """The merge due on the visible state (all segments with ``force``), or None. Its new segment is named
-        with ``generation``, so removals committed after that generation hide its rows like any older segment's."""
+        with ``generation``, so removals committed after that generation hide its rows like any older segment's.
+        A ``background`` merge grows no graph past ``background_graph_rows``."""
         view = self._view
         if view.count == 0 and not view.segments:
             return None
-        plan = self._plan(view, force)
+        plan = self._plan(view, force, self.background_graph_rows if background else self.graph_rows)
         if plan is None:
             return None
         merge, retrain, base = plan
@@ -923,9 +934,9 @@ class FaissBackend(VectorBackend):
             return live >= min(self.exact_threshold, 30 * (self.fixed_nlist or 1)) and live >= (self.fixed_nlist or 1)
         return live >= self.exact_threshold
 
-    def _plan(self, view: _View, force: bool) -> Optional[tuple[set[int], bool, Optional[int]]]:
+    def _plan(self, view: _View, force: bool, grow_to: int) -> Optional[tuple[set[int], bool, Optional[int]]]:
         """(segments to merge, whether to train a new quantizer, the graph segment that grows by the others'
-        rows or None), or None when nothing is worth doing."""
+        rows, to at most ``grow_to`` rows, or None), or None when nothing is worth doing."""
         segs = view.segments
         trained = view.centroids is not None or bool(view.state.get("graph"))
         retrain = False
@@ -956,7 +967,7 @@ class FaissBackend(VectorBackend):
             merge.update(flat)
         base: Optional[int] = None
         if trained and self.mode != "flat" and view.state.get("graph"):
-            base = self._growing_graph(view, merge) if flat_due else None
+            base = self._growing_graph(view, merge, grow_to) if flat_due else None
             if base is not None:
                 merge.add(base)
         elif trained and self.mode != "flat":
@@ -980,12 +991,12 @@ class FaissBackend(VectorBackend):
                 return None
         return (merge, False, base) if merge else None
 
-    def _growing_graph(self, view: _View, merge: set[int]) -> Optional[int]:
+    def _growing_graph(self, view: _View, merge: set[int], grow_to: int) -> Optional[int]:
         """The graph segment the rows of segments ``merge`` are added to: the largest one with no removed rows
-        that stays within ``graph_rows`` (None: they start a new graph)."""
+        that stays within ``grow_to`` rows (None: they start a new graph)."""
         adding = sum(view.segments[i].rows - view.ndead[i] for i in merge)
         room = [i for i, s in enumerate(view.segments)
-                if s.kind == "graph" and i not in merge and not view.ndead[i] and s.rows + adding <= self.graph_rows]
+                if s.kind == "graph" and i not in merge and not view.ndead[i] and s.rows + adding <= grow_to]
         return max(room, key=lambda i: (view.segments[i].rows, view.segments[i].seq), default=None)
 
     def _build_graph(self, name: str, rows: int, vectors: Any, grow: Optional[_Segment] = None) -> None:
@@ -1193,6 +1204,7 @@ class FaissBackend(VectorBackend):
             "index_type": ("hnsw" if view.state.get("graph") else "ivf_flat" if ivf else "flat"),
             "graph_m": (view.state.get("graph") or {}).get("m"),
             "graph_rows": self.graph_rows if self.graph_m is not None else None,
+            "background_graph_rows": self.background_graph_rows if self.graph_m is not None else None,
             "ef_search": self._defaults(view).get("ef_search") if view.state.get("graph") else None,
             "metric": "inner_product",
             "dim": self.dim,

@@ -374,7 +374,7 @@ class IndexStore:
         """Plan the merge due on the state just committed and build it in a background thread (one at a time)."""
         if self._merge_ready is not None or self._merge_building():
             return
-        job = self.backend.plan_merge(self.generation)
+        job = self.backend.plan_merge(self.generation, background=True)
         if job is None:
             return
         self.merges_started += 1
