@@ -13,6 +13,7 @@ Each phase runs in its own process so that peak RSS (VmHWM) is that phase's:
     python tools/bench_scale.py --sizes 100000,1000000
     python tools/bench_scale.py --sizes 100000 --milvus --ray            # + Milvus Lite at 100k, Ray throughput
     python tools/bench_scale.py --sizes 100000 --old-checkout /tmp/old   # also the previous engine, same data
+    python tools/bench_scale.py --sizes 1000000 --graph-rows 262144      # graphs as single-block adds make them
 
 Beside the engine it measures, in the same run, brute-force NumPy top-k over
 the same vectors, and (with --old-checkout, a checkout of an earlier commit) the
@@ -162,6 +163,8 @@ def phase_build(args: argparse.Namespace) -> dict[str, Any]:
     options = {"uri": str(folder.resolve()) + ".milvus.db"} if args.backend == "milvus" else None
     if options:
         Path(options["uri"]).unlink(missing_ok=True)
+    if args.graph_rows and args.backend == "faiss":  # the layout of a gallery grown by single-block adds
+        options = {"graph_rows": args.graph_rows, "background_graph_rows": args.graph_rows}
     eng = Engine.create(folder, weights=args.weights, backend=args.backend, backend_options=options)
     build_s += time.perf_counter() - t0
     n_syn = args.n - int(gal.sum()) - 4096
@@ -358,6 +361,8 @@ def _run_phase(phase: str, args: argparse.Namespace, n: int, python: str, cwd: P
                backend: str = "faiss") -> dict[str, Any]:
     cmd = [python, str(Path(__file__).resolve()), "--phase", phase, "--n", str(n), "--work", args.work,
            "--weights", args.weights, "--queries", str(args.queries), "--backend", backend]
+    if args.graph_rows:
+        cmd += ["--graph-rows", str(args.graph_rows)]
     env = dict(os.environ, PYTHONPATH=str(cwd))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
@@ -375,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--milvus", action="store_true", help="also a Milvus Lite backed index, at sizes <= 100k")
     ap.add_argument("--ray", action="store_true", help="also Ray vs local encoding throughput (tools/bench_ray.py)")
     ap.add_argument("--keep", action="store_true", help="keep the built indexes in --work (default: removed)")
+    ap.add_argument("--graph-rows", type=int, default=None,
+                    help="cap every graph at this many rows (262144: the layout single-block adds make, whose "
+                         "background merges grow graphs to half the default cap)")
     ap.add_argument("--backend", default="faiss", help=argparse.SUPPRESS)
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)

@@ -17,10 +17,11 @@ On disk (all files immutable once renamed into place, names carry the generation
 
 A commit writes one small flat segment (searched exhaustively). Past ``exact_threshold`` (graph
 modes) ``compact`` inserts the flat segments' rows into the growing graph (written as a new
-segment; the old graph's files are left for readers) until it holds ``graph_rows``, then starts
-a new one, so each row is inserted into a graph once. With an IVF factory it merges flat
-segments into IVF segments once a quantizer is trained (again when the gallery has grown
-``retrain_growth`` times) and merges IVF segments tier by tier. Both drop removed rows. IVF
+segment; the old graph's files are left for readers) until it holds ``graph_rows`` (for a merge
+built in the background, ``background_graph_rows``), then starts a new one, so each row is
+inserted into a graph once. With an IVF factory it merges flat segments into IVF segments once
+a quantizer is trained (again when the gallery has grown ``retrain_growth`` times) and merges IVF
+segments tier by tier. Both drop removed rows. IVF
 segments keep their own CSR lists rather than a FAISS IVF index because memory-mapping them is
 zero-copy, all segments share one quantizer, and filters are evaluated list by list on the
 stored codes.
