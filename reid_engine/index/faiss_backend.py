@@ -398,7 +398,7 @@ def _graph_copy(path: Path, capacity_rows: int, m: int) -> Any:
         store: Any = faiss.downcast_index(index.storage)
         used = src_store.codes.size()
         _reserve_storage(index, capacity_rows * mapped.d * 4, used)
-        if store.codes.size() != used:  # an older FAISS that cannot reserve: plain size
+        if store.codes.size() != used:  # the room could not be reserved (out of memory): grow as FAISS does
             store.codes.resize(used)
         if used:
             _copy_mapped(faiss.rev_swig_ptr(store.codes.data(), used), faiss.rev_swig_ptr(src_store.codes.data(), used))
