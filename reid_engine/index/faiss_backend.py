@@ -34,6 +34,7 @@ segments are swapped for the new one, later commits are kept); the store runs th
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import math
@@ -337,28 +338,37 @@ def _file_mapped(start: int, end: int, path: Path) -> bool:
     return False
 
 
+def _page_range(arr: np.ndarray) -> tuple[int, int]:
+    """Addresses of the whole pages inside ``arr``'s bytes (lo >= hi when there are none)."""
+    page = mmap.PAGESIZE
+    start = arr.__array_interface__["data"][0]
+    return -(-start // page) * page, (start + arr.nbytes) // page * page
+
+
 def _release_pages(arr: np.ndarray, path: Path) -> None:
     """Drop this process's resident pages of ``arr`` when it is a read-only mapping of the file ``path`` (they are
     read back from the page cache when next touched). Lowers the peak memory of growing a graph, whose file is
     read into memory while its mapping was paged in by searches. Anything else is left alone."""
-    page = mmap.PAGESIZE
-    start = arr.__array_interface__["data"][0]
-    if _file_mapped(-(-start // page) * page, (start + arr.nbytes) // page * page, path):
+    if _file_mapped(*_page_range(arr), path):
         _drop_mapped(arr)
+
+
+@functools.lru_cache(maxsize=1)
+def _madvise() -> Optional[Any]:
+    """libc's madvise, or None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
 
 
 def _drop_mapped(arr: np.ndarray) -> None:
     """Drop this process's resident pages of ``arr``, a view of a read-only file mapping that nothing else in the
     process uses (whole pages inside it only; read back from the page cache if touched again)."""
-    page = mmap.PAGESIZE
-    start = arr.__array_interface__["data"][0]
-    lo = -(-start // page) * page
-    hi = (start + arr.nbytes) // page * page
-    if hi > lo:
-        try:
-            ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)
-        except (OSError, AttributeError):  # not Linux: the pages stay until the mapping is closed
-            pass
+    lo, hi = _page_range(arr)
+    madvise = _madvise()
+    if hi > lo and madvise is not None:  # elsewhere the pages stay until the mapping is closed
+        madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # MADV_DONTNEED
 
 
 #: bytes copied between drops of the source pages when a graph file is read into memory
