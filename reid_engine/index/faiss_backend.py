@@ -317,7 +317,7 @@ def _reserve_storage(index: Any, nbytes: int, used: int = 0) -> None:
         codes = faiss.downcast_index(index.storage).codes  # type: ignore[attr-defined]
         codes.resize(max(nbytes, used))
         codes.resize(used)  # the capacity stays, and the filled bytes
-    except (AttributeError, RuntimeError, MemoryError):  # older FAISS: plain growth
+    except (AttributeError, RuntimeError, MemoryError):  # no room to be had (out of memory): FAISS grows it as it adds
         pass
 
 
