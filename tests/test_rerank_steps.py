@@ -89,15 +89,21 @@ def test_centralize_matches_direct_formula() -> None:
     assert np.allclose(out.scores[0], np.sort(want)[::-1], atol=1e-5)
 
 
-def test_single_shot_gallery_stays_cosine() -> None:
-    # every gallery row a different person: neighbours are no closer than the query's best match
+def test_single_shot_gallery_keeps_the_cosine_head() -> None:
+    # every gallery row a different person: neighbours are no closer than the query's best match, so no
+    # neighbour is pooled and the head's gate stays shut: the first 5 answers are cosine's (the tail, whose
+    # gate is always open in the default, re-orders answers 6 onwards)
     rng = np.random.default_rng(3)
     x = _n(rng.normal(size=(200, 32)))
     gal = _gallery(x)
     q = _n(x[:20] + 0.15 * rng.normal(size=(20, 32))).astype(np.float32)
-    a = gal.query(get_pipeline("default"), q, 50)
+    default = get_pipeline("default")
+    head = next(s for s in default.steps if isinstance(s, KReciprocal)).head
+    a = gal.query(default, q, 50)
     b = gal.query(get_pipeline("none"), q, 50)
-    assert np.array_equal(a.ids, b.ids)
+    assert head == 5 and np.array_equal(a.ids[:, :head], b.ids[:, :head])
+    no_tail = _without(default, KReciprocal)
+    assert np.array_equal(gal.query(no_tail, q, 50).ids, b.ids)  # steps 1-2 alone change nothing here
 
 
 def test_neighbour_pooling_is_what_makes_the_match_win() -> None:

@@ -9,12 +9,15 @@ engine's two-stage path: cosine top ``pipeline.pool_size(k)``, then the
 pipeline, with k = the gallery size (a full ranking, as ``reid-engine eval``
 asks). Scores follow torchreid's ``evaluate_rank`` (Rank-1, Rank-5, mAP).
 
-The free parameters of the default are chosen by leave-one-set-out: for each
+The free parameters of the default (camera strength, Centralize's k1, alpha
+and margin, the k-reciprocal step's head and tail: 504 grid points, each run
+in a worker process) are chosen jointly by leave-one-set-out: for each
 set, the grid point that scores best on the other five sets x two encoders
 (objective: mAP + (Rank-1 + Rank-5) / 2 gains over cosine, minus ``--penalty``
 (100) x every point lost past the targets of issue #14), then scored on the
 held-out set. The query crops are shown to each gallery as camera context
-(``MemoryGallery.observe``), as ``reid-engine eval`` does. The peers run as published, on the full query and gallery sets:
+(``MemoryGallery.observe``), as ``reid-engine eval`` does. The peers run as
+published, on the full query and gallery sets:
 torchreid ``re_ranking`` (k1=20, k2=6, lambda=0.3) and Pose2ID NFC (k1=k2=2).
 
     python tools/rerank_devsets.py                  # held-out table, both encoders
@@ -39,7 +42,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# The grid runs in forked worker processes, one per core: BLAS and OpenMP threads in each of them oversubscribe
+# the cores (measured: 5x slower with 2 workers on 2 cores). Set before NumPy and FAISS load their thread pools,
+# and only when run as a script (not when a test imports the tool).
+if __name__ == "__main__":
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,8 +84,7 @@ ENCODERS = {
 }
 #: the grid of the default's free parameters: camera-mean removal strength (CameraNormalize) and the
 #: gated k-reciprocal step's lambda, gate share and gate margin (share > 1: no k-reciprocal step).
-#: Centralize keeps the point an earlier run of this tool chose on every fold from strength (0, 0.5, 1)
-#: x k1 (2, 4) x alpha (0, 0.15, 0.3) x margin (0.15, 0.2): k1 4, alpha 0.3, margin 0.15 (docs/rerank.md).
+#: Every point is crossed with CENTRALIZE_GRID.
 GRID = {"strength": (0.5, 1.0), "lambda_value": (0.5, 0.7, 0.85), "gate_share": (0.7, 0.9, 2.0),
         "gate_margin": (0.0, 0.05)}
 #: the same step with a strong tail (KReciprocal ``head``/``tail_lambda``/``tail_share``): the first 5 answers
@@ -84,6 +93,10 @@ GRID = {"strength": (0.5, 1.0), "lambda_value": (0.5, 0.7, 0.85), "gate_share": 
 #: head's: ``None``); with ``gate_share`` 2.0 only the tail is re-ranked
 TAIL_GRID = {"strength": (0.5, 1.0), "lambda_value": (0.85,), "gate_share": (0.7, 0.9, 2.0), "gate_margin": (0.0, 0.05),
              "head": (5,), "tail_lambda": (0.3,), "tail_share": (0.0, 0.5, None)}
+#: Centralize's neighbour pooling (its track pooling has no free parameter): mutual neighbours in the top k1,
+#: weight alpha past the query's best cosine + margin; alpha 0 pools tracks only (k1 and margin then unused)
+CENTRALIZE_GRID = {"k1": (2, 4), "alpha": (0.0, 0.15, 0.3), "margin": (0.15, 0.2)}
+CENTRALIZE_KEYS = tuple(CENTRALIZE_GRID)
 CAMERA_KEYS = ("strength",)
 KR_KEYS = ("lambda_value", "gate_share", "gate_margin", "head", "tail_lambda", "tail_share")
 
@@ -172,9 +185,13 @@ def peer_scores(data: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
 
 
 def grid_points() -> list[dict[str, Any]]:
-    pts = [dict(zip(grid, v)) for grid in (GRID, TAIL_GRID) for v in itertools.product(*grid.values())]
+    """Every point of (GRID + TAIL_GRID) x CENTRALIZE_GRID, one per distinct pipeline."""
+    pts = [dict(zip(grid, v), **dict(zip(CENTRALIZE_GRID, c)))
+           for grid in (GRID, TAIL_GRID) for v in itertools.product(*grid.values())
+           for c in itertools.product(*CENTRALIZE_GRID.values())]
     seen, out = set(), []
     for p in pts:  # parameters of a part that never runs do not matter: keep one point
+        cen = (p["alpha"], p["k1"], p["margin"]) if p["alpha"] > 0 else (0.0,)
         if p["gate_share"] > 1 and "tail_lambda" not in p:
             key: tuple = (p["strength"], "no kr")
         elif p["gate_share"] > 1:  # a tail gate at share 0 is always open, whatever the margin
@@ -182,7 +199,8 @@ def grid_points() -> list[dict[str, Any]]:
             if p["tail_share"] is None:  # the tail's gate is the head's, which never opens
                 key = (p["strength"], "no kr")
         else:
-            key = tuple(p.values())
+            key = tuple(v for k, v in p.items() if k not in CENTRALIZE_KEYS)
+        key += cen
         if key not in seen:
             seen.add(key)
             out.append(p)
@@ -191,7 +209,7 @@ def grid_points() -> list[dict[str, Any]]:
 
 def pipeline_for(point: dict[str, Any]) -> Pipeline:
     cam = dict(DEFAULT_CAMERA, **{k: v for k, v in point.items() if k in CAMERA_KEYS})
-    cen = dict(DEFAULT_CENTRALIZE, **{k: v for k, v in point.items() if k not in CAMERA_KEYS + KR_KEYS})
+    cen = dict(DEFAULT_CENTRALIZE, **{k: v for k, v in point.items() if k in CENTRALIZE_KEYS})
     kr = dict(DEFAULT_KRECIPROCAL, head=0, tail_lambda=None, tail_share=None)  # a point without a tail has none
     kr.update({k: v for k, v in point.items() if k in KR_KEYS})
     return default_pipeline(cam, cen, kreciprocal=kr, name="default@" + ",".join(f"{k}={v}" for k, v in point.items()))
@@ -272,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 grid[i] = {p: tuple(got[f"{p[0]}|{p[1]}"]) for p in pairs}
         todo = [i for i in range(len(points)) if i not in grid]
         _GRID_INPUT.update(points=points, pairs=pairs, gals=gals, datas=datas)
-        # grid points in worker processes (forked: they inherit the galleries); one thread each
+        # grid points in worker processes (forked: they inherit the galleries); one thread each (top of file)
         with ProcessPoolExecutor(max(1, args.jobs), mp_context=mp.get_context("fork")) as pool:
             for i, scores in zip(todo, pool.map(_grid_point, todo)):
                 grid[i] = scores

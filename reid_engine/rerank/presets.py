@@ -14,10 +14,10 @@ from .steps import CameraNormalize, Centralize, KReciprocal, QueryExpansion, Sam
 
 #: parameters of the default, chosen by tools/rerank_devsets.py on all development sets
 DEFAULT_CAMERA: dict[str, Any] = {"strength": 0.5, "unknown_strength": 0.0, "min_count": 10}
-DEFAULT_CENTRALIZE: dict[str, Any] = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 0.15, "ramp": 0.05}
+DEFAULT_CENTRALIZE: dict[str, Any] = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 0.2, "ramp": 0.05}
 DEFAULT_KRECIPROCAL: dict[str, Any] = {"k1": 20, "k2": 6, "lambda_value": 0.85, "gate_margin": 0.05,
                                        "gate_share": 0.9, "gate_top": 10, "head": 5, "tail_lambda": 0.3,
-                                       "tail_share": 0.5}
+                                       "tail_share": 0.0}
 
 
 def default_pipeline(camera: dict | None = None, centralize: dict | None = None, name: str = "default",
