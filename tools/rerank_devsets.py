@@ -24,6 +24,7 @@ torchreid ``re_ranking`` (k1=20, k2=6, lambda=0.3) and Pose2ID NFC (k1=k2=2).
     python tools/rerank_devsets.py --markdown       # the same as markdown (docs/rerank.md)
     python tools/rerank_devsets.py --presets none,default,nfc,kr,qe --no-select   # presets only
     python tools/rerank_devsets.py --one-call       # also check: all queries in one call == one per call
+    python tools/rerank_devsets.py --presets none,camera,default --no-select --distractors   # + other sets' crops
 
 Tools are never imported by the package; this one needs onnxruntime, openvino and torchreid.
 """
@@ -132,6 +133,26 @@ def load_set(name: str, encoder: str, cache: Path) -> dict[str, Any]:
     if swap:
         q, g = g, q
     return {"qf": x[q], "gf": x[g], "q_pid": pid[q], "g_pid": pid[g], "q_cam": cam[q], "g_cam": cam[g]}
+
+
+def with_distractors(data: dict[str, Any], name: str, encoder: str, cache: Path, seed: int = 0) -> dict[str, Any]:
+    """``data`` with every crop of the other protocols added to its gallery, in a random order: people who are
+    never a match (pid above every real one), under their own cameras (``d:<protocol>:<camid>``). PETS sets
+    A and B show the same people, so neither is a distractor for the other."""
+    own = SETS[name][0]
+    same_people = {own} | ({"petsA", "petsB"} if own in ("petsA", "petsB") else set())
+    feats, cams = [], []
+    for protocol in PROTOCOLS:
+        if protocol not in same_people:
+            x, rows = _features(protocol, encoder, cache)
+            feats.append(x)
+            cams += [f"d:{protocol}:{r['camid']}" for r in rows]
+    extra = np.vstack(feats)
+    order = np.random.default_rng(seed).permutation(len(data["gf"]) + len(extra))
+    first = int(max(data["g_pid"].max(), data["q_pid"].max())) + 1
+    return dict(data, gf=np.vstack([data["gf"], extra])[order],
+                g_pid=np.concatenate([data["g_pid"], first + np.arange(len(extra))])[order],
+                g_cam=np.concatenate([data["g_cam"], np.array(cams)])[order])
 
 
 def build_gallery(data: dict[str, Any], block: int = 128, query_context: bool = True) -> MemoryGallery:
@@ -251,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/reid_rerank_devsets"))
     ap.add_argument("--no-query-context", action="store_true",
                     help="do not show the galleries the query crops as camera context (reid-engine eval does)")
+    ap.add_argument("--distractors", action="store_true",
+                    help="add every crop of the other protocols to each gallery (never a match, own cameras)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--penalty", type=float, default=PENALTY, help="objective weight of a loss past the targets")
     ap.add_argument("--grid-cache", type=Path, default=None,
@@ -261,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     encoders, sets = args.encoders.split(","), args.sets.split(",")
     pairs = [(s, e) for e in encoders for s in sets]
     datas = {p: load_set(p[0], p[1], args.cache) for p in pairs}
+    if args.distractors:
+        datas = {p: with_distractors(d, p[0], p[1], args.cache) for p, d in datas.items()}
     gals = {p: build_gallery(datas[p], query_context=not args.no_query_context) for p in pairs}
     presets = {name: get_pipeline(name) for name in args.presets.split(",")}
     res: dict[str, dict[tuple[str, str], tuple[float, float, float]]] = {}
