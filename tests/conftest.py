@@ -58,6 +58,18 @@ if TINY_SPEC.name not in _REGISTRY:
     register_encoder(TINY_SPEC)
 
 
+@pytest.fixture(scope="session")
+def rerank_devsets_tool():
+    """tools/rerank_devsets.py loaded as a module (tools are not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "rerank_devsets.py"
+    spec = importlib.util.spec_from_file_location("rerank_devsets", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture
 def tiny_weights(tmp_path: Path) -> Path:
     p = tmp_path / "tiny.weights"

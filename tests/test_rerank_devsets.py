@@ -1,8 +1,6 @@
 """The development-set tool on real pku crops (slow: encodes 592 crops once, then caches them)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +11,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tool():
-    path = Path(__file__).resolve().parents[1] / "tools" / "rerank_devsets.py"
-    spec = importlib.util.spec_from_file_location("rerank_devsets", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def tool(rerank_devsets_tool):
+    return rerank_devsets_tool
 
 
 def test_pku_cosine_reference_and_safe_default(tool, pku, osnet_onnx, tmp_path_factory) -> None:

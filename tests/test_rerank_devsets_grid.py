@@ -1,8 +1,6 @@
 """The selection grid of tools/rerank_devsets.py: each point's parameters reach the step they belong to."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
@@ -11,12 +9,8 @@ from reid_engine.rerank.steps import CameraNormalize, Centralize, KReciprocal
 
 
 @pytest.fixture(scope="module")
-def tool():
-    path = Path(__file__).resolve().parents[1] / "tools" / "rerank_devsets.py"
-    spec = importlib.util.spec_from_file_location("rerank_devsets_grid", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def tool(rerank_devsets_tool):
+    return rerank_devsets_tool
 
 
 def _config(pipeline) -> tuple:
