@@ -1,7 +1,6 @@
 """The development-set tool on real pku crops (slow: encodes 592 crops once, then caches them)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -1,7 +1,6 @@
 """The selection grid of tools/rerank_devsets.py: each point's parameters reach the step they belong to."""
 from __future__ import annotations
 
-
 import pytest
 
 from reid_engine.rerank import get_pipeline

@@ -309,10 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         points = grid_points()
         grid: dict[int, dict[tuple[str, str], tuple[float, float, float]]] = {}
         cached = json.loads(args.grid_cache.read_text()) if args.grid_cache and args.grid_cache.exists() else {}
+        tag = "|distractors" if args.distractors else ""  # scores of other galleries are cached apart
         for i, pt in enumerate(points):
             got = cached.get(json.dumps(pt, sort_keys=True), {})
-            if all(f"{s}|{e}" in got for s, e in pairs):
-                grid[i] = {p: tuple(got[f"{p[0]}|{p[1]}"]) for p in pairs}
+            if all(f"{s}|{e}{tag}" in got for s, e in pairs):
+                grid[i] = {p: tuple(got[f"{p[0]}|{p[1]}{tag}"]) for p in pairs}
         todo = [i for i in range(len(points)) if i not in grid]
         _GRID_INPUT.update(points=points, pairs=pairs, gals=gals, datas=datas)
         # grid points in worker processes (forked: they inherit the galleries); one thread each (top of file)
@@ -323,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.grid_cache:
             for i, pt in enumerate(points):
                 cached.setdefault(json.dumps(pt, sort_keys=True), {}).update(
-                    {f"{s}|{e}": list(v) for (s, e), v in grid[i].items()})
+                    {f"{s}|{e}{tag}": list(v) for (s, e), v in grid[i].items()})
             args.grid_cache.write_text(json.dumps(cached))
         held, chosen = {}, {}
         for s in sets:
