@@ -1,6 +1,7 @@
-"""The selection grid of tools/rerank_devsets.py: each point's parameters reach the step they belong to."""
+"""tools/rerank_devsets.py: the selection grid (parameters reach their step) and the distractor galleries."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from reid_engine.rerank import get_pipeline
@@ -37,3 +38,23 @@ def test_grid_points_are_distinct_pipelines_and_hold_the_shipped_default(tool) -
     # every Centralize setting is crossed with every k-reciprocal setting
     cen = {(p["alpha"], p["k1"], p["margin"]) if p["alpha"] else (0.0,) for p in points}
     assert len(cen) == 1 + 2 * 2 * 2 and len(points) % len(cen) == 0
+
+
+def test_distractors_are_never_matches_and_pets_sets_never_distract_each_other(tool, monkeypatch) -> None:
+    sizes = {"pku": 5, "petsA": 4, "petsB": 3, "viper": 6, "caviar": 7}
+    rng = np.random.default_rng(0)
+
+    def fake_features(protocol, encoder, cache):  # pid 1 in every protocol: the same number, other people
+        rows = [{"file": f"{protocol}{i}", "pid": "1", "camid": "1", "role": "gallery"} for i in range(sizes[protocol])]
+        return rng.normal(size=(sizes[protocol], 8)).astype(np.float32), rows
+
+    monkeypatch.setattr(tool, "_features", fake_features)
+    data = {"qf": np.zeros((2, 8), np.float32), "gf": np.ones((3, 8), np.float32), "q_pid": np.array([1, 2]),
+            "g_pid": np.array([1, 2, 2]), "q_cam": np.array(["a", "a"]), "g_cam": np.array(["b", "b", "b"])}
+    out = tool.with_distractors(data, "pets_A", "osnet", None)
+    assert len(out["gf"]) == 3 + sizes["pku"] + sizes["viper"] + sizes["caviar"]  # neither PETS set
+    real = out["g_cam"] == "b"
+    assert sorted(out["g_pid"][real]) == [1, 2, 2] and np.all(out["gf"][real] == 1.0)
+    assert not np.isin(out["g_pid"][~real], out["q_pid"]).any() and len(set(out["g_pid"][~real])) == (~real).sum()
+    assert {c.split(":")[1] for c in out["g_cam"][~real]} == {"pku", "viper", "caviar"}
+    assert len(tool.with_distractors(data, "viper", "osnet", None)["gf"]) == 3 + 5 + 4 + 3 + 7
