@@ -146,6 +146,100 @@ def test_neighbour_table_appending_update_equals_the_general_one(seed):
     np.testing.assert_array_equal(got.nb_ids, want[1])
 
 
+def _reference_lists(ids, nb, sims, query):
+    """Reference lookup on plain arrays: each queried id's list, empty (-1, -inf) when absent."""
+    out_nb = np.full(query.shape + (nb.shape[1],), -1, np.int64)
+    out_s = np.full(query.shape + (nb.shape[1],), -np.inf, np.float32)
+    where = {int(i): r for r, i in enumerate(ids)}
+    for idx in np.ndindex(query.shape):
+        r = where.get(int(query[idx]))
+        if r is not None:
+            out_nb[idx], out_s[idx] = nb[r], sims[r]
+    return out_nb, out_s
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_neighbour_table_chain_of_commits_equals_plain_arrays(seed):
+    """Many commits in a row (new rows appended, old lists replaced, some twice, now and then a removal), as
+    the hook applies them: after each one the table reads as the plain arrays the reference keeps (lists,
+    W-th similarities, their minimum, the materialised arrays); every earlier table still reads as it did;
+    and a commit that neither folds nor removes shares the rows of the table it came from (no copy)."""
+    from reid_engine.rerank.hooks import NeighbourTable
+
+    rng = np.random.default_rng(seed)
+    w = 4
+    ids = np.sort(rng.choice(500, 150, replace=False)).astype(np.int64)
+    ref = (ids, rng.integers(-1, 2000, (150, w)), rng.random((150, w)).astype(np.float32))
+    table = NeighbourTable(*ref)
+    history = [(table, ref)]
+    next_id, shared = 500, 0
+    for step in range(40):
+        cur = history[-1][1]
+        removed = np.zeros(0, np.int64)
+        if step % 13 == 12:
+            removed = rng.choice(cur[0], 5, replace=False)
+        alive = np.setdiff1d(cur[0], removed)
+        changed = rng.choice(alive, int(rng.integers(0, 25)), replace=False)
+        if step % 5 == 4 and len(changed) > 2:
+            changed = np.concatenate([changed, changed[:2]])  # a list replaced twice in one commit: the later wins
+        fresh = next_id + rng.permutation(int(rng.integers(0, 30)))
+        next_id += len(fresh) + 3
+        upd = rng.permutation(np.concatenate([changed, fresh]).astype(np.int64))
+        nb = rng.integers(-1, next_id, (len(upd), w))
+        sims = rng.random((len(upd), w)).astype(np.float32)
+        new = history[-1][0].apply(removed, upd, nb, sims)
+        # the reference: drop removed rows and entries (re-sorted lists), then set each given list, later wins
+        r_ids, r_nb, r_s = cur
+        if len(removed):
+            keep = ~np.isin(r_ids, removed)
+            r_ids, r_nb, r_s = r_ids[keep], r_nb[keep], r_s[keep]
+            gone = np.isin(r_nb, removed)
+            r_s, r_nb = _lexsort_top(np.where(gone, -np.inf, r_s), np.where(gone, -1, r_nb), w)
+        d = {int(i): (r_nb[r], r_s[r]) for r, i in enumerate(r_ids)}
+        for i, a, b in zip(upd, nb, sims):
+            d[int(i)] = (a, b)
+        r_ids = np.array(sorted(d), np.int64)
+        ref = (r_ids, np.array([d[int(i)][0] for i in r_ids]).reshape(-1, w),
+               np.array([d[int(i)][1] for i in r_ids], np.float32).reshape(-1, w))
+        if not len(removed) and np.shares_memory(new.ids, history[-1][0].ids):
+            shared += 1
+        history.append((new, ref))
+        for old_table, old_ref in history[-3:] + history[:1]:  # the new table and earlier ones alike
+            np.testing.assert_array_equal(old_table.ids, old_ref[0])
+            np.testing.assert_array_equal(old_table.nb_ids, old_ref[1])
+            np.testing.assert_array_equal(old_table.nb_sims, old_ref[2])
+            probe = np.concatenate([old_ref[0][::3], [next_id + 7, -5]]).reshape(-1, 1)[:, [0, 0]]
+            got_nb, got_s = old_table.lists(probe)
+            want_nb, want_s = _reference_lists(*old_ref, probe)
+            np.testing.assert_array_equal(got_nb, want_nb)
+            np.testing.assert_array_equal(got_s, want_s)
+            np.testing.assert_array_equal(old_table.kth(probe[:, 0]), want_s[:, 0, -1])
+            assert old_table.min_kth == pytest.approx(float(old_ref[2][:, -1].min()))
+    assert shared >= 10  # the overlay path is taken, not a copy per commit
+
+
+def test_neighbour_tables_derived_from_one_table_do_not_share_appended_rows():
+    """Two commits prepared from the same table (a failed commit retried): the second must not write over the
+    rows the first appended."""
+    from reid_engine.rerank.hooks import NeighbourTable
+
+    none = np.zeros(0, np.int64)
+
+    def lists(value: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.full((n, 2), value), np.full((n, 2), value / 4, np.float32)
+
+    base = NeighbourTable(np.arange(10), *lists(0, 10))
+    grown = base.apply(none, np.array([10, 11]), *lists(1, 2))
+    grown2 = grown.apply(none, np.array([12]), *lists(2, 1))
+    other = grown.apply(none, np.array([12, 13]), *lists(3, 2))
+    np.testing.assert_array_equal(grown2.ids, np.arange(13))
+    np.testing.assert_array_equal(grown2.nb_ids[12], [2, 2])
+    np.testing.assert_array_equal(other.ids, np.arange(14))
+    np.testing.assert_array_equal(other.nb_ids[12:], [[3, 3], [3, 3]])
+    np.testing.assert_array_equal(grown.ids, np.arange(12))
+    np.testing.assert_array_equal(base.ids, np.arange(10))
+
+
 def _lexsort_top(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Reference: every row fully sorted by (score descending, id ascending), -1 ids last, cut to k."""
     out_s = np.full((len(scores), k), -np.inf, np.float32)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
@@ -70,61 +71,146 @@ def exact_neighbours(ids: np.ndarray, vectors: np.ndarray, width: int, block: in
     return sims, nbs
 
 
-@dataclass
-class NeighbourTable:
-    """Loaded neighbour lists: ``ids`` ascending (G,), ``nb_ids`` (G, W) (-1 padding), ``nb_sims`` (G, W)."""
+class _Rows:
+    """Arrays of neighbour lists sorted by id, with room to append. Tables share it: each sees its first rows;
+    ``end`` is how many rows the newest table sharing it has claimed, so only that table may append in place
+    (rows a table sees are never written again)."""
 
-    ids: np.ndarray
-    nb_ids: np.ndarray
-    nb_sims: np.ndarray
+    def __init__(self, ids: np.ndarray, nb_ids: np.ndarray, nb_sims: np.ndarray, capacity: int):
+        n, width = nb_ids.shape
+        self.ids = np.empty(capacity, np.int64)
+        self.nb_ids = np.empty((capacity, width), np.int64)
+        self.nb_sims = np.empty((capacity, width), np.float32)
+        self.ids[:n], self.nb_ids[:n], self.nb_sims[:n] = ids, nb_ids, nb_sims
+        self.end = n
+        self.lock = threading.Lock()
+
+    def claim(self, n: int, extra: int) -> bool:
+        """Reserve rows ``n .. n + extra`` for the table that sees ``n`` rows; False when another table has
+        appended past ``n`` or there is no room."""
+        with self.lock:
+            if self.end != n or n + extra > len(self.ids):
+                return False
+            self.end = n + extra
+            return True
+
+
+class NeighbourTable:
+    """Loaded neighbour lists: ``ids`` ascending (G,), ``nb_ids`` (G, W) (-1 padding), ``nb_sims`` (G, W).
+
+    A commit appends its new rows and replaces the lists of some old rows (about 23,000 of a 1M-row table per
+    commit of 4,096). Copying the whole table for that made each commit cost the table's size, so a table is
+    rows shared with the tables it came from (appended in place when nothing was appended after them) plus an
+    overlay of replaced lists, which is copied per commit and folded into fresh rows once it holds more than
+    ``sqrt(2 x rows x replaced)`` lists (the size that makes the two costs equal). Tables are never changed once
+    made: a query holding the previous one keeps its lists.
+    """
+
+    def __init__(self, ids: np.ndarray, nb_ids: np.ndarray, nb_sims: np.ndarray):
+        ids = np.asarray(ids, np.int64)
+        nb_ids = np.asarray(nb_ids, np.int64)
+        nb_ids = nb_ids if nb_ids.ndim == 2 else nb_ids.reshape(len(ids), -1)
+        self._rows = _Rows(ids, nb_ids, np.asarray(nb_sims, np.float32).reshape(nb_ids.shape), len(ids))
+        self._n = len(ids)
+        self._width = nb_ids.shape[1]
+        self._set_overlay(np.zeros(0, np.int64), np.zeros((0, self._width), np.int64),
+                          np.zeros((0, self._width), np.float32))
+
+    def _set_overlay(self, pos: np.ndarray, nb_ids: np.ndarray, nb_sims: np.ndarray) -> None:
+        self._o_pos, self._o_nb, self._o_s = pos, nb_ids, nb_sims  # rows (ascending) whose lists these replace
+        self._full: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._min_kth: Optional[float] = None
+
+    @classmethod
+    def _derived(cls, rows: _Rows, n: int, width: int, pos: np.ndarray, nb_ids: np.ndarray, nb_sims: np.ndarray
+                 ) -> "NeighbourTable":
+        table = cls.__new__(cls)
+        table._rows, table._n, table._width = rows, n, width
+        table._set_overlay(pos, nb_ids, nb_sims)
+        return table
 
     @property
     def width(self) -> int:
-        return self.nb_ids.shape[1]
+        return self._width
+
+    @property
+    def ids(self) -> np.ndarray:
+        return _read_only(self._rows.ids[:self._n])
+
+    @property
+    def nb_ids(self) -> np.ndarray:
+        return self._materialised()[0]
+
+    @property
+    def nb_sims(self) -> np.ndarray:
+        return self._materialised()[1]
+
+    def _materialised(self) -> tuple[np.ndarray, np.ndarray]:
+        """(nb_ids, nb_sims) of every row with the overlay applied (read-only; built once per table)."""
+        if self._full is None:
+            nb, ns = self._rows.nb_ids[:self._n], self._rows.nb_sims[:self._n]
+            if len(self._o_pos):
+                nb, ns = nb.copy(), ns.copy()
+                nb[self._o_pos], ns[self._o_pos] = self._o_nb, self._o_s
+            self._full = (_read_only(nb), _read_only(ns))
+        return self._full
 
     def positions(self, ids: IdsLike) -> np.ndarray:
         """Row of each id in the table, -1 when absent."""
         ids = np.asarray(ids, np.int64)
-        if len(self.ids) == 0:
+        if self._n == 0:
             return np.full(ids.shape, -1, np.int64)
-        pos = np.clip(np.searchsorted(self.ids, ids), 0, len(self.ids) - 1)
-        return np.where(self.ids[pos] == ids, pos, -1)
+        table_ids = self._rows.ids[:self._n]
+        pos = np.clip(np.searchsorted(table_ids, ids), 0, self._n - 1)
+        return np.where(table_ids[pos] == ids, pos, -1)
+
+    def _rows_at(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The lists of table rows ``pos`` (all valid), overlay first."""
+        nb, ns = self._rows.nb_ids[pos], self._rows.nb_sims[pos]
+        if len(self._o_pos):
+            at = np.clip(np.searchsorted(self._o_pos, pos), 0, len(self._o_pos) - 1)
+            hit = self._o_pos[at] == pos
+            nb[hit], ns[hit] = self._o_nb[at[hit]], self._o_s[at[hit]]
+        return nb, ns
 
     def lists(self, ids: IdsLike) -> tuple[np.ndarray, np.ndarray]:
         """(nb_ids, nb_sims) of the given ids, shape (..., W); unknown ids get empty lists."""
         pos = self.positions(ids)
-        safe = np.maximum(pos, 0)
-        if len(self.ids) == 0:
+        if self._n == 0:
             shape = pos.shape + (self.width,)
             return np.full(shape, -1, np.int64), np.full(shape, -np.inf, np.float32)
-        nb = np.where((pos >= 0)[..., None], self.nb_ids[safe], -1)
-        ns = np.where((pos >= 0)[..., None], self.nb_sims[safe], -np.inf)
+        nb, ns = self._rows_at(np.maximum(pos, 0))
+        nb = np.where((pos >= 0)[..., None], nb, -1)
+        ns = np.where((pos >= 0)[..., None], ns, -np.inf)
         return nb, ns.astype(np.float32)
 
     def kth(self, ids: IdsLike) -> np.ndarray:
         """Each id's W-th neighbour similarity (-inf when its list is not full or the id is unknown)."""
-        pos = self.positions(ids)
-        if len(self.ids) == 0 or self.width == 0:
-            return np.full(pos.shape, -np.inf, np.float32)
-        return np.where(pos >= 0, self.nb_sims[np.maximum(pos, 0), -1], -np.inf).astype(np.float32)
+        if self.width == 0:
+            return np.full(np.shape(ids), -np.inf, np.float32)
+        return self.lists(ids)[1][..., -1]
 
     @property
     def min_kth(self) -> float:
         """The smallest W-th similarity of the table (-inf when a list is not full)."""
-        if len(self.ids) == 0:
+        if self._n == 0:
             return -np.inf
-        return float(self.nb_sims[:, -1].min())
+        if self._min_kth is None:
+            col = self._rows.nb_sims[:self._n, -1].copy()
+            col[self._o_pos] = self._o_s[:, -1]
+            self._min_kth = float(col.min())
+        return self._min_kth
 
     def apply(self, removed: np.ndarray, ids: np.ndarray, nb_ids: np.ndarray, nb_sims: np.ndarray
               ) -> "NeighbourTable":
         """A new table with ``removed`` rows and list entries dropped, then the given lists set."""
-        t_ids, t_nb, t_s = self.ids, self.nb_ids, self.nb_sims
         if not len(removed) and not len(ids):
             return self
-        if not len(removed) and len(t_ids):
+        if not len(removed) and self._n:
             fast = self._apply_appending(ids, nb_ids, nb_sims)
             if fast is not None:
                 return fast
+        t_ids, t_nb, t_s = self.ids, self.nb_ids, self.nb_sims
         if len(removed):
             keep = ~np.isin(t_ids, removed)
             t_ids, t_nb, t_s = t_ids[keep], t_nb[keep], t_s[keep]
@@ -138,23 +224,45 @@ class NeighbourTable:
             t_s = np.concatenate([t_s[keep], nb_sims])
             order = np.argsort(t_ids, kind="stable")
             t_ids, t_nb, t_s = t_ids[order], t_nb[order], t_s[order]
-        return NeighbourTable(t_ids.astype(np.int64), t_nb.astype(np.int64), t_s.astype(np.float32))
+        return NeighbourTable(t_ids, t_nb, t_s)
 
     def _apply_appending(self, ids: np.ndarray, nb_ids: np.ndarray, nb_sims: np.ndarray
                          ) -> Optional["NeighbourTable"]:
         """``apply`` without removals when the given ids are table rows or newer than all of them: the
-        changed rows are overwritten in a copy and the new ones appended (no sort); None otherwise."""
+        changed rows go to the overlay and the new ones are appended (no sort); None otherwise."""
         ids = np.asarray(ids, np.int64)
+        nb_ids = np.asarray(nb_ids, np.int64).reshape(len(ids), self.width)
+        nb_sims = np.asarray(nb_sims, np.float32).reshape(len(ids), self.width)
         split = _split_known(self.ids, ids)
         if split is None:
             return None
         pos, fresh = split
         order = np.argsort(ids[fresh], kind="stable")
-        t_nb = np.concatenate([self.nb_ids, np.asarray(nb_ids, np.int64)[fresh][order]])
-        t_s = np.concatenate([self.nb_sims, np.asarray(nb_sims, np.float32)[fresh][order]])
-        t_nb[pos] = np.asarray(nb_ids, np.int64)[~fresh]
-        t_s[pos] = np.asarray(nb_sims, np.float32)[~fresh]
-        return NeighbourTable(np.concatenate([self.ids, ids[fresh][order]]), t_nb, t_s)
+        new_ids, new_nb, new_s = ids[fresh][order], nb_ids[fresh][order], nb_sims[fresh][order]
+        # the overlay: the previous one with these lists set (a list given twice: the later one)
+        o_pos = np.concatenate([self._o_pos, pos])
+        o_nb = np.concatenate([self._o_nb, nb_ids[~fresh]])
+        o_s = np.concatenate([self._o_s, nb_sims[~fresh]])
+        last = len(o_pos) - 1 - np.unique(o_pos[::-1], return_index=True)[1]  # ascending positions
+        o_pos, o_nb, o_s = o_pos[last], o_nb[last], o_s[last]
+        n, m = self._n, len(new_ids)
+        fold = len(o_pos) ** 2 > 2 * (n + m) * max(len(pos), 1)
+        if not fold and self._rows.claim(n, m):
+            rows = self._rows
+        else:  # fresh rows, with room to append, and the overlay folded in
+            rows = _Rows(self._rows.ids[:n], self._rows.nb_ids[:n], self._rows.nb_sims[:n],
+                         max(n + m, int(1.25 * (n + m)) if m else n))
+            rows.nb_ids[o_pos], rows.nb_sims[o_pos] = o_nb, o_s
+            o_pos, o_nb, o_s = o_pos[:0], o_nb[:0], o_s[:0]
+            rows.claim(n, m)
+        rows.ids[n:n + m], rows.nb_ids[n:n + m], rows.nb_sims[n:n + m] = new_ids, new_nb, new_s
+        return NeighbourTable._derived(rows, n + m, self.width, o_pos, o_nb, o_s)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 def _split_known(table_ids: np.ndarray, ids: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
@@ -267,7 +375,9 @@ class NeighboursHook(IndexHook):
             o_s = np.full((len(new_ids), 0), -np.inf, np.float32)
             o_i = np.full((len(new_ids), 0), -1, np.int64)
             if count > 0:
-                o_s, o_i = self._search_old(gallery, x, width, base.min_kth, count)
+                # the smallest W-th similarity reads every list: only galleries that keep exact lists need it
+                min_kth = base.min_kth if count <= EXACT_LISTS_UP_TO else -np.inf
+                o_s, o_i = self._search_old(gallery, x, width, min_kth, count)
                 o_s = np.where(np.isin(o_i, removed), -np.inf, o_s)
                 o_i = np.where(np.isfinite(o_s), o_i, -1)
             new_s, new_nb = top_k_rows(np.concatenate([in_s, o_s[:, :max(width, 0)]], 1),
