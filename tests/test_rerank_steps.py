@@ -339,6 +339,52 @@ def test_head_tail_order_by_hand(d_head, d_tail, head, want) -> None:
         assert scores[head] < scores[head - 1]
 
 
+@pytest.mark.parametrize("units, head, want", [  # head distances 0.1 .. 0.6 in item order; tail: the reverse
+    (["a", "a", "b", "a", "c", "d"], 2, [0, 1, 2, 3, 5, 4]),  # a, a, b, a: two answers; the 5th item opens a third
+    (["a", "a", "b", "a", "c", "d"], 1, [0, 1, 5, 4, 3, 2]),
+    (["a", "b", "c", "d", "e", "f"], 2, [0, 1, 5, 4, 3, 2]),  # one item per unit: the plain head of 2
+    (["a", "a", "a", "a", "a", "a"], 1, [0, 1, 2, 3, 4, 5]),  # one track: all of it is the head
+    (["a", "a", "b", "b", "c", "c"], 0, [5, 4, 3, 2, 1, 0]),
+])
+def test_head_tail_order_counts_a_track_as_one_answer(units, head, want) -> None:
+    from reid_engine.rerank.steps import head_tail_order
+
+    d_head = np.arange(1, 7, dtype=np.float32) / 10
+    order, scores = head_tail_order(1.0 - d_head, d_head, head, np.array(units, dtype=object))
+    assert list(order) == want
+    assert (np.diff(scores) <= 0).all()
+
+
+def test_the_default_keeps_the_first_tracks_of_a_footage_gallery() -> None:
+    """A gallery of tracks (4 crops each, 4 tracks a person): the default's first 5 distinct tracks are those
+    of the same pipeline without the tail, while the tail still re-orders the rest. The same rows without
+    tracks: the head is 5 crops, and the first 5 tracks are then not all kept (what tracks change)."""
+    from dataclasses import replace as dc_replace
+
+    x, pid, q = _multi_shot(3, people=40, shots=16)
+    tracks = np.array([f"p{p}-{j % 16 // 4}" for j, p in enumerate(pid)], dtype=object)
+    default = get_pipeline("default")
+    kr = next(s for s in default.steps if isinstance(s, KReciprocal))
+    no_tail = KReciprocal(kr.k1, kr.k2, kr.lambda_value, kr.pool, kr.gate_margin, kr.gate_share, kr.gate_top)
+    plain = dc_replace(default, steps=tuple(no_tail if s is kr else s for s in default.steps))
+
+    def first_tracks(ids: np.ndarray) -> list[str]:
+        out: list[str] = []
+        for i in ids:
+            if tracks[i] not in out:
+                out.append(tracks[i])
+        return out[:kr.head]
+
+    gal = _gallery(x, tracks=tracks)
+    got, safe = gal.query(default, q, len(x)).ids, gal.query(plain, q, len(x)).ids
+    assert all(first_tracks(got[r]) == first_tracks(safe[r]) for r in range(len(q)))
+    assert not np.array_equal(got, safe)  # the tail is still at work past the head
+    gal = _gallery(x)
+    got, safe = gal.query(default, q, len(x)).ids, gal.query(plain, q, len(x)).ids
+    assert np.array_equal(got[:, :kr.head], safe[:, :kr.head])
+    assert any(first_tracks(got[r]) != first_tracks(safe[r]) for r in range(len(q)))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_default_needs_its_strong_tail_on_a_multi_shot_gallery(seed: int) -> None:
     """The default's k-reciprocal tail is what lifts mAP past the safe head's order, which it keeps (16 crops a

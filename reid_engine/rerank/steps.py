@@ -239,7 +239,10 @@ class KReciprocal(Reranker):
     With ``tail_lambda`` set, a re-ranked list has a safe head and a strong tail: its first ``head``
     answers are the best by the ``lambda_value`` blend (mostly the original distance, which protects
     Rank-1 and Rank-5), the rest of the pool follows by the ``tail_lambda`` blend (mostly the
-    k-reciprocal Jaccard distance, which finds the deeper matches that mAP counts). The tail has a
+    k-reciprocal Jaccard distance, which finds the deeper matches that mAP counts). An answer is a
+    track where candidates have one: the head runs in its own order until it holds ``head``
+    distinct tracks (crops without a track count one each), so the first ``head`` tracks of a
+    footage gallery are protected as the first ``head`` crops of a crop gallery are. The tail has a
     gate of its own, ``tail_share`` (None: the same as ``gate_share``): where only the tail's gate
     opens, the head is the first ``head`` of the incoming order. The tail's scores are shifted below
     the head's lowest, keeping their differences.
@@ -302,7 +305,8 @@ class KReciprocal(Reranker):
             if not tail or self.tail_lambda is None:
                 _replace_row(ids_out, sc_out, r, ids, head_s)
                 continue
-            order, scores = head_tail_order(head_s, 1.0 - blend(self.tail_lambda), self.head)
+            order, scores = head_tail_order(head_s, 1.0 - blend(self.tail_lambda), self.head,
+                                            _answer_units(ctx.gallery.fields(ids).get("track")))
             _replace_row(ids_out, sc_out, r, ids[order], scores)
         return Candidates.sorted(ids_out, sc_out)
 
@@ -322,11 +326,33 @@ class KReciprocal(Reranker):
         return sparse
 
 
-def head_tail_order(head_s: np.ndarray, tail_s: np.ndarray, head: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions and scores of a list whose first ``head`` entries are the best by ``head_s`` and whose rest
+def _answer_units(tracks: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """What counts as one answer in a list: a track (its crops are one person seen once), else a crop. None when
+    no candidate has a track."""
+    if tracks is None or all(t is None for t in tracks):
+        return None
+    return np.array([f"t:{t}" if t is not None else f"c:{p}" for p, t in enumerate(tracks)], dtype=object)
+
+
+def head_tail_order(head_s: np.ndarray, tail_s: np.ndarray, head: int, units: Optional[np.ndarray] = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and scores of a list whose first ``head`` answers are the best by ``head_s`` and whose rest
     follows by ``tail_s`` (both scores of the same items, higher is better, ties by position); the head keeps
-    its scores, the tail's are shifted strictly below the head's lowest."""
-    first = np.argsort(-np.asarray(head_s, np.float64), kind="stable")[:min(head, len(head_s))]
+    its scores, the tail's are shifted strictly below the head's lowest. ``units`` (one label per item): an
+    answer is a unit, so the head runs in ``head_s`` order until it holds ``head`` distinct units (the crops of
+    one track count once); None: an answer is an item."""
+    ranked = np.argsort(-np.asarray(head_s, np.float64), kind="stable")
+    if units is None:
+        first = ranked[:min(head, len(head_s))]
+    else:
+        seen: set[Any] = set()
+        stop = len(ranked)
+        for pos, item in enumerate(ranked):
+            if units[item] not in seen and len(seen) == head:  # the first item of answer head + 1
+                stop = pos
+                break
+            seen.add(units[item])
+        first = ranked[:stop]
     rest = np.setdiff1d(np.arange(len(tail_s)), first)
     rest = rest[np.argsort(-np.asarray(tail_s, np.float64)[rest], kind="stable")]
     top = np.asarray(head_s, np.float32)[first]
