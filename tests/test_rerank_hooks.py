@@ -297,3 +297,65 @@ def test_kth_is_the_last_listed_similarity_and_minus_inf_when_unknown() -> None:
     assert got[0, 0] == table.lists([105])[1][0, -1] and got[1, 0] == table.lists([139])[1][0, -1]
     assert got[1, 1] == table.lists([100])[1][0, -1]
     assert got[0, 1] == -np.inf
+
+
+def test_camera_links_by_hand():
+    """Linked: the query's own camera, unknown cameras, and cameras drawing at least ``share`` of the best
+    camera's links per gallery row; no reading below ``min_links``."""
+    from reid_engine.rerank.hooks import CameraLinks
+
+    cams = ["a", "b", "c", "q"]
+    links = np.zeros((4, 4), np.int64)
+    links[3, :3] = [30, 10, 2]  # q's crops: nearest crop of another camera in a, b, c
+    links[1, 0] = 5  # b has too few links to read
+    rows = np.array([10, 10, 10, 0])  # per row: a 3.0, b 1.0, c 0.2
+    table = CameraLinks(cams, links, rows)
+    cand = np.array(["a", "b", "c", None, "zz", "q"], dtype=object)
+    np.testing.assert_array_equal(table.linked("q", cand, 0.5, 20), [True, False, False, True, True, True])
+    np.testing.assert_array_equal(table.linked("q", cand, 0.3, 20), [True, True, False, True, True, True])
+    assert table.linked("b", cand, 0.5, 20).all()  # 5 links < 20: not read
+    assert table.linked("b", cand, 0.5, 5).tolist() == [True, True, False, True, True, False]
+    assert table.linked(None, cand, 0.5, 20).all() and table.linked("new", cand, 0.5, 20).all()
+
+
+def _two_sites(seed: int = 0, people: int = 24, shots: int = 3):
+    """Site 1: people seen by cameras a and b (``shots`` crops each) and queried from camera q; site 2: other
+    people in camera c, with a strong bias of its own (another place, other light)."""
+    rng = np.random.default_rng(seed)
+    dim = 32
+    own, other = rng.normal(size=(people, dim)), rng.normal(size=(people, dim))
+    bias = {c: 0.6 * rng.normal(size=dim) for c in "abq"}
+    bias["c"] = 3.0 * rng.normal(size=dim)
+    x, cams, pid = [], [], []
+    for p in range(people):
+        for cam in "ab":
+            for _ in range(shots):
+                x.append(own[p] + bias[cam] + 0.3 * rng.normal(size=dim)); cams.append(cam); pid.append(p)
+        for _ in range(shots):
+            x.append(other[p] + bias["c"] + 0.3 * rng.normal(size=dim)); cams.append("c"); pid.append(100 + p)
+    q = own + bias["q"] + 0.5 * rng.normal(size=(people, dim))
+    n = lambda v: (np.asarray(v) / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
+    return n(x), np.array(cams, dtype=object), np.array(pid), n(q)
+
+
+def test_camera_links_hook_tells_the_query_site_from_another():
+    """Gallery rows in two commits and the query camera's crops as context: camera q links to a and b, not c;
+    links come from a sample of each commit, and the counts survive a reload."""
+    from reid_engine.rerank import MemoryGallery
+    from reid_engine.rerank.hooks import CameraLinksHook
+
+    x, cams, _, q = _two_sites()
+    gal = MemoryGallery(x.shape[1])
+    half = len(x) // 2
+    gal.add(np.arange(half), x[:half], {"camera": cams[:half]})
+    gal.add(np.arange(half, len(x)), x[half:], {"camera": cams[half:]})
+    gal.observe(q, ["q"] * len(q))
+    links = gal.state("camera_links")
+    at = {c: i for i, c in enumerate(links.cameras)}
+    assert links.rows[at["a"]] == links.rows[at["c"]] == 3 * len(q) and links.rows[at["q"]] == 0
+    assert links.links[at["q"]].sum() == len(q)  # every context crop has a link
+    assert links.links[at["q"], at["c"]] == 0 and links.links[at["q"], at["a"]] + links.links[at["q"], at["b"]] == len(q)
+    assert links.links[at["a"]].sum() > 0  # the second commit's rows found the first commit's
+    np.testing.assert_array_equal(links.linked("q", np.array(["a", "b", "c"], object), 0.5, 1), [True, True, False])
+    again = CameraLinksHook().load(gal.folder, gal.states["camera_links"])
+    np.testing.assert_array_equal(again.links, links.links)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from reid_engine.rerank import (AttributeFusion, CameraNormalize, Candidates, Centralize, KReciprocal,
-                                MemoryGallery, Pipeline, RerankContext, SamePersonPool, get_pipeline)
+                                MemoryGallery, Pipeline, RerankContext, SamePersonPool, SiteMerge, SiteSplit,
+                                get_pipeline)
 from reid_engine.rerank.kreciprocal import k_reciprocal_rerank
 
 
@@ -424,3 +425,53 @@ def test_k_reciprocal_rejects_a_bad_head_or_tail(kwargs) -> None:
 
     with pytest.raises(InvalidInputError, match="head >= 0|tail_lambda|tail_share"):
         KReciprocal(20, 6, 0.85, **kwargs)
+
+
+def test_other_sites_keep_their_places_and_the_own_site_is_re_ranked_as_alone() -> None:
+    """An index of two sites, queried from site 1's camera: site 2's crops stay where cosine put them (without
+    the site steps the default's camera normalization moves them); site 1's crops, in the places left, come in
+    the order the default gives when the search is restricted to site 1's cameras (the reference; the gallery
+    fits in one pool, so both runs re-rank the same crops)."""
+    from dataclasses import replace as dc_replace
+
+    from reid_engine.index.backend import SearchFilter
+    from tests.test_rerank_hooks import _two_sites
+
+    x, cams, _, q = _two_sites(shots=1)
+    assert len(x) <= 100
+    gal = _gallery(x, cams=cams)
+    gal.observe(q, ["q"] * len(q))
+    default = get_pipeline("default")
+    qc = ["q"] * len(q)
+    got = gal.query(default, q, len(x), query_cameras=qc).ids
+    cosine = gal.query(get_pipeline("none"), q, len(x), query_cameras=qc).ids
+    alone = gal.query(default, q, len(x), query_cameras=qc, where=SearchFilter(cameras=("a", "b"))).ids
+    other = cams[cosine] == "c"
+    assert other.any(axis=1).all()
+    np.testing.assert_array_equal(got[other], cosine[other])
+    for r in range(len(q)):
+        np.testing.assert_array_equal(got[r][cams[got[r]] != "c"], alone[r][alone[r] >= 0])
+    unguarded = dc_replace(default, steps=tuple(s for s in default.steps if not isinstance(s, (SiteSplit, SiteMerge))))
+    moved = gal.query(unguarded, q, len(x), query_cameras=qc).ids
+    assert not np.array_equal(moved[other], cosine[other])  # what the site steps prevent here
+
+
+def test_one_site_is_not_changed_by_the_site_steps() -> None:
+    """Every camera linked (one gallery camera, as in every development protocol): the default's lists equal
+    those of the default without the site steps."""
+    from dataclasses import replace as dc_replace
+
+    from tests.test_rerank_hooks import _two_sites
+
+    x, cams, _, q = _two_sites(1)
+    keep = cams == "a"
+    gal = _gallery(x[keep], cams=cams[keep])
+    gal.observe(q, ["q"] * len(q))
+    default = get_pipeline("default")
+    unguarded = dc_replace(default, steps=tuple(s for s in default.steps if not isinstance(s, (SiteSplit, SiteMerge))))
+    qc = ["q"] * len(q)
+    a = gal.query(default, q, int(keep.sum()), query_cameras=qc)
+    b = gal.query(unguarded, q, int(keep.sum()), query_cameras=qc)
+    assert gal.state("camera_links").links.sum() >= 20
+    np.testing.assert_array_equal(a.ids, b.ids)
+    np.testing.assert_array_equal(a.scores, b.scores)

@@ -25,6 +25,11 @@ torchreid ``re_ranking`` (k1=20, k2=6, lambda=0.3) and Pose2ID NFC (k1=k2=2).
     python tools/rerank_devsets.py --presets none,default,nfc,kr,qe --no-select   # presets only
     python tools/rerank_devsets.py --one-call       # also check: all queries in one call == one per call
     python tools/rerank_devsets.py --presets none,camera,default --no-select --distractors   # + other sets' crops
+    python tools/rerank_devsets.py --presets none,default --no-select --distractors --site-shares 0.25,0.5,0.75
+
+``--site-shares`` chooses the one parameter that only galleries with several sites
+feel, ``SiteSplit``'s share, leave-one-set-out over the same objective (on the
+plain galleries every share gives the same lists: one gallery camera).
 
 Tools are never imported by the package; this one needs onnxruntime, openvino and torchreid.
 """
@@ -40,6 +45,7 @@ import os
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +61,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_engine.assets import shared_path  # noqa: E402
-from reid_engine.rerank import MemoryGallery, Pipeline, get_pipeline, rerank_search  # noqa: E402
+from reid_engine.rerank import MemoryGallery, Pipeline, SiteSplit, get_pipeline, rerank_search  # noqa: E402
 from reid_engine.rerank.config import PRESETS  # noqa: E402
 from reid_engine.rerank.presets import DEFAULT_CAMERA, DEFAULT_CENTRALIZE, DEFAULT_KRECIPROCAL  # noqa: E402
 from reid_engine.rerank.presets import default_pipeline  # noqa: E402
@@ -228,6 +234,12 @@ def grid_points() -> list[dict[str, Any]]:
     return out
 
 
+def with_site_share(pipeline: Pipeline, share: float) -> Pipeline:
+    """``pipeline`` with its ``SiteSplit`` reading camera links at ``share``."""
+    steps = tuple(SiteSplit(share, s.min_links) if isinstance(s, SiteSplit) else s for s in pipeline.steps)
+    return dc_replace(pipeline, steps=steps, name=f"{pipeline.name}@site_share={share}")
+
+
 def pipeline_for(point: dict[str, Any]) -> Pipeline:
     cam = dict(DEFAULT_CAMERA, **{k: v for k, v in point.items() if k in CAMERA_KEYS})
     cen = dict(DEFAULT_CENTRALIZE, **{k: v for k, v in point.items() if k in CENTRALIZE_KEYS})
@@ -274,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not show the galleries the query crops as camera context (reid-engine eval does)")
     ap.add_argument("--distractors", action="store_true",
                     help="add every crop of the other protocols to each gallery (never a match, own cameras)")
+    ap.add_argument("--site-shares", default=None,
+                    help="comma-separated SiteSplit shares to choose from leave-one-set-out (it only changes "
+                         "galleries with several sites: use with --distractors)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--penalty", type=float, default=PENALTY, help="objective weight of a loss past the targets")
     ap.add_argument("--grid-cache", type=Path, default=None,
@@ -343,6 +358,25 @@ def main(argv: list[str] | None = None) -> int:
         for s in sets:
             print(f"  without {s}: {chosen[s]}")
         print(f"  on all sets (ship this): {points[all_best]}")
+
+    if args.site_shares:
+        shares = [float(x) for x in args.site_shares.split(",")]
+        default = get_pipeline("default")
+        by_share = {sh: {p: evaluate(rank_pipeline(gals[p], datas[p], with_site_share(default, sh)), datas[p])
+                         for p in pairs} for sh in shares}
+        held_site: dict[tuple[str, str], tuple[float, float, float]] = {}
+        print("SiteSplit share chosen per held-out set:")
+        for s in sets:
+            train = [p for p in pairs if p[0] != s]
+            best_sh = max(shares, key=lambda sh: (objective([by_share[sh][p] for p in train],
+                                                            [base[p] for p in train], args.penalty), -shares.index(sh)))
+            print(f"  without {s}: {best_sh}")
+            held_site.update({p: by_share[best_sh][p] for p in pairs if p[0] == s})
+        all_sh = max(shares, key=lambda sh: (objective([by_share[sh][p] for p in pairs], [base[p] for p in pairs],
+                                                       args.penalty), -shares.index(sh)))
+        print(f"  on all sets (ship this): {all_sh}")
+        res["default, site share held-out"] = held_site
+        rows_out.append("default, site share held-out")
 
     for enc in encoders:
         print(f"\n{enc}: Rank-1 / Rank-5 / mAP %, one query per call")

@@ -19,14 +19,16 @@ from .nfc import (CentralizedUpdate, NeighbourState, centralize, centralize_quer
 from .search import rerank_search
 from .base import (Candidates, GalleryView, IndexHook, Pipeline, RerankContext, Reranker, get_hook,
                    get_pipeline, list_hooks, list_pipelines, register_hook, register_pipeline)
-from .hooks import CameraStats, CameraStatsHook, NeighbourTable, NeighboursHook
+from .hooks import CameraLinks, CameraLinksHook, CameraStats, CameraStatsHook, NeighbourTable, NeighboursHook
 from .steps import (AttributeFusion, CameraNormalize, Centralize, KReciprocal, QueryExpansion,
-                    SamePersonPool)
+                    SamePersonPool, SiteMerge, SiteSplit)
 from . import presets as _presets  # noqa: F401  registers the pipelines
 from .memory import MemoryGallery
 
 __all__ = [
     "AttributeFusion",
+    "CameraLinks",
+    "CameraLinksHook",
     "CameraNormalize",
     "CameraStats",
     "CameraStatsHook",
@@ -43,6 +45,8 @@ __all__ = [
     "RerankContext",
     "Reranker",
     "SamePersonPool",
+    "SiteMerge",
+    "SiteSplit",
     "get_hook",
     "get_pipeline",
     "list_hooks",

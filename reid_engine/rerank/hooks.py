@@ -556,3 +556,149 @@ class CameraStatsHook(IndexHook):
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         return {"file": name}
+
+
+#: new rows of one commit searched for camera links (context crops: up to 4x as many)
+LINK_SAMPLE = 64
+#: results of a link search; the first one from another camera is the link
+LINK_SEARCH = 16
+
+
+@dataclass
+class CameraLinks:
+    """Which cameras see the same people: ``links[a, b]`` counts the sampled crops of camera ``a`` whose nearest
+    crop of another camera is in camera ``b``; ``rows[b]`` is camera ``b``'s gallery rows (``cameras[c]`` ->
+    index c)."""
+
+    cameras: list[str]
+    links: np.ndarray  # (C, C) int64
+    rows: np.ndarray  # (C,) int64
+
+    def linked(self, camera: Optional[str], candidate_cameras: Optional[np.ndarray], share: float,
+               min_links: int) -> np.ndarray:
+        """Per candidate, whether its camera is linked to ``camera``: the same camera, an unknown one, or one
+        that draws at least ``share`` of the best-linked camera's nearest neighbours per gallery row. Every
+        candidate is linked when ``camera`` has fewer than ``min_links`` links."""
+        n = 0 if candidate_cameras is None else len(candidate_cameras)
+        ok = np.ones(n, bool)
+        if camera is None or candidate_cameras is None or str(camera) not in self.cameras:
+            return ok
+        a = self.cameras.index(str(camera))
+        if int(self.links[a].sum()) < max(1, min_links):
+            return ok
+        ratio = np.where(self.rows > 0, self.links[a] / np.maximum(self.rows, 1), 0.0)
+        ratio[a] = 0.0
+        best = float(ratio.max())
+        if best <= 0.0:
+            return ok
+        strong = {c for c, r in zip(self.cameras, ratio) if r >= share * best} | {str(camera)}
+        known = set(self.cameras)
+        for p, c in enumerate(candidate_cameras):
+            if c is not None and str(c) in known and str(c) not in strong:
+                ok[p] = False
+        return ok
+
+
+@register_hook
+class CameraLinksHook(IndexHook):
+    """Per camera, the cameras its crops' nearest crops of another camera fall in: a sample of each commit's new
+    rows (``LINK_SAMPLE``) and of context crops is searched once against the committed gallery, so a commit
+    costs a few dozen searches at any size. Removed rows leave their links (the counts are evidence that two
+    cameras see the same people, not a list of rows)."""
+
+    name = "camera_links"
+
+    def empty_state(self) -> dict[str, Any]:
+        return {"file": None}
+
+    def files(self, state: dict[str, Any]) -> list[str]:
+        return [state["file"]] if state.get("file") else []
+
+    def load(self, folder: Path, state: dict[str, Any]) -> CameraLinks:
+        if not state.get("file"):
+            return CameraLinks([], np.zeros((0, 0), np.int64), np.zeros(0, np.int64))
+        try:
+            with np.load(Path(folder) / state["file"], allow_pickle=False) as z:
+                return CameraLinks([str(c) for c in z["cameras"]], z["links"].astype(np.int64),
+                                   z["rows"].astype(np.int64))
+        except (OSError, KeyError, ValueError, EOFError) as exc:
+            raise IndexCorruptError(f"{Path(folder) / state['file']}: unreadable camera links ({exc})") from None
+
+    def _current(self, folder: Path, state: dict[str, Any], gallery: GalleryView) -> CameraLinks:
+        loaded = gallery.state(self.name)
+        return loaded if isinstance(loaded, CameraLinks) else self.load(folder, state)
+
+    def prepare(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView,
+                added_ids: np.ndarray, added_vectors: np.ndarray, added_fields: dict[str, np.ndarray],
+                removed_ids: np.ndarray) -> dict[str, Any]:
+        links = self._current(folder, state, gallery)
+        counts: dict[tuple[str, str], int] = {}
+        rows: dict[str, int] = {}
+        removed = np.asarray(removed_ids, np.int64)
+        if len(removed):
+            for c in _camera_keys(gallery.fields(removed).get("camera"), len(removed)):
+                rows[c] = rows.get(c, 0) - 1
+        n = len(added_ids)
+        cams = _camera_keys(added_fields.get("camera"), n)
+        for c in cams:
+            rows[c] = rows.get(c, 0) + 1
+        if n:
+            vecs = np.asarray(added_vectors, np.float32).reshape(n, -1)
+            self._count(gallery, vecs, cams, LINK_SAMPLE, counts)
+        return self._write(folder, generation, links, counts, rows)
+
+    def observe(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView,
+                vectors: np.ndarray, fields: dict[str, np.ndarray]) -> Optional[dict[str, Any]]:
+        vecs = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
+        counts: dict[tuple[str, str], int] = {}
+        self._count(gallery, vecs, _camera_keys(fields.get("camera"), len(vecs)), 4 * LINK_SAMPLE, counts)
+        if not counts:
+            return None
+        return self._write(folder, generation, self._current(folder, state, gallery), counts, {})
+
+    @staticmethod
+    def _count(gallery: GalleryView, vecs: np.ndarray, cams: list[str], sample: int,
+               counts: dict[tuple[str, str], int]) -> None:
+        """Add the links of an evenly spaced sample of the crops that have a camera."""
+        have = [p for p, c in enumerate(cams) if c != NO_CAMERA]
+        if not have or gallery.count == 0:
+            return
+        pick = np.asarray(have)[np.unique(np.linspace(0, len(have) - 1, min(sample, len(have))).round().astype(int))]
+        _, found = gallery.search(vecs[pick], min(LINK_SEARCH, gallery.count), params=HOOK_SEARCH)
+        found = np.asarray(found, np.int64)
+        valid = np.unique(found[found >= 0])
+        if not len(valid):
+            return
+        hit_cams = dict(zip(valid.tolist(), _camera_keys(gallery.fields(valid).get("camera"), len(valid))))
+        for p, row in zip(pick, found):
+            own = cams[p]
+            for i in row:
+                c = hit_cams.get(int(i), NO_CAMERA) if i >= 0 else NO_CAMERA
+                if c != NO_CAMERA and c != own:
+                    counts[(own, c)] = counts.get((own, c), 0) + 1
+                    break
+
+    @staticmethod
+    def _write(folder: Path, generation: int, links: CameraLinks, counts: dict[tuple[str, str], int],
+               rows: dict[str, int]) -> dict[str, Any]:
+        keys = sorted(set(links.cameras) | {c for pair in counts for c in pair} | set(rows))
+        at = {c: i for i, c in enumerate(keys)}
+        out = np.zeros((len(keys), len(keys)), np.int64)
+        out_rows = np.zeros(len(keys), np.int64)
+        old = [at[c] for c in links.cameras]
+        if old:
+            out[np.ix_(old, old)] = links.links
+            out_rows[old] = links.rows
+        for (a, b), v in counts.items():
+            out[at[a], at[b]] += v
+        for c, v in rows.items():
+            out_rows[at[c]] += v
+        name = f"hook-camera_links-{int(generation):08d}.npz"
+        path = Path(folder) / name
+        tmp = path.with_name(name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, cameras=np.array(keys, dtype=str), links=out, rows=np.maximum(out_rows, 0))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return {"file": name}

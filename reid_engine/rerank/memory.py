@@ -26,7 +26,8 @@ FIELD_NAMES = ("camera", "timestamp", "source", "track")
 class MemoryGallery:
     """A gallery held in memory: ids, L2-normalised vectors, scalar fields, SQL-like rows, hook states."""
 
-    def __init__(self, dim: int, hooks: Iterable[Union[str, IndexHook]] = ("neighbours", "camera_stats"),
+    def __init__(self, dim: int,
+                 hooks: Iterable[Union[str, IndexHook]] = ("neighbours", "camera_stats", "camera_links"),
                  folder: Optional[Path] = None):
         self.dim = int(dim)
         self._tmp = None

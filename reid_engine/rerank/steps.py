@@ -23,6 +23,8 @@ neighbours, so a query's list never depends on the other queries of the call
 * ``KReciprocal``: k-reciprocal re-ranking of each query within its pool; gated per
   query in the default (only where the gallery around the query is multi-shot).
 * ``AttributeFusion``: ``attributes.fusion.fuse_rank`` on the pool.
+* ``SiteSplit`` / ``SiteMerge``: the candidates of cameras not linked to the query's
+  camera (another site, ``camera_links``) skip the steps between them and keep their places.
 * ``SamePersonPool``: with ``ctx.same_person``, one list for all the queries.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .base import Candidates, RerankContext, Reranker
-from .hooks import CameraStats, NeighbourTable
+from .hooks import CameraLinks, CameraStats, NeighbourTable
 
 #: candidates re-scored by the neighbour-based steps for ``k`` answers: max(k, POOL)
 POOL = 100
@@ -425,6 +427,63 @@ class AttributeFusion(Reranker):
             out[:] = attrs[at]
             out[ids < 0] = np.nan
         return out
+
+
+class SiteSplit(Reranker):
+    """Keeps the candidates of cameras not linked to the query's camera (``CameraLinks``: their crops' nearest
+    neighbours of other cameras rarely fall there, so they see other people: another site) out of the steps
+    that follow, until ``SiteMerge`` puts them back where they came in. An index that mixes sites then re-ranks
+    only the query's own site, and other sites' crops keep their places, so the camera means of other sites
+    (and their neighbours) cannot lift them. With no query camera, no link statistics for it, or every
+    candidate linked, the pool goes on unchanged."""
+
+    name = "site_split"
+    hooks = ("camera_links",)
+
+    def __init__(self, share: float = 0.5, min_links: int = 20):
+        if not 0.0 < share <= 1.0 or min_links < 1:
+            raise InvalidInputError("SiteSplit: share in (0, 1], min_links >= 1")
+        self.share, self.min_links = float(share), int(min_links)
+
+    def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        links = ctx.gallery.state("camera_links")
+        held: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        ctx.options["_site"] = held
+        if not isinstance(links, CameraLinks) or not links.cameras:
+            return pool
+        cams = list(ctx.query_cameras) + [None] * (len(queries) - len(ctx.query_cameras))
+        ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
+        for r, ids in enumerate(_rows(pool)):
+            if cams[r] is None or len(ids) == 0:
+                continue
+            ok = links.linked(cams[r], ctx.gallery.fields(ids).get("camera"), self.share, self.min_links)
+            if ok.all():
+                continue
+            held[r] = (ids.copy(), pool.scores[r, :len(ids)].copy(), ok)
+            _replace_row(ids_out, sc_out, r, ids[ok], pool.scores[r, :len(ids)][ok])
+        return Candidates(ids_out, sc_out) if held else pool
+
+
+class SiteMerge(Reranker):
+    """Puts the candidates ``SiteSplit`` held back into their incoming places: each place of a linked candidate
+    takes the next one of the re-ranked list, each other place keeps its candidate; the scores are the incoming
+    ones by place (one descending list)."""
+
+    name = "site_merge"
+
+    def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        held = ctx.options.pop("_site", None)
+        if not held:
+            return pool
+        ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
+        for r, (ids, scores, ok) in held.items():
+            ranked = pool.ids[r][pool.ids[r] >= 0]
+            if len(ranked) != int(ok.sum()):  # a step changed the row's size: nothing to put back in place
+                continue
+            merged = ids.copy()
+            merged[ok] = ranked
+            _replace_row(ids_out, sc_out, r, merged, scores)
+        return Candidates(ids_out, sc_out)
 
 
 class SamePersonPool(Reranker):
