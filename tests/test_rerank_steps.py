@@ -475,3 +475,24 @@ def test_one_site_is_not_changed_by_the_site_steps() -> None:
     assert gal.state("camera_links").links.sum() >= 20
     np.testing.assert_array_equal(a.ids, b.ids)
     np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_a_weakly_linked_camera_of_one_site_is_held_back() -> None:
+    """The documented cost: one site, but the query camera's crops find their nearest neighbours almost only in
+    camera a (its look is closer), so camera b is taken for another site and its crops keep their cosine places."""
+    from tests.test_rerank_hooks import _two_sites
+
+    x, cams, _, q = _two_sites(1, shots=1)
+    keep = cams != "c"
+    x, cams = x[keep], cams[keep]
+    gal = _gallery(x, cams=cams)
+    gal.observe(q, ["q"] * len(q))
+    links = gal.state("camera_links")
+    at = {c: i for i, c in enumerate(links.cameras)}
+    assert links.links[at["q"], at["b"]] * 2 < links.links[at["q"], at["a"]]
+    qc = ["q"] * len(q)
+    got = gal.query(get_pipeline("default"), q, len(x), query_cameras=qc).ids
+    cosine = gal.query(get_pipeline("none"), q, len(x), query_cameras=qc).ids
+    held = cams[cosine] == "b"
+    np.testing.assert_array_equal(got[held], cosine[held])
+    assert not np.array_equal(got, cosine)  # camera a's crops are re-ranked
