@@ -186,9 +186,16 @@ class NeighbourTable:
 
     def kth(self, ids: IdsLike) -> np.ndarray:
         """Each id's W-th neighbour similarity (-inf when its list is not full or the id is unknown)."""
-        if self.width == 0:
-            return np.full(np.shape(ids), -np.inf, np.float32)
-        return self.lists(ids)[1][..., -1]
+        pos = self.positions(ids)
+        if self._n == 0 or self.width == 0:
+            return np.full(pos.shape, -np.inf, np.float32)
+        safe = np.maximum(pos, 0)
+        last = self._rows.nb_sims[safe, -1]  # only the last column: the reverse check asks for many ids
+        if len(self._o_pos):
+            at = np.clip(np.searchsorted(self._o_pos, safe), 0, len(self._o_pos) - 1)
+            hit = self._o_pos[at] == safe
+            last[hit] = self._o_s[at[hit], -1]
+        return np.where(pos >= 0, last, -np.inf).astype(np.float32)
 
     @property
     def min_kth(self) -> float:
