@@ -496,3 +496,34 @@ def test_a_weakly_linked_camera_of_one_site_is_held_back() -> None:
     held = cams[cosine] == "b"
     np.testing.assert_array_equal(got[held], cosine[held])
     assert not np.array_equal(got, cosine)  # camera a's crops are re-ranked
+
+
+def test_site_merge_keeps_the_held_candidates_when_a_step_drops_one() -> None:
+    """A step between the site steps that drops a candidate: the held-back crops still come out, after the
+    re-ranked ones, and no other crop is lost."""
+    from reid_engine.rerank.base import Reranker
+    from tests.test_rerank_hooks import _two_sites
+
+    class DropLast(Reranker):
+        name = "drop_last"
+
+        def rerank(self, queries, pool, ctx):
+            ids, sc = pool.ids.copy(), pool.scores.copy()
+            for r in range(len(ids)):
+                n = int((ids[r] >= 0).sum())
+                ids[r, n - 1], sc[r, n - 1] = -1, -np.inf
+            return Candidates(ids, sc)
+
+    x, cams, _, q = _two_sites(shots=1)
+    gal = _gallery(x, cams=cams)
+    gal.observe(q, ["q"] * len(q))
+    qc = ["q"] * len(q)
+    pipe = Pipeline("t", (SiteSplit(), DropLast(), SiteMerge()))
+    got = gal.query(pipe, q, len(x), query_cameras=qc)
+    cosine = gal.query(get_pipeline("none"), q, len(x), query_cameras=qc).ids
+    for r in range(len(q)):
+        row = got.ids[r][got.ids[r] >= 0]
+        own = cosine[r][cams[cosine[r]] != "c"]
+        assert set(row) == set(cosine[r]) - {own[-1]}  # only the dropped one is gone
+        assert (cams[row][-int((cams == "c").sum()):] == "c").all()  # the held ones follow the re-ranked
+        assert (np.diff(got.scores[r][got.ids[r] >= 0]) <= 0).all()

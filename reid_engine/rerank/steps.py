@@ -478,11 +478,15 @@ class SiteMerge(Reranker):
         ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
         for r, (ids, scores, ok) in held.items():
             ranked = pool.ids[r][pool.ids[r] >= 0]
-            if len(ranked) != int(ok.sum()):  # a step changed the row's size: nothing to put back in place
-                continue
-            merged = ids.copy()
-            merged[ok] = ranked
-            _replace_row(ids_out, sc_out, r, merged, scores)
+            if len(ranked) == int(ok.sum()):
+                merged = ids.copy()
+                merged[ok] = ranked
+                _replace_row(ids_out, sc_out, r, merged, scores)
+            else:  # a step changed the row's size (none of the shipped ones does): the held ones follow it
+                rest = ids[~ok][~np.isin(ids[~ok], ranked)]
+                floor = float(pool.scores[r, :len(ranked)].min()) if len(ranked) else 0.0
+                _replace_row(ids_out, sc_out, r, np.concatenate([ranked, rest]), np.concatenate(
+                    [pool.scores[r, :len(ranked)], floor - 1.0 - np.arange(len(rest), dtype=np.float32)]))
         return Candidates(ids_out, sc_out)
 
 
