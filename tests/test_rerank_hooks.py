@@ -359,3 +359,24 @@ def test_camera_links_hook_tells_the_query_site_from_another():
     np.testing.assert_array_equal(links.linked("q", np.array(["a", "b", "c"], object), 0.5, 1), [True, True, False])
     again = CameraLinksHook().load(gal.folder, gal.states["camera_links"])
     np.testing.assert_array_equal(again.links, links.links)
+
+
+def test_camera_links_stop_searching_once_a_camera_has_enough():
+    """Each commit searches a sample of its rows until their camera has had LINK_ENOUGH crops searched; after
+    that the links no longer change (a large gallery's commits search nothing for them)."""
+    from reid_engine.rerank import MemoryGallery
+    from reid_engine.rerank.hooks import LINK_ENOUGH, LINK_SAMPLE
+
+    rng = np.random.default_rng(5)
+    gal = MemoryGallery(16)
+    block = 2 * LINK_SAMPLE
+    seen = []
+    for b in range(2 * LINK_ENOUGH // LINK_SAMPLE + 4):
+        x = rng.normal(size=(block, 16)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        gal.add(np.arange(b * block, (b + 1) * block), x, {"camera": np.array(["a", "b"] * LINK_SAMPLE, object)})
+        links = gal.state("camera_links")
+        seen.append((links.searched.copy(), links.links.sum()))
+    assert (seen[-1][0] == LINK_ENOUGH).all()  # a and b: 32 of each per commit after the first
+    assert seen[-1][1] == seen[-4][1] and (seen[-4][0] == seen[-1][0]).all()  # no more searches, no more links
+    assert seen[-1][1] >= LINK_ENOUGH  # random rows: the nearest crop of another camera is in the other one

@@ -567,6 +567,9 @@ class CameraStatsHook(IndexHook):
 
 #: new rows of one commit searched for camera links (context crops: up to 4x as many)
 LINK_SAMPLE = 64
+#: a camera's crops are searched for links until this many of them have been: enough evidence, and a large
+#: gallery's commits then search nothing (small searches through the graphs cost ~1 ms a crop)
+LINK_ENOUGH = 256
 #: results of a link search; the first one from another camera is the link
 LINK_SEARCH = 16
 
@@ -580,6 +583,11 @@ class CameraLinks:
     cameras: list[str]
     links: np.ndarray  # (C, C) int64
     rows: np.ndarray  # (C,) int64
+    searched: Optional[np.ndarray] = None  # (C,) int64: crops of each camera searched for links
+
+    def __post_init__(self) -> None:
+        if self.searched is None:
+            self.searched = np.zeros(len(self.cameras), np.int64)
 
     def linked(self, camera: Optional[str], candidate_cameras: Optional[np.ndarray], share: float,
                min_links: int) -> np.ndarray:
@@ -609,9 +617,10 @@ class CameraLinks:
 @register_hook
 class CameraLinksHook(IndexHook):
     """Per camera, the cameras its crops' nearest crops of another camera fall in: a sample of each commit's new
-    rows (``LINK_SAMPLE``) and of context crops is searched once against the committed gallery, so a commit
-    costs a few dozen searches at any size. Removed rows leave their links (the counts are evidence that two
-    cameras see the same people, not a list of rows)."""
+    rows (``LINK_SAMPLE``) and of context crops is searched once against the committed gallery, until a camera
+    has had ``LINK_ENOUGH`` crops searched, so a commit costs at most a few dozen searches and, once every
+    camera has enough, none. Removed rows leave their links (the counts are evidence that two cameras see the
+    same people, not a list of rows)."""
 
     name = "camera_links"
 
@@ -627,7 +636,7 @@ class CameraLinksHook(IndexHook):
         try:
             with np.load(Path(folder) / state["file"], allow_pickle=False) as z:
                 return CameraLinks([str(c) for c in z["cameras"]], z["links"].astype(np.int64),
-                                   z["rows"].astype(np.int64))
+                                   z["rows"].astype(np.int64), z["searched"].astype(np.int64))
         except (OSError, KeyError, ValueError, EOFError) as exc:
             raise IndexCorruptError(f"{Path(folder) / state['file']}: unreadable camera links ({exc})") from None
 
@@ -641,6 +650,7 @@ class CameraLinksHook(IndexHook):
         links = self._current(folder, state, gallery)
         counts: dict[tuple[str, str], int] = {}
         rows: dict[str, int] = {}
+        searched: dict[str, int] = {}
         removed = np.asarray(removed_ids, np.int64)
         if len(removed):
             for c in _camera_keys(gallery.fields(removed).get("camera"), len(removed)):
@@ -651,26 +661,34 @@ class CameraLinksHook(IndexHook):
             rows[c] = rows.get(c, 0) + 1
         if n:
             vecs = np.asarray(added_vectors, np.float32).reshape(n, -1)
-            self._count(gallery, vecs, cams, LINK_SAMPLE, counts)
-        return self._write(folder, generation, links, counts, rows)
+            self._count(gallery, vecs, cams, LINK_SAMPLE, links, counts, searched)
+        return self._write(folder, generation, links, counts, rows, searched)
 
     def observe(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView,
                 vectors: np.ndarray, fields: dict[str, np.ndarray]) -> Optional[dict[str, Any]]:
         vecs = np.asarray(vectors, np.float32).reshape(len(vectors), -1)
         counts: dict[tuple[str, str], int] = {}
-        self._count(gallery, vecs, _camera_keys(fields.get("camera"), len(vecs)), 4 * LINK_SAMPLE, counts)
-        if not counts:
+        searched: dict[str, int] = {}
+        links = self._current(folder, state, gallery)
+        self._count(gallery, vecs, _camera_keys(fields.get("camera"), len(vecs)), 4 * LINK_SAMPLE, links, counts,
+                    searched)
+        if not searched:
             return None
-        return self._write(folder, generation, self._current(folder, state, gallery), counts, {})
+        return self._write(folder, generation, links, counts, {}, searched)
 
     @staticmethod
-    def _count(gallery: GalleryView, vecs: np.ndarray, cams: list[str], sample: int,
-               counts: dict[tuple[str, str], int]) -> None:
-        """Add the links of an evenly spaced sample of the crops that have a camera."""
-        have = [p for p, c in enumerate(cams) if c != NO_CAMERA]
+    def _count(gallery: GalleryView, vecs: np.ndarray, cams: list[str], sample: int, links: CameraLinks,
+               counts: dict[tuple[str, str], int], searched: dict[str, int]) -> None:
+        """Add the links of an evenly spaced sample of the crops whose camera has had fewer than ``LINK_ENOUGH``
+        crops searched."""
+        assert links.searched is not None  # set by CameraLinks
+        done = dict(zip(links.cameras, links.searched.tolist()))
+        have = [p for p, c in enumerate(cams) if c != NO_CAMERA and done.get(c, 0) < LINK_ENOUGH]
         if not have or gallery.count == 0:
             return
         pick = np.asarray(have)[np.unique(np.linspace(0, len(have) - 1, min(sample, len(have))).round().astype(int))]
+        for p in pick:
+            searched[cams[p]] = searched.get(cams[p], 0) + 1
         _, found = gallery.search(vecs[pick], min(LINK_SEARCH, gallery.count), params=HOOK_SEARCH)
         found = np.asarray(found, np.int64)
         valid = np.unique(found[found >= 0])
@@ -687,24 +705,29 @@ class CameraLinksHook(IndexHook):
 
     @staticmethod
     def _write(folder: Path, generation: int, links: CameraLinks, counts: dict[tuple[str, str], int],
-               rows: dict[str, int]) -> dict[str, Any]:
-        keys = sorted(set(links.cameras) | {c for pair in counts for c in pair} | set(rows))
+               rows: dict[str, int], searched: dict[str, int]) -> dict[str, Any]:
+        keys = sorted(set(links.cameras) | {c for pair in counts for c in pair} | set(rows) | set(searched))
         at = {c: i for i, c in enumerate(keys)}
         out = np.zeros((len(keys), len(keys)), np.int64)
         out_rows = np.zeros(len(keys), np.int64)
+        out_searched = np.zeros(len(keys), np.int64)
         old = [at[c] for c in links.cameras]
         if old:
             out[np.ix_(old, old)] = links.links
             out_rows[old] = links.rows
+            out_searched[old] = np.asarray(links.searched)
         for (a, b), v in counts.items():
             out[at[a], at[b]] += v
         for c, v in rows.items():
             out_rows[at[c]] += v
+        for c, v in searched.items():
+            out_searched[at[c]] += v
         name = f"hook-camera_links-{int(generation):08d}.npz"
         path = Path(folder) / name
         tmp = path.with_name(name + ".tmp")
         with open(tmp, "wb") as fh:
-            np.savez(fh, cameras=np.array(keys, dtype=str), links=out, rows=np.maximum(out_rows, 0))
+            np.savez(fh, cameras=np.array(keys, dtype=str), links=out, rows=np.maximum(out_rows, 0),
+                     searched=out_searched)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
