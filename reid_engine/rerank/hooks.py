@@ -266,6 +266,16 @@ class NeighbourTable:
         return NeighbourTable._derived(rows, n + m, self.width, o_pos, o_nb, o_s)
 
 
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write durably (temporary file, fsync, rename): the SQL commit that names the file may follow at once."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy types the keywords as savez's own (allow_pickle)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def _read_only(a: np.ndarray) -> np.ndarray:
     view = a.view()
     view.flags.writeable = False
@@ -326,15 +336,8 @@ class NeighboursHook(IndexHook):
 
     def _write(self, folder: Path, name: str, removed: np.ndarray, ids: np.ndarray, nb_ids: np.ndarray,
                nb_sims: np.ndarray) -> None:
-        """Write durably (temporary file, fsync, rename): the SQL commit that names it may follow at once."""
-        path = Path(folder) / name
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, removed=removed.astype(np.int64), ids=ids.astype(np.int64),
-                     nb_ids=nb_ids.astype(np.int64), nb_sims=nb_sims.astype(np.float32))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _save_npz(Path(folder) / name, removed=removed.astype(np.int64), ids=ids.astype(np.int64),
+                  nb_ids=nb_ids.astype(np.int64), nb_sims=nb_sims.astype(np.float32))
 
     def load(self, folder: Path, state: dict[str, Any]) -> NeighbourTable:
         width = int(state.get("width", self.width))
@@ -490,17 +493,26 @@ def _camera_keys(cameras: Optional[np.ndarray], n: int) -> list[str]:
     return [NO_CAMERA if c is None else str(c) for c in cameras]
 
 
-@register_hook
-class CameraStatsHook(IndexHook):
-    """Running per-camera sum and count of the gallery vectors."""
-
-    name = "camera_stats"
+class _OneFileHook(IndexHook):
+    """A hook whose state is one small file per commit, named in ``state["file"]``."""
 
     def empty_state(self) -> dict[str, Any]:
         return {"file": None}
 
     def files(self, state: dict[str, Any]) -> list[str]:
         return [state["file"]] if state.get("file") else []
+
+    def _current(self, folder: Path, state: dict[str, Any], gallery: GalleryView) -> Any:
+        """The loaded state of the committed gallery (read from ``state`` when the gallery holds none)."""
+        loaded = gallery.state(self.name)
+        return loaded if loaded is not None else self.load(folder, state)
+
+
+@register_hook
+class CameraStatsHook(_OneFileHook):
+    """Running per-camera sum and count of the gallery vectors."""
+
+    name = "camera_stats"
 
     def load(self, folder: Path, state: dict[str, Any]) -> CameraStats:
         if not state.get("file"):
@@ -534,10 +546,6 @@ class CameraStatsHook(IndexHook):
         parts = [(_camera_keys(fields.get("camera"), len(vecs)), vecs, +1)]
         return self._write(folder, generation, self._current(folder, state, gallery), parts)
 
-    def _current(self, folder: Path, state: dict[str, Any], gallery: GalleryView) -> CameraStats:
-        loaded = gallery.state(self.name)
-        return loaded if isinstance(loaded, CameraStats) else self.load(folder, state)
-
     def _write(self, folder: Path, generation: int, stats: CameraStats,
                parts: list[tuple[list[str], np.ndarray, int]]) -> dict[str, Any]:
         """The statistics plus (camera keys, vectors, +1 add / -1 subtract) parts, written for ``generation``."""
@@ -553,15 +561,9 @@ class CameraStatsHook(IndexHook):
         keys = sorted(k for k in sums if counts[k] > 0)
         dim = 0 if dim is None else dim
         name = f"hook-camera_stats-{int(generation):08d}.npz"
-        path = Path(folder) / name
-        tmp = path.with_name(name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, cameras=np.array(keys, dtype=str),
-                     sums=np.array([sums[k] for k in keys]).reshape(len(keys), dim),
-                     counts=np.array([counts[k] for k in keys], np.int64))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _save_npz(Path(folder) / name, cameras=np.array(keys, dtype=str),
+                  sums=np.array([sums[k] for k in keys]).reshape(len(keys), dim),
+                  counts=np.array([counts[k] for k in keys], np.int64))
         return {"file": name}
 
 
@@ -615,7 +617,7 @@ class CameraLinks:
 
 
 @register_hook
-class CameraLinksHook(IndexHook):
+class CameraLinksHook(_OneFileHook):
     """Per camera, the cameras its crops' nearest crops of another camera fall in: a sample of each commit's new
     rows (``LINK_SAMPLE``) and of context crops is searched once against the committed gallery, until a camera
     has had ``LINK_ENOUGH`` crops searched, so a commit costs at most a few dozen searches and, once every
@@ -623,12 +625,6 @@ class CameraLinksHook(IndexHook):
     same people, not a list of rows)."""
 
     name = "camera_links"
-
-    def empty_state(self) -> dict[str, Any]:
-        return {"file": None}
-
-    def files(self, state: dict[str, Any]) -> list[str]:
-        return [state["file"]] if state.get("file") else []
 
     def load(self, folder: Path, state: dict[str, Any]) -> CameraLinks:
         if not state.get("file"):
@@ -639,10 +635,6 @@ class CameraLinksHook(IndexHook):
                                    z["rows"].astype(np.int64), z["searched"].astype(np.int64))
         except (OSError, KeyError, ValueError, EOFError) as exc:
             raise IndexCorruptError(f"{Path(folder) / state['file']}: unreadable camera links ({exc})") from None
-
-    def _current(self, folder: Path, state: dict[str, Any], gallery: GalleryView) -> CameraLinks:
-        loaded = gallery.state(self.name)
-        return loaded if isinstance(loaded, CameraLinks) else self.load(folder, state)
 
     def prepare(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView,
                 added_ids: np.ndarray, added_vectors: np.ndarray, added_fields: dict[str, np.ndarray],
@@ -723,12 +715,6 @@ class CameraLinksHook(IndexHook):
         for c, v in searched.items():
             out_searched[at[c]] += v
         name = f"hook-camera_links-{int(generation):08d}.npz"
-        path = Path(folder) / name
-        tmp = path.with_name(name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, cameras=np.array(keys, dtype=str), links=out, rows=np.maximum(out_rows, 0),
-                     searched=out_searched)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _save_npz(Path(folder) / name, cameras=np.array(keys, dtype=str), links=out, rows=np.maximum(out_rows, 0),
+                  searched=out_searched)
         return {"file": name}
