@@ -59,3 +59,16 @@ def test_distractors_are_never_matches_and_pets_sets_never_distract_each_other(t
     assert not np.isin(out["g_pid"][~real], out["q_pid"]).any() and len(set(out["g_pid"][~real])) == (~real).sum()
     assert {c.split(":")[1] for c in out["g_cam"][~real]} == {"pku", "viper", "caviar"}
     assert len(tool.with_distractors(data, "viper", "osnet", None)["gf"]) == 3 + 5 + 4 + 3 + 7
+
+
+def test_leave_one_set_out_by_hand(tool) -> None:
+    """Two sets, one encoder, cosine at 50 everywhere. Candidate 0 gains 1 on both; candidate 1 gains 10 on set a
+    and loses 1 mAP on set b (100x penalty). Without a, b alone prefers 0; without b, a alone prefers 1; on both,
+    0 wins (4 against 10 - 1 - 100). Ties go to the lower number."""
+    base = {("a", "e"): (50.0, 50.0, 50.0), ("b", "e"): (50.0, 50.0, 50.0)}
+    cands = {0: {("a", "e"): (51.0, 51.0, 51.0), ("b", "e"): (51.0, 51.0, 51.0)},
+             1: {("a", "e"): (55.0, 55.0, 55.0), ("b", "e"): (50.0, 50.0, 49.0)},
+             2: {("a", "e"): (51.0, 51.0, 51.0), ("b", "e"): (51.0, 51.0, 51.0)}}
+    chosen, held, all_best = tool.leave_one_set_out(cands, ["a", "b"], base, 100.0)
+    assert chosen == {"a": 0, "b": 1} and all_best == 0
+    assert held == {("a", "e"): (51.0, 51.0, 51.0), ("b", "e"): (50.0, 50.0, 49.0)}

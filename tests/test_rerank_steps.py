@@ -17,8 +17,15 @@ def _n(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _without(pipe: Pipeline, cls: type) -> Pipeline:
-    return Pipeline(pipe.name + "-minus", tuple(s for s in pipe.steps if not isinstance(s, cls)))
+def _without(pipe: Pipeline, *classes: type) -> Pipeline:
+    return Pipeline(pipe.name + "-minus", tuple(s for s in pipe.steps if not isinstance(s, classes)))
+
+
+def _without_tail(pipe: Pipeline) -> tuple[Pipeline, KReciprocal]:
+    """``pipe`` with its k-reciprocal step's strong tail removed (the same gated head alone), and that step."""
+    kr = next(s for s in pipe.steps if isinstance(s, KReciprocal))
+    head_only = KReciprocal(kr.k1, kr.k2, kr.lambda_value, kr.pool, kr.gate_margin, kr.gate_share, kr.gate_top)
+    return Pipeline(pipe.name + "-no-tail", tuple(head_only if s is kr else s for s in pipe.steps)), kr
 
 
 def _gallery(x: np.ndarray, cams=None, tracks=None) -> MemoryGallery:
@@ -360,14 +367,10 @@ def test_the_default_keeps_the_first_tracks_of_a_footage_gallery() -> None:
     """A gallery of tracks (4 crops each, 4 tracks a person): the default's first 5 distinct tracks are those
     of the same pipeline without the tail, while the tail still re-orders the rest. The same rows without
     tracks: the head is 5 crops, and the first 5 tracks are then not all kept (what tracks change)."""
-    from dataclasses import replace as dc_replace
-
     x, pid, q = _multi_shot(3, people=40, shots=16)
     tracks = np.array([f"p{p}-{j % 16 // 4}" for j, p in enumerate(pid)], dtype=object)
     default = get_pipeline("default")
-    kr = next(s for s in default.steps if isinstance(s, KReciprocal))
-    no_tail = KReciprocal(kr.k1, kr.k2, kr.lambda_value, kr.pool, kr.gate_margin, kr.gate_share, kr.gate_top)
-    plain = dc_replace(default, steps=tuple(no_tail if s is kr else s for s in default.steps))
+    plain, kr = _without_tail(default)
 
     def first_tracks(ids: np.ndarray) -> list[str]:
         out: list[str] = []
@@ -390,15 +393,11 @@ def test_the_default_keeps_the_first_tracks_of_a_footage_gallery() -> None:
 def test_the_default_needs_its_strong_tail_on_a_multi_shot_gallery(seed: int) -> None:
     """The default's k-reciprocal tail is what lifts mAP past the safe head's order, which it keeps (16 crops a
     person, so that most matches lie past the head; not every gallery gains: see docs/rerank.md)."""
-    from dataclasses import replace as dc_replace
-
     x, pid, q = _multi_shot(seed, people=40, shots=16)
     gal = _gallery(x)
     default = get_pipeline("default")
-    kr = next(s for s in default.steps if isinstance(s, KReciprocal))
+    plain, kr = _without_tail(default)
     assert kr.tail_lambda is not None and kr.head >= 1
-    no_tail = KReciprocal(kr.k1, kr.k2, kr.lambda_value, kr.pool, kr.gate_margin, kr.gate_share, kr.gate_top)
-    plain = dc_replace(default, steps=tuple(no_tail if s is kr else s for s in default.steps))
     with_tail, without = gal.query(default, q, len(x)).ids, gal.query(plain, q, len(x)).ids
     assert np.array_equal(with_tail[:, :kr.head], without[:, :kr.head])
     assert _m_ap(with_tail, pid) > _m_ap(without, pid) + 0.005
@@ -432,8 +431,6 @@ def test_other_sites_keep_their_places_and_the_own_site_is_re_ranked_as_alone() 
     the site steps the default's camera normalization moves them); site 1's crops, in the places left, come in
     the order the default gives when the search is restricted to site 1's cameras (the reference; the gallery
     fits in one pool, so both runs re-rank the same crops)."""
-    from dataclasses import replace as dc_replace
-
     from reid_engine.index.backend import SearchFilter
     from tests.test_rerank_hooks import _two_sites
 
@@ -451,7 +448,7 @@ def test_other_sites_keep_their_places_and_the_own_site_is_re_ranked_as_alone() 
     np.testing.assert_array_equal(got[other], cosine[other])
     for r in range(len(q)):
         np.testing.assert_array_equal(got[r][cams[got[r]] != "c"], alone[r][alone[r] >= 0])
-    unguarded = dc_replace(default, steps=tuple(s for s in default.steps if not isinstance(s, (SiteSplit, SiteMerge))))
+    unguarded = _without(default, SiteSplit, SiteMerge)
     moved = gal.query(unguarded, q, len(x), query_cameras=qc).ids
     assert not np.array_equal(moved[other], cosine[other])  # what the site steps prevent here
 
@@ -459,8 +456,6 @@ def test_other_sites_keep_their_places_and_the_own_site_is_re_ranked_as_alone() 
 def test_one_site_is_not_changed_by_the_site_steps() -> None:
     """Every camera linked (one gallery camera, as in every development protocol): the default's lists equal
     those of the default without the site steps."""
-    from dataclasses import replace as dc_replace
-
     from tests.test_rerank_hooks import _two_sites
 
     x, cams, _, q = _two_sites(1)
@@ -468,7 +463,7 @@ def test_one_site_is_not_changed_by_the_site_steps() -> None:
     gal = _gallery(x[keep], cams=cams[keep])
     gal.observe(q, ["q"] * len(q))
     default = get_pipeline("default")
-    unguarded = dc_replace(default, steps=tuple(s for s in default.steps if not isinstance(s, (SiteSplit, SiteMerge))))
+    unguarded = _without(default, SiteSplit, SiteMerge)
     qc = ["q"] * len(q)
     a = gal.query(default, q, int(keep.sum()), query_cameras=qc)
     b = gal.query(unguarded, q, int(keep.sum()), query_cameras=qc)

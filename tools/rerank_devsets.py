@@ -274,6 +274,23 @@ def objective(scores: list[tuple[float, float, float]], bases: list[tuple[float,
     return total
 
 
+Scores = dict[tuple[str, str], tuple[float, float, float]]
+
+
+def leave_one_set_out(candidates: dict[int, Scores], sets: list[str], base: Scores, penalty: float
+                      ) -> tuple[dict[str, int], Scores, int]:
+    """For each set, the candidate (numbered; ties: the lowest number) with the best ``objective`` on the other
+    sets' pairs, and that candidate's scores on the set's own pairs; plus the best candidate on all sets."""
+    def best(pairs: list[tuple[str, str]]) -> int:
+        return max(candidates, key=lambda i: (objective([candidates[i][p] for p in pairs], [base[p] for p in pairs],
+                                                        penalty), -i))
+
+    every = list(next(iter(candidates.values())))
+    chosen = {s: best([p for p in every if p[0] != s]) for s in sets}
+    held = {p: candidates[chosen[p[0]]][p] for p in every}
+    return chosen, held, best(every)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoders", default=",".join(ENCODERS))
@@ -341,40 +358,24 @@ def main(argv: list[str] | None = None) -> int:
                 cached.setdefault(json.dumps(pt, sort_keys=True), {}).update(
                     {f"{s}|{e}{tag}": list(v) for (s, e), v in grid[i].items()})
             args.grid_cache.write_text(json.dumps(cached))
-        held, chosen = {}, {}
-        for s in sets:
-            train = [p for p in pairs if p[0] != s]
-            best = max(grid, key=lambda i: (objective([grid[i][p] for p in train], [base[p] for p in train],
-                                                      args.penalty), -i))
-            chosen[s] = points[best]
-            for p in pairs:
-                if p[0] == s:
-                    held[p] = grid[best][p]
-        all_best = max(grid, key=lambda i: (objective([grid[i][p] for p in pairs], [base[p] for p in pairs],
-                                                      args.penalty), -i))
+        chosen, held, all_best = leave_one_set_out(grid, sets, base, args.penalty)
         res["default (held-out)"] = held
         rows_out.append("default (held-out)")
         print("parameters chosen per held-out set:")
         for s in sets:
-            print(f"  without {s}: {chosen[s]}")
+            print(f"  without {s}: {points[chosen[s]]}")
         print(f"  on all sets (ship this): {points[all_best]}")
 
     if args.site_shares:
         shares = [float(x) for x in args.site_shares.split(",")]
         default = get_pipeline("default")
-        by_share = {sh: {p: evaluate(rank_pipeline(gals[p], datas[p], with_site_share(default, sh)), datas[p])
-                         for p in pairs} for sh in shares}
-        held_site: dict[tuple[str, str], tuple[float, float, float]] = {}
+        by_share = {i: {p: evaluate(rank_pipeline(gals[p], datas[p], with_site_share(default, sh)), datas[p])
+                        for p in pairs} for i, sh in enumerate(shares)}
+        chosen_sh, held_site, all_sh = leave_one_set_out(by_share, sets, base, args.penalty)
         print("SiteSplit share chosen per held-out set:")
         for s in sets:
-            train = [p for p in pairs if p[0] != s]
-            best_sh = max(shares, key=lambda sh: (objective([by_share[sh][p] for p in train],
-                                                            [base[p] for p in train], args.penalty), -shares.index(sh)))
-            print(f"  without {s}: {best_sh}")
-            held_site.update({p: by_share[best_sh][p] for p in pairs if p[0] == s})
-        all_sh = max(shares, key=lambda sh: (objective([by_share[sh][p] for p in pairs], [base[p] for p in pairs],
-                                                       args.penalty), -shares.index(sh)))
-        print(f"  on all sets (ship this): {all_sh}")
+            print(f"  without {s}: {shares[chosen_sh[s]]}")
+        print(f"  on all sets (ship this): {shares[all_sh]}")
         res["default, site share held-out"] = held_site
         rows_out.append("default, site share held-out")
 
