@@ -522,3 +522,36 @@ def test_site_merge_keeps_the_held_candidates_when_a_step_drops_one() -> None:
         assert set(row) == set(cosine[r]) - {own[-1]}  # only the dropped one is gone
         assert (cams[row][-int((cams == "c").sum()):] == "c").all()  # the held ones follow the re-ranked
         assert (np.diff(got.scores[r][got.ids[r] >= 0]) <= 0).all()
+
+
+def test_candidate_reads_are_the_gallery_s_and_each_id_is_read_once_per_call() -> None:
+    """The per-call cache of vectors and fields: answers equal direct gallery reads for ids in any order, repeated
+    or overlapping earlier requests, and the gallery is asked for each id once."""
+    from reid_engine.rerank.steps import _fields, _vectors
+
+    x, cams, _, _ = _two_sites_rows()
+    gal = _gallery(x, cams=cams)
+    asked: list[int] = []
+    read_vectors = gal.vectors
+
+    def counting(ids):
+        asked.extend(np.asarray(ids).tolist())
+        return read_vectors(ids)
+
+    gal.vectors = counting
+    ctx = RerankContext(gallery=gal, k=10)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        ids = rng.choice(len(x), 30)  # repeats inside a request and across requests
+        np.testing.assert_array_equal(_vectors(ctx, ids), read_vectors(ids))
+        got, want = _fields(ctx, ids), gal.fields(ids)
+        assert set(got) == set(want)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])  # NaN times count as equal
+    assert len(asked) == len(set(asked))
+
+
+def _two_sites_rows():
+    from tests.test_rerank_hooks import _two_sites
+
+    return _two_sites(shots=1)

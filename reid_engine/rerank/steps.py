@@ -46,6 +46,43 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), np.float32(1e-12))
 
 
+class _ById:
+    """Arrays read from the gallery by id, kept for the rest of one call: every step reads the same candidates
+    (re-ordered, or a part of them), so each id is read from the gallery once per call."""
+
+    def __init__(self, read: Callable[[np.ndarray], dict[str, Any]]):
+        self.read = read
+        self.ids = np.zeros(0, np.int64)
+        self.data: dict[str, np.ndarray] = {}
+
+    def get(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        ids = np.asarray(ids, np.int64)
+        new = np.setdiff1d(ids, self.ids)
+        if len(new):
+            got = {k: np.asarray(v) for k, v in self.read(new).items() if v is not None}
+            if self.data:
+                got = {k: np.concatenate([self.data[k], v]) for k, v in got.items() if k in self.data}
+            all_ids = np.concatenate([self.ids, new])
+            order = np.argsort(all_ids, kind="stable")
+            self.ids, self.data = all_ids[order], {k: v[order] for k, v in got.items()}
+        pos = np.searchsorted(self.ids, ids)
+        return {k: v[pos] for k, v in self.data.items()}
+
+
+def _vectors(ctx: RerankContext, ids: np.ndarray) -> np.ndarray:
+    """Stored vectors of candidates (float32), read from the gallery once per call."""
+    if len(ids) == 0:
+        return np.zeros((0, 0), np.float32)
+    cache = ctx.options.setdefault(
+        "_vectors", _ById(lambda i: {"v": np.asarray(ctx.gallery.vectors(i), np.float32)}))
+    return cache.get(ids)["v"]
+
+
+def _fields(ctx: RerankContext, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Scalar fields (camera, track, ...) of candidates, read from the gallery once per call."""
+    return ctx.options.setdefault("_fields", _ById(ctx.gallery.fields)).get(ids)
+
+
 class _Space:
     """The matching space of one query: camera-mean removal (strength ``lam``) then re-normalisation."""
 
@@ -55,7 +92,7 @@ class _Space:
         self.stats: Optional[CameraStats] = None if cam is None else cam["stats"]
         self.qmean = None if cam is None else cam["qmean"][row]
         self.min_count = 1 if cam is None else cam["min_count"]
-        self.gallery = ctx.gallery
+        self.ctx = ctx
 
     def query(self, q: np.ndarray) -> np.ndarray:
         if self.lam == 0.0 or self.qmean is None:
@@ -65,10 +102,10 @@ class _Space:
     def candidates(self, ids: np.ndarray, vecs: Optional[np.ndarray] = None) -> np.ndarray:
         ids = np.asarray(ids, np.int64)
         if vecs is None:
-            vecs = np.asarray(self.gallery.vectors(ids), np.float32) if len(ids) else np.zeros((0, 0), np.float32)
+            vecs = _vectors(self.ctx, ids)
         if self.lam == 0.0 or self.stats is None or len(ids) == 0:
             return _normalize(vecs)
-        cams = self.gallery.fields(ids).get("camera")
+        cams = _fields(self.ctx, ids).get("camera")
         glob = self.stats.global_mean()
         means = np.empty_like(vecs)
         for c in set(cams.tolist() if cams is not None else [None]):
@@ -169,10 +206,10 @@ class Centralize(Reranker):
             if len(ids) == 0:
                 continue
             space = _Space(ctx, r)
-            raw = np.asarray(ctx.gallery.vectors(ids), np.float32)
+            raw = _vectors(ctx, ids)
             raw_top1 = float((raw @ np.asarray(queries[r], np.float32)).max())
             nb, w = self.weights(ids, raw_top1, table)
-            tracks = ctx.gallery.fields(ids).get("track")
+            tracks = _fields(ctx, ids).get("track")
             members: dict[str, np.ndarray] = {}
             if tracks is not None and self.track_weight > 0:
                 named = sorted({str(t) for t in tracks if t is not None})
@@ -280,7 +317,7 @@ class KReciprocal(Reranker):
         table = ctx.gallery.state("neighbours")
         if not isinstance(table, NeighbourTable) or table.width == 0:
             return 0.0
-        raw = np.asarray(ctx.gallery.vectors(ids) if raw is None else raw, np.float32)
+        raw = np.asarray(_vectors(ctx, ids) if raw is None else raw, np.float32)
         raw_top1 = float((raw @ np.asarray(query, np.float32)).max())
         first = table.lists(ids[:self.gate_top])[1][:, 0]
         return float(np.mean(first > raw_top1 + self.gate_margin))
@@ -294,7 +331,7 @@ class KReciprocal(Reranker):
         for r, ids in enumerate(_rows(pool)):
             if len(ids) < 2:
                 continue
-            raw = np.asarray(ctx.gallery.vectors(ids), np.float32)  # read once: the gate and the space use them
+            raw = _vectors(ctx, ids)  # the gate and the space use them
             share = self.share(queries[r], ids, ctx, raw)
             main, tail = share >= self.gate_share, self.tail_lambda is not None and share >= self.tail_share
             if not (main or tail):
@@ -308,7 +345,7 @@ class KReciprocal(Reranker):
                 _replace_row(ids_out, sc_out, r, ids, head_s)
                 continue
             order, scores = head_tail_order(head_s, 1.0 - blend(self.tail_lambda), self.head,
-                                            _answer_units(ctx.gallery.fields(ids).get("track")))
+                                            _answer_units(_fields(ctx, ids).get("track")))
             _replace_row(ids_out, sc_out, r, ids[order], scores)
         return Candidates.sorted(ids_out, sc_out)
 
@@ -456,7 +493,7 @@ class SiteSplit(Reranker):
         for r, ids in enumerate(_rows(pool)):
             if cams[r] is None or len(ids) == 0:
                 continue
-            ok = links.linked(cams[r], ctx.gallery.fields(ids).get("camera"), self.share, self.min_links)
+            ok = links.linked(cams[r], _fields(ctx, ids).get("camera"), self.share, self.min_links)
             if ok.all():
                 continue
             held[r] = (ids.copy(), pool.scores[r, :len(ids)].copy(), ok)
