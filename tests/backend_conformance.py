@@ -216,6 +216,33 @@ class BackendConformance:
         with pytest.raises(InvalidInputError):
             g.backend.reconstruct([10, 12345])
 
+    def test_fields_are_those_committed(self, tmp_path):
+        """A backend that keeps the fields returns what was committed for each id, through removals, re-adds and
+        compaction (the reference is the NumPy mirror); one that keeps none returns None."""
+        rng = np.random.default_rng(16)
+        g = self.gallery(tmp_path)
+        g.add_random(rng, 80, 10)
+        g.add_random(rng, 80, 500)
+        g.commit(remove=np.array([11, 12, 501]))
+        g.commit(np.array([12]), unit(rng, 1, g.backend.dim), make_fields(rng, 1))
+        for step in ("segments", "compacted"):
+            ask = np.array([520, 10, 89, 500, 12, 10, 579])
+            got = g.backend.stored_fields(ask)
+            if got is None:
+                return
+            pos = [np.flatnonzero(g.ids == a)[0] for a in ask]
+            assert sorted(got) == sorted(FIELDS), step
+            for f in FIELDS:
+                want = g.fields[f][pos]
+                if f == "timestamp":
+                    np.testing.assert_array_equal(np.asarray(got[f], np.float64), want.astype(np.float64))
+                else:
+                    assert list(got[f]) == list(want), (step, f)
+            for gone in ([11], [10, 501], [12345]):
+                with pytest.raises(InvalidInputError):
+                    g.backend.stored_fields(gone)
+            g.compact(force=True)
+
     FILTERS = {
         "cameras": SearchFilter(cameras=("c1", "c3")),
         "rare_camera": SearchFilter(cameras=("rare",)),

@@ -155,6 +155,28 @@ def test_remove_by_id_camera_and_source(tmp_path, tiny_weights):
         eng.remove()
 
 
+def test_fields_read_from_the_backend_equal_the_sql_rows(tmp_path, tiny_weights):
+    """The re-rankers read camera, time, source and track from the backend's codes: the same values as the
+    rows in SQL (the reference), after a removal and in a reopened index."""
+    eng = _engine(tmp_path, tiny_weights)
+    write_crops(tmp_path / "a", 4, seed=1)
+    write_crops(tmp_path / "b", 3, seed=2)
+    eng.add(scan_source(tmp_path / "a", camera="A", source_name="day1"))
+    eng.add(scan_source(tmp_path / "b", camera=None, source_name="day2"))
+    eng.remove(ids=[1])
+    for e in (eng, Engine.open(tmp_path / "ix")):
+        ids = [5, 0, 6, 2, 4]
+        got = e.store.fields(ids)
+        assert e.store.backend.stored_fields(ids) is not None  # the FAISS backend keeps them
+        want = store_mod.fields_of([e.store.rows(ids)[i] for i in ids])
+        assert sorted(got) == sorted(want)
+        for name, values in want.items():
+            np.testing.assert_array_equal(got[name], values)
+        assert list(got["camera"]) == [None, "A", None, "A", None]
+        with pytest.raises(InvalidInputError):
+            e.store.fields([1])
+
+
 def test_unreadable_images_are_skipped_and_counted_or_stop_with_strict(tmp_path, tiny_weights):
     paths = write_crops(tmp_path / "g", 3)
     bad = tmp_path / "g" / "crop_bad.png"

@@ -232,6 +232,12 @@ class VectorBackend(ABC):
     def contains(self, ids: IdsLike) -> np.ndarray:
         """Boolean array: which of ``ids`` are live."""
 
+    def stored_fields(self, ids: IdsLike) -> Optional[dict[str, np.ndarray]]:
+        """The scalar ``FIELDS`` of live ids in the order asked (strings as object arrays, time as float64 with
+        NaN), when the backend keeps them for its filters; an unknown id raises ``InvalidInputError``. ``None``
+        (the default): the backend keeps none, and the store reads them from SQL."""
+        return None
+
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What ``reid-engine info`` shows: backend, index type, parameters, segments, sizes."""

@@ -54,7 +54,7 @@ import faiss
 import numpy as np
 
 from ..errors import IndexCorruptError, InvalidInputError
-from .backend import Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, register_backend
+from .backend import FIELDS, Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, register_backend
 from .topk import top_k_rows
 
 log = logging.getLogger(__name__)
@@ -295,12 +295,16 @@ class _Segment:
         out[hit] = self.kpos[jc[hit]]
         return out
 
+    @functools.cached_property
+    def _decode(self) -> dict[str, np.ndarray]:
+        """Per string field, its vocabulary as an object array ending in None (code -1)."""
+        return {f: np.array(self.vocab[f] + [None], dtype=object) for f in STR_FIELDS}
+
     def fields(self, rows: Any) -> dict[str, np.ndarray]:
         """Decoded FIELDS of some rows (object strings, float64 times)."""
         out: dict[str, np.ndarray] = {}
         for fi, f in enumerate(STR_FIELDS):
-            voc = np.array(self.vocab[f] + [None], dtype=object)
-            out[f] = voc[np.asarray(self.codes[fi][rows])]
+            out[f] = self._decode[f][np.asarray(self.codes[fi][rows])]
         out["timestamp"] = np.asarray(self.ts[rows], np.float64)
         return out
 
@@ -1192,6 +1196,22 @@ class FaissBackend(VectorBackend):
         if not found.all():
             raise InvalidInputError(f"ids not in the index: {arr[~found][:10].tolist()}")
         return out
+
+    def stored_fields(self, ids: IdsLike) -> dict[str, np.ndarray]:
+        """Camera, time, source and track of live ids, from the segments' codes (no SQL read)."""
+        view = self._view
+        arr = np.asarray(ids, np.int64).reshape(-1)
+        out = {f: np.full(arr.size, None, dtype=object) for f in STR_FIELDS}
+        out["timestamp"] = np.full(arr.size, np.nan, np.float64)
+        found = np.zeros(arr.size, np.bool_)
+        for seg, pos, hit in self._locate(view, arr):
+            if hit.any():
+                for name, values in seg.fields(pos[hit]).items():
+                    out[name][hit] = values
+                found |= hit
+        if not found.all():
+            raise InvalidInputError(f"ids not in the index: {arr[~found][:10].tolist()}")
+        return {name: out[name] for name in FIELDS}
 
     def live_ids(self) -> np.ndarray:
         view = self._view

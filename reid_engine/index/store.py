@@ -577,6 +577,10 @@ class IndexStore:
         return self.backend.reconstruct(ids)
 
     def fields(self, ids: IdsLike) -> dict[str, np.ndarray]:
+        """Camera, time, source and track of crops: from the backend when it keeps them, else from SQL."""
+        kept = self.backend.stored_fields(ids)
+        if kept is not None:
+            return kept
         rows = self.rows(ids)
         missing = [int(i) for i in ids if int(i) not in rows]
         if missing:
