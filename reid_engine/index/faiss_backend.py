@@ -1184,33 +1184,35 @@ class FaissBackend(VectorBackend):
     def contains(self, ids: IdsLike) -> np.ndarray:
         return self._contains(self._view, np.asarray(ids, np.int64).reshape(-1))
 
-    def reconstruct(self, ids: IdsLike) -> np.ndarray:
-        view = self._view
+    def _live_rows(self, ids: IdsLike) -> tuple[int, list[tuple[_Segment, np.ndarray, np.ndarray]]]:
+        """How many ids were asked and, per segment holding some of them live: (segment, their rows there, where
+        they are among the ids). An id that is not live raises ``InvalidInputError``."""
         arr = np.asarray(ids, np.int64).reshape(-1)
-        out = np.empty((arr.size, self.dim), np.float32)
         found = np.zeros(arr.size, np.bool_)
-        for seg, pos, hit in self._locate(view, arr):
+        parts = []
+        for seg, pos, hit in self._locate(self._view, arr):
             if hit.any():
-                out[hit] = seg.vec[pos[hit]]
+                parts.append((seg, pos[hit], hit))
                 found |= hit
         if not found.all():
             raise InvalidInputError(f"ids not in the index: {arr[~found][:10].tolist()}")
+        return arr.size, parts
+
+    def reconstruct(self, ids: IdsLike) -> np.ndarray:
+        n, parts = self._live_rows(ids)
+        out = np.empty((n, self.dim), np.float32)
+        for seg, rows, at in parts:
+            out[at] = seg.vec[rows]
         return out
 
     def stored_fields(self, ids: IdsLike) -> dict[str, np.ndarray]:
         """Camera, time, source and track of live ids, from the segments' codes (no SQL read)."""
-        view = self._view
-        arr = np.asarray(ids, np.int64).reshape(-1)
-        out = {f: np.full(arr.size, None, dtype=object) for f in STR_FIELDS}
-        out["timestamp"] = np.full(arr.size, np.nan, np.float64)
-        found = np.zeros(arr.size, np.bool_)
-        for seg, pos, hit in self._locate(view, arr):
-            if hit.any():
-                for name, values in seg.fields(pos[hit]).items():
-                    out[name][hit] = values
-                found |= hit
-        if not found.all():
-            raise InvalidInputError(f"ids not in the index: {arr[~found][:10].tolist()}")
+        n, parts = self._live_rows(ids)
+        out = {f: np.full(n, None, dtype=object) for f in STR_FIELDS}
+        out["timestamp"] = np.full(n, np.nan, np.float64)
+        for seg, rows, at in parts:
+            for name, values in seg.fields(rows).items():
+                out[name][at] = values
         return {name: out[name] for name in FIELDS}
 
     def live_ids(self) -> np.ndarray:
