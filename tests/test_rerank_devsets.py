@@ -38,3 +38,21 @@ def test_pku_strong_tail_keeps_the_first_five_and_adds_map(tool, pku, osnet_onnx
     assert np.array_equal(with_tail[:, :5], without[:, :5])
     assert not np.array_equal(with_tail, without)
     assert tool.evaluate(with_tail, data)[2] > tool.evaluate(without, data)[2] + 1.0
+
+
+def test_pku_as_one_site_of_two_cameras_is_kept_together(tool, pku, osnet_onnx, tmp_path_factory) -> None:
+    """Both pku cameras in one gallery (unlike looks, the same people): the camera links keep them one site, so
+    step 0 holds nothing back and the default's lists are those without it; the re-ranking still moves them."""
+    cache = tmp_path_factory.mktemp("feats_site")
+    data = tool.load_two_camera_site("2", "osnet", cache)
+    assert len(data["gf"]) == 592 and len(data["qf"]) == 296 and set(data["q_cam"]) == {"2"}
+    gal = tool.build_gallery(data, query_context=False)
+    links = gal.state("camera_links")
+    assert links.linked("2", np.array(["1", "2"]), 0.5, 20).all()
+    assert links.linked("1", np.array(["1", "2"]), 0.5, 20).all()
+    default = get_pipeline("default")
+    with_site = tool.rank_pipeline(gal, data, default)
+    assert np.array_equal(with_site, tool.rank_pipeline(gal, data, tool.without_site_steps(default)))
+    assert not np.array_equal(with_site, tool.rank_pipeline(gal, data, get_pipeline("none")))
+    with pytest.raises(ValueError, match="query camera"):
+        tool.load_two_camera_site("7", "osnet", cache)

@@ -26,6 +26,7 @@ torchreid ``re_ranking`` (k1=20, k2=6, lambda=0.3) and Pose2ID NFC (k1=k2=2).
     python tools/rerank_devsets.py --one-call       # also check: all queries in one call == one per call
     python tools/rerank_devsets.py --presets none,camera,default --no-select --distractors   # + other sets' crops
     python tools/rerank_devsets.py --presets none,default --no-select --distractors --site-shares 0.25,0.5,0.75
+    python tools/rerank_devsets.py --two-camera-site   # step 0 on pku with both cameras in the gallery
 
 ``--site-shares`` chooses the one parameter that only galleries with several sites
 feel, ``SiteSplit``'s share, leave-one-set-out over the same objective (on the
@@ -61,7 +62,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_engine.assets import shared_path  # noqa: E402
-from reid_engine.rerank import MemoryGallery, Pipeline, SiteSplit, get_pipeline, rerank_search  # noqa: E402
+from reid_engine.rerank import MemoryGallery, Pipeline, SiteMerge, SiteSplit, get_pipeline, rerank_search  # noqa: E402
 from reid_engine.rerank.config import PRESETS  # noqa: E402
 from reid_engine.rerank.presets import DEFAULT_CAMERA, DEFAULT_CENTRALIZE, DEFAULT_KRECIPROCAL  # noqa: E402
 from reid_engine.rerank.presets import default_pipeline  # noqa: E402
@@ -139,6 +140,45 @@ def load_set(name: str, encoder: str, cache: Path) -> dict[str, Any]:
     if swap:
         q, g = g, q
     return {"qf": x[q], "gf": x[g], "q_pid": pid[q], "g_pid": pid[g], "q_cam": cam[q], "g_cam": cam[g]}
+
+
+def load_two_camera_site(query_camera: str, encoder: str, cache: Path) -> dict[str, Any]:
+    """pku as one site of two cameras: every crop of both cameras in the gallery, the crops of ``query_camera``
+    ("1" or "2") as queries; a query's same-camera matches are junk (``evaluate_rank``, as in Market-1501)."""
+    x, rows = _features("pku", encoder, cache)
+    pid = np.array([int(r["pid"]) for r in rows])
+    cam = np.array([str(r["camid"]) for r in rows])
+    q = cam == str(query_camera)
+    if not q.any():
+        raise ValueError(f"query camera {query_camera!r}: pku has cameras {sorted(set(cam))}")
+    return {"qf": x[q], "gf": x, "q_pid": pid[q], "g_pid": pid, "q_cam": cam[q], "g_cam": cam}
+
+
+def without_site_steps(pipeline: Pipeline) -> Pipeline:
+    """``pipeline`` without step 0 (``SiteSplit`` / ``SiteMerge``)."""
+    steps = tuple(s for s in pipeline.steps if not isinstance(s, (SiteSplit, SiteMerge)))
+    return dc_replace(pipeline, steps=steps, name=f"{pipeline.name} without step 0")
+
+
+def two_camera_site(encoders: list[str], cache: Path) -> list[dict[str, Any]]:
+    """Step 0 on a real site of two cameras that look unlike each other (pku, both cameras in the gallery), with
+    and without every other protocol's crops as distractors: whether each pku camera stays linked to the other,
+    and Rank-1 / Rank-5 / mAP of cosine, the default and the default without step 0."""
+    default = get_pipeline("default")
+    pipes = {"cosine": get_pipeline("none"), "default": default, "default without step 0": without_site_steps(default)}
+    out = []
+    for enc in encoders:
+        for qcam in ("1", "2"):
+            plain = load_two_camera_site(qcam, enc, cache)
+            for distractors in (False, True):
+                data = with_distractors(plain, "pku_01to02", enc, cache) if distractors else plain
+                gal = build_gallery(data, query_context=False)  # the query camera's crops are rows already
+                links = gal.state("camera_links")
+                linked = bool(links.linked(qcam, np.array(["1", "2"]), SiteSplit().share, SiteSplit().min_links).all())
+                scores = {name: evaluate(rank_pipeline(gal, data, pipe), data) for name, pipe in pipes.items()}
+                out.append({"encoder": enc, "query_camera": qcam, "distractors": distractors,
+                            "site_kept_together": linked, **scores})
+    return out
 
 
 def with_distractors(data: dict[str, Any], name: str, encoder: str, cache: Path, seed: int = 0) -> dict[str, Any]:
@@ -306,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--site-shares", default=None,
                     help="comma-separated SiteSplit shares to choose from leave-one-set-out (it only changes "
                          "galleries with several sites: use with --distractors)")
+    ap.add_argument("--two-camera-site", action="store_true",
+                    help="only step 0 on pku as one site of two cameras (both in the gallery), with and without "
+                         "the other protocols' crops as distractors")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--penalty", type=float, default=PENALTY, help="objective weight of a loss past the targets")
     ap.add_argument("--grid-cache", type=Path, default=None,
@@ -314,6 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     encoders, sets = args.encoders.split(","), args.sets.split(",")
+    if args.two_camera_site:
+        print("| encoder, query camera, gallery | site kept together | cosine | default | default without step 0 |")
+        print("|---|---|---|---|---|")
+        for row in two_camera_site(encoders, args.cache):
+            cells = [" / ".join(f"{v:.1f}" for v in row[k]) for k in ("cosine", "default", "default without step 0")]
+            where = "pku + distractors" if row["distractors"] else "pku"
+            print(f"| {row['encoder']}, {row['query_camera']}, {where} | {row['site_kept_together']} | "
+                  + " | ".join(cells) + " |")
+        return 0
     pairs = [(s, e) for e in encoders for s in sets]
     datas = {p: load_set(p[0], p[1], args.cache) for p in pairs}
     if args.distractors:
