@@ -47,9 +47,11 @@ def test_pku_as_one_site_of_two_cameras_is_kept_together(tool, pku, osnet_onnx, 
     data = tool.load_two_camera_site("2", "osnet", cache)
     assert len(data["gf"]) == 592 and len(data["qf"]) == 296 and set(data["q_cam"]) == {"2"}
     gal = tool.build_gallery(data, query_context=False)
+    from reid_engine.rerank.presets import DEFAULT_SITE
+
     links = gal.state("camera_links")
-    assert links.linked("2", np.array(["1", "2"]), 0.5, 20).all()
-    assert links.linked("1", np.array(["1", "2"]), 0.5, 20).all()
+    assert links.linked("2", np.array(["1", "2"]), **DEFAULT_SITE).all()
+    assert links.linked("1", np.array(["1", "2"]), **DEFAULT_SITE).all()
     default = get_pipeline("default")
     with_site = tool.rank_pipeline(gal, data, default)
     assert np.array_equal(with_site, tool.rank_pipeline(gal, data, tool.without_site_steps(default)))

@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reid_engine.assets import shared_path  # noqa: E402
 from reid_engine.rerank import MemoryGallery, Pipeline, SiteMerge, SiteSplit, get_pipeline, rerank_search  # noqa: E402
 from reid_engine.rerank.config import PRESETS  # noqa: E402
-from reid_engine.rerank.presets import DEFAULT_CAMERA, DEFAULT_CENTRALIZE, DEFAULT_KRECIPROCAL  # noqa: E402
+from reid_engine.rerank.presets import DEFAULT_CAMERA, DEFAULT_CENTRALIZE, DEFAULT_KRECIPROCAL, DEFAULT_SITE  # noqa: E402
 from reid_engine.rerank.presets import default_pipeline  # noqa: E402
 
 log = logging.getLogger("rerank_devsets")
@@ -174,7 +174,7 @@ def two_camera_site(encoders: list[str], cache: Path) -> list[dict[str, Any]]:
                 data = with_distractors(plain, "pku_01to02", enc, cache) if distractors else plain
                 gal = build_gallery(data, query_context=False)  # the query camera's crops are rows already
                 links = gal.state("camera_links")
-                linked = bool(links.linked(qcam, np.array(["1", "2"]), SiteSplit().share, SiteSplit().min_links).all())
+                linked = bool(links.linked(qcam, np.array(["1", "2"]), **DEFAULT_SITE).all())
                 scores = {name: evaluate(rank_pipeline(gal, data, pipe), data) for name, pipe in pipes.items()}
                 out.append({"encoder": enc, "query_camera": qcam, "distractors": distractors,
                             "site_kept_together": linked, **scores})
