@@ -41,6 +41,15 @@ class TestFaissGraphLayoutConformance(BackendConformance):
         return FaissBackend(tmp_path / "vectors", dim, opts)
 
 
+class TestFaissProjectedGraphLayoutConformance(BackendConformance):
+    """Every commit is merged into graphs over 16 of the 24 dimensions, re-scored with the full vectors; a beam
+    wider than the gallery must be exact."""
+
+    def make_backend(self, tmp_path, dim):
+        opts = {"flat_limit": 64, "merge_factor": 2, "exact_threshold": 40, "ef_search": 4096, "graph_dims": 16}
+        return FaissBackend(tmp_path / "vectors", dim, opts)
+
+
 class TestFaissIVFLayoutConformance(BackendConformance):
     """Every commit is merged into IVF segments; probing all lists must be exact."""
 
@@ -205,11 +214,13 @@ def test_graph_segments_keep_their_vectors_once_in_the_graph(folder):
     assert not list(folder.glob("*.vec.npy.tmp*"))
 
 
-def test_a_graph_grows_by_new_rows_until_its_cap_and_every_row_is_inserted_once(folder, monkeypatch):
+@pytest.mark.parametrize("dims", [None, 16])
+def test_a_graph_grows_by_new_rows_until_its_cap_and_every_row_is_inserted_once(folder, monkeypatch, dims):
     """Merges add flat rows to the growing graph (no row is built into a graph twice) until ``graph_rows``; then a
-    new graph starts. Readers of the previous state keep their answers; a graph with removed rows is not grown."""
+    new graph starts. Readers of the previous state keep their answers; a graph with removed rows is not grown.
+    A projected graph grows in its own projection."""
     rng = np.random.default_rng(11)
-    opts = {"exact_threshold": 100, "flat_limit": 60, "graph_rows": 400}
+    opts = {"exact_threshold": 100, "flat_limit": 60, "graph_rows": 400, **({"graph_dims": dims} if dims else {})}
     b = FaissBackend(folder, DIM, opts)
     builds: list[tuple[int, int]] = []  # (rows of the new graph, rows it kept from the graph it grew)
     real_build = b._build_graph
@@ -241,6 +252,7 @@ def test_a_graph_grows_by_new_rows_until_its_cap_and_every_row_is_inserted_once(
     assert grew >= 3 and len(graphs) >= 2
     assert sum(rows - kept for rows, kept in builds) == sum(s["rows"] for s in graphs)  # each row inserted once
     assert all(s["rows"] <= 400 for s in graphs[1:])
+    assert all(s["graph_dim"] == (dims or DIM) for s in graphs)
     cam = SearchFilter(cameras=("c3",))
     assert_same(b.search(q, 10, params=wide), g.reference(q, 10))
     assert_same(b.search(q, 10, where=cam, params=wide), g.reference(q, 10, cam))
@@ -256,11 +268,12 @@ def test_a_graph_grows_by_new_rows_until_its_cap_and_every_row_is_inserted_once(
     assert_same(b.search(q, 10, params=wide), g.reference(q, 10))
 
 
-def test_a_grown_graph_that_is_never_committed_leaves_the_previous_state_intact(folder):
+@pytest.mark.parametrize("dims", [None, 16])
+def test_a_grown_graph_that_is_never_committed_leaves_the_previous_state_intact(folder, dims):
     """Crash after a merge wrote the grown graph but before the commit that names it: the previous state opens
     with the same answers, cleanup removes only the uncommitted files, and the next merge grows the graph again."""
     rng = np.random.default_rng(12)
-    opts = {"exact_threshold": 100, "flat_limit": 60, "graph_rows": 1000}
+    opts = {"exact_threshold": 100, "flat_limit": 60, "graph_rows": 1000, **({"graph_dims": dims} if dims else {})}
     b = FaissBackend(folder, DIM, opts)
     g = Gallery(b)
     g.add_random(rng, 120, 1)
@@ -284,6 +297,104 @@ def test_a_grown_graph_that_is_never_committed_leaves_the_previous_state_intact(
     reopened.load(again)
     assert [s["kind"] for s in reopened.describe()["segments"]] == ["graph"]
     assert_same(reopened.search(q, 10, params=wide), g.reference(q, 10))
+
+
+def test_graph_projection_keeps_the_leading_directions_of_the_rows():
+    """graph_projection: orthonormal rows spanning the data's own subspace, as few as keep the energy asked
+    (a multiple of 16); None where that is most of the dimensions; exactly ``dims`` when given."""
+    from reid_engine.index.faiss_backend import graph_projection
+
+    rng = np.random.default_rng(21)
+    basis = np.linalg.qr(rng.standard_normal((96, 20)))[0]  # a 20-d subspace of 96 dimensions
+    x = rng.standard_normal((3000, 20)) @ basis.T + 0.01 * rng.standard_normal((3000, 96))
+    p = graph_projection(x, energy=0.99)
+    assert p is not None and p.shape == (32, 96)
+    np.testing.assert_allclose(p @ p.T, np.eye(32), atol=1e-5)
+    # the subspace lies inside the projection's span: projecting back loses only the noise
+    np.testing.assert_allclose((basis.T @ p.T) @ p, basis.T, atol=1e-3)
+    assert graph_projection(rng.standard_normal((3000, 96)), energy=0.99) is None  # isotropic: no gain
+    assert graph_projection(x[:50], energy=0.99) is None  # fewer rows than dimensions
+    assert graph_projection(x, dims=8).shape == (8, 96)
+    assert graph_projection(x, dims=96) is None
+
+
+def _low_rank(rng: np.random.Generator, n: int, basis: np.ndarray) -> np.ndarray:
+    x = rng.standard_normal((n, basis.shape[1])) @ basis.T + 0.05 * rng.standard_normal((n, basis.shape[0]))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_auto_graphs_of_low_rank_vectors_are_projected_and_rescored_with_the_full_vectors(folder):
+    """Vectors in a 12-d subspace of 64: the graph holds them projected (a .proj.npy, the full vectors kept in
+    .vec.npy); a search's similarities are the exact inner products of the full vectors; a beam wider than the
+    gallery is exact and the default beam finds the exact top-10; a missing projection is a corrupt index."""
+    from reid_engine.errors import IndexCorruptError
+
+    dim = 64
+    rng = np.random.default_rng(22)
+    basis = np.linalg.qr(rng.standard_normal((dim, 12)))[0]
+    opts = {"exact_threshold": 500, "flat_limit": 200}
+    b = FaissBackend(folder, dim, opts)
+    ids = np.arange(1, 1201)
+    x = _low_rank(rng, len(ids), basis)
+    state = b.prepare(1, Changes(add_ids=ids, add_vectors=x, add_fields=make_fields(rng, len(ids))))
+    b.load(state)
+    state = b.compact(2, force=True)
+    b.load(state)
+    (seg,) = state["segments"]
+    assert seg["kind"] == "graph" and 0 < seg["proj"] < dim
+    assert {f"{seg['name']}.proj.npy", f"{seg['name']}.vec.npy", f"{seg['name']}.hnsw"} <= b.files(state)
+    assert b.describe()["segments"][0]["graph_dim"] == seg["proj"]
+    np.testing.assert_allclose(b.reconstruct(ids), x, atol=1e-6)
+    q = _low_rank(rng, 20, basis)
+    exact = q @ x.T
+    ref_i = ids[np.argsort(-exact, axis=1, kind="stable")[:, :10]]
+    s, i = b.search(q, 10)
+    np.testing.assert_allclose(s, np.take_along_axis(exact, i - 1, 1), atol=1e-5)  # exact similarities
+    assert np.mean([len(np.intersect1d(a, w)) for a, w in zip(i, ref_i)]) >= 9.5
+    np.testing.assert_array_equal(b.search(q, 10, params=SearchParams(ef_search=4096))[1], ref_i)
+    b.cleanup(state, grace_seconds=0)
+    reopened = FaissBackend(folder, dim, opts)
+    reopened.load(state)
+    np.testing.assert_array_equal(reopened.search(q, 10)[1], i)
+    (folder / f"{seg['name']}.proj.npy").unlink()
+    with pytest.raises(IndexCorruptError, match="projection"):
+        FaissBackend(folder, dim, opts).load(state)
+
+
+def test_rescoring_a_batch_equals_brute_force_with_or_without_dropping_pages(tmp_path, monkeypatch):
+    """_rescore: the best k of each query's candidates by exact inner product, ties by id, -1 candidates ignored;
+    dropping the mapped pages between blocks (batch searches) changes nothing."""
+    from reid_engine.index import faiss_backend as fb
+
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((5000, 32)).astype(np.float32)
+    x[7] = x[9]  # a tie: the smaller id first
+    np.save(tmp_path / "v.npy", x)
+    vec = np.asarray(np.load(tmp_path / "v.npy", mmap_mode="r"))
+    q = rng.standard_normal((60, 32)).astype(np.float32)
+    rows = np.stack([rng.choice(np.r_[0:7, 10:5000], 40, replace=False) for _ in range(60)])  # as a graph returns
+    rows[:, :2] = [7, 9]
+    rows[::3, -5:] = -1
+    ids = np.where(rows >= 0, rows + 100, -1)
+    want_s = np.full((60, 10), -np.inf, np.float32)
+    want_i = np.full((60, 10), -1, np.int64)
+    for j in range(60):
+        r = rows[j][rows[j] >= 0]
+        s = x[r] @ q[j]
+        o = np.lexsort((r, -s))[:10]
+        want_s[j], want_i[j] = s[o], r[o] + 100
+    monkeypatch.setattr(fb, "RESCORE_BLOCK", 100)  # several blocks
+    for release in (None, tmp_path / "v.npy"):
+        s, i = fb._rescore(vec, q, rows, ids, 10, release=release)
+        np.testing.assert_array_equal(i, want_i)
+        np.testing.assert_allclose(s, want_s, rtol=1e-5, atol=1e-5)
+
+
+def test_graph_dims_option_is_validated(folder):
+    for bad in (0, -3, "16", 2.5, True):
+        with pytest.raises(InvalidInputError, match="graph_dims"):
+            FaissBackend(folder, DIM, {"graph_dims": bad})
+    assert FaissBackend(folder, DIM, {"graph_dims": "auto"}).graph_dims is None
 
 
 def test_single_queries_searched_segment_by_segment_in_threads_equal_the_batch(folder):

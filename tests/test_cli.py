@@ -60,6 +60,17 @@ def test_index_query_info_remove_round_trip(run, tmp_path, tiny_weights):
     assert json.loads(run("remove", "--index", "demo", "--camera", "2", "--json").output) == {"removed": 4, "total": 5}
 
 
+def test_info_line_names_projected_graph_dimensions():
+    from reid_engine.cli.commands import _describe_backend
+
+    segs = [{"kind": "graph", "rows": 9, "graph_dim": 176}, {"kind": "graph", "rows": 5, "graph_dim": 512},
+            {"kind": "flat", "rows": 2}]
+    text = _describe_backend({"backend": "faiss", "index_type": "hnsw", "dim": 512, "graph_m": 32, "segments": segs})
+    assert text.endswith("3 segments (1 flat, 2 graph); graphs over 176/512 of 512 dimensions (re-scored with all)")
+    unprojected = [{"kind": "graph", "rows": 9, "graph_dim": 512}]
+    assert "dimensions" not in _describe_backend({"backend": "faiss", "dim": 512, "segments": unprojected})
+
+
 def test_encoders_lists_the_registry(run):
     rows = json.loads(run("encoders", "--json").output)
     names = {r["name"] for r in rows}

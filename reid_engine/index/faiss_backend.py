@@ -11,6 +11,9 @@ On disk (all files immutable once renamed into place, names carry the generation
   A graph segment has ``.hnsw`` (a FAISS HNSW index over its rows, in row order) and no
   ``.vec.npy``: its vectors are the graph's own storage, memory-mapped, so they are on disk and in
   memory once (state entry ``"vectors": "graph"``; older graph segments keep a ``.vec.npy``).
+  A projected graph segment (state entry ``"proj": d``) keeps its vectors in ``.vec.npy`` and
+  ``.proj.npy`` float32 (d, D): orthonormal rows; its graph holds the rows projected onto them
+  (d < D), and a search re-scores the graph's candidates with the full vectors.
 - ``tomb-<gen>-<token>.npy`` int64 (2, T): removed ids and the generation that removed them
   (a removal hides the id in segments written before it, so a re-added id lives again).
 - ``quant-<gen>-<token>.npy`` float32 (nlist, D): the trained coarse quantizer.
@@ -90,6 +93,87 @@ GRAPH_EF_SEARCH = 128
 #: 24.80 (7.4 / 9.8 / 16.9 ms a pool search): power 0.65 gives the 1200
 GRAPH_BEAM_ROWS = 32768
 GRAPH_BEAM_POWER = 0.65
+
+
+#: a new graph holds its rows projected onto the leading eigenvectors of their second moment, as few as leave
+#: at most 1 - GRAPH_ENERGY of their variance out, when that takes at most GRAPH_PROJECT_SHARE of the dimensions;
+#: a search re-scores the graph's candidates (GRAPH_REFINE times the results wanted, the beam at most) with the
+#: full vectors. Inserting a row and walking the graph cost about the projected dimension: on tools/bench_scale.py
+#: rows (OSNet x0.25, 512-d) that is 176 dimensions, and a 200k-row graph inserted 32k rows 1.9x faster at 192
+#: dimensions (2.5x at 128), with the same recall@10 after re-scoring (docs/storage.md)
+GRAPH_ENERGY = 0.99
+GRAPH_PROJECT_SHARE = 0.75
+GRAPH_REFINE = 4
+#: rows sampled (evenly spread over a new graph's rows) to fit its projection
+GRAPH_PROJECT_SAMPLE = 32768
+#: the default beam of a projected graph is this many times that of a full one: its walk costs about d / D as
+#: much per step. On the two 176-d graphs of a 1M tools/bench_scale.py index, beams of 1x / 1.5x / 2x gave a pool
+#: of 100 with recall 0.9936 / 0.9971 / 0.9988 and the default re-ranking's mAP@100 26.75 / 26.96 / 27.18 (exact
+#: first stage 27.50) in 7.7 / 10.2 / 13.2 ms a pool search; graphs over the full vectors gave 0.9940 and 27.06 in
+#: 12.0 ms (same machine)
+GRAPH_PROJECTED_BEAM = 2.0
+#: rows a batch search re-scores between drops of the pages it read (at most 64 KB mapped per row: fault-around)
+RESCORE_BLOCK = 2048
+
+
+def graph_projection(sample: np.ndarray, energy: float = GRAPH_ENERGY, max_share: float = GRAPH_PROJECT_SHARE,
+                     dims: Optional[int] = None) -> Optional[np.ndarray]:
+    """Orthonormal rows (d, D): the leading eigenvectors of the sample's second moment ``X^T X``, the fewest (d
+    rounded up to a multiple of 16) whose residual keeps at most ``1 - energy`` of the rows' variance about their
+    mean (the spread that tells neighbours apart, not the mean direction every row shares); None when that needs
+    more than ``max_share`` of the D dimensions or the sample has fewer rows than D (too few to tell). With
+    ``dims``, exactly that many (None when it is D or more)."""
+    x = np.asarray(sample, np.float64)
+    n, dim = x.shape
+    if dims is not None and dims >= dim:
+        return None
+    if dims is None and (n < dim or dim < 32):
+        return None
+    w, v = np.linalg.eigh(x.T @ x)
+    w = np.clip(w[::-1], 0.0, None)
+    v = v[:, ::-1]
+    if dims is None:
+        spread = float(w.sum()) - n * float(np.square(x.mean(axis=0)).sum())
+        if spread <= 0.0:
+            return None
+        residual = float(w.sum()) - np.cumsum(w)
+        d = int(np.argmax(residual <= (1.0 - energy) * spread)) + 1
+        d = min(dim, -(-d // 16) * 16)
+        if d > max_share * dim:
+            return None
+    else:
+        d = dims
+    return np.ascontiguousarray(v[:, :d].T, np.float32)
+
+
+def _spread_sample(vectors: Any, rows: int, size: int = GRAPH_PROJECT_SAMPLE, blocks: int = 8) -> np.ndarray:
+    """Up to ``size`` of rows 0..rows of ``vectors(a, b)``, read in ``blocks`` runs spread evenly over them."""
+    if rows <= size:
+        return np.asarray(vectors(0, rows), np.float32)
+    run = size // blocks
+    starts = np.linspace(0, rows - run, blocks).astype(np.int64)
+    return np.concatenate([np.asarray(vectors(int(a), int(a) + run), np.float32) for a in starts])
+
+
+def _rescore(vec: np.ndarray, q: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int,
+             release: Optional[Path] = None) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of each query's candidate ``rows`` of ``vec`` (-1: none; ``ids``: their ids) by exact inner
+    product with it: (similarities, ids), ties by ascending id, -inf / -1 where fewer.
+
+    With ``release`` (the file ``vec`` maps), the pages read are dropped from this process after every block of
+    RESCORE_BLOCK rows: a batch re-scores rows all over the file, which would otherwise stay resident beside the
+    graph (a commit's neighbour search touches most of them)."""
+    sims = np.full(rows.shape, -np.inf, np.float32)
+    drop = release is not None and vec.size > 0 and _file_mapped(*_page_range(vec), release)
+    block = max(1, (RESCORE_BLOCK if drop else 8 * RESCORE_BLOCK) // max(rows.shape[1], 1))
+    for i0 in range(0, len(q), block):
+        r = rows[i0:i0 + block]
+        x = vec[np.maximum(r, 0).ravel()].reshape(*r.shape, vec.shape[1])
+        if drop:
+            _drop_mapped(vec)
+        s = np.einsum("qkd,qd->qk", x, q[i0:i0 + block], dtype=np.float32)
+        sims[i0:i0 + block] = np.where(r >= 0, s, -np.inf)
+    return top_k_rows(sims, ids, k)
 
 
 def graph_beam(ef: int, k: int, rows: int, scaled: bool = True) -> int:
@@ -237,10 +321,14 @@ class _Segment:
     """A memory-mapped segment (with its HNSW graph when it has one)."""
 
     def __init__(self, folder: Path, name: str, rows: int, dim: int, graph: bool = False,
-                 vectors_in_graph: bool = False):
+                 vectors_in_graph: bool = False, proj: int = 0):
         self.name = name
         self.seq = int(name.split("-")[1])
-        graph = graph or vectors_in_graph
+        graph = graph or vectors_in_graph or proj > 0
+        #: (d, D) rows the graph's vectors are projected onto (None: the graph holds the vectors themselves)
+        self.proj: Optional[np.ndarray] = None
+        #: the file ``vec`` is a read-only mapping of
+        self.vec_path = folder / f"{name}{_GRAPH_SUFFIX if vectors_in_graph else _VEC_SUFFIX}"
         try:
             meta = json.loads((folder / f"{name}.json").read_text())
             # plain ndarray views of the maps: indexing a np.memmap costs ~0.25 ms a call
@@ -275,9 +363,21 @@ class _Segment:
             except RuntimeError as exc:
                 raise IndexCorruptError(f"vector segment {name}: graph {path.name} cannot be read "
                                         f"({str(exc).splitlines()[0]})") from None
-            if self.graph.ntotal != rows or self.graph.d != dim:
+            gdim = proj or dim
+            if self.graph.ntotal != rows or self.graph.d != gdim:
                 raise IndexCorruptError(f"vector segment {name}: graph of {self.graph.ntotal} x {self.graph.d}, "
-                                        f"expected {rows} x {dim}")
+                                        f"expected {rows} x {gdim}")
+            if proj:
+                ppath = folder / f"{name}{_PROJ_SUFFIX}"
+                try:
+                    self.proj = np.ascontiguousarray(np.load(ppath), np.float32)
+                except (OSError, ValueError) as exc:
+                    raise IndexCorruptError(f"vector segment {name}: projection {ppath.name} cannot be read "
+                                            f"({exc})") from None
+                if self.proj.shape != (proj, dim):
+                    raise IndexCorruptError(f"vector segment {name}: projection of shape {self.proj.shape}, "
+                                            f"expected {(proj, dim)}")
+                self.nbytes += ppath.stat().st_size
             self.kind = "graph"
             self.nbytes += path.stat().st_size
             if vectors_in_graph:
@@ -312,6 +412,7 @@ class _Segment:
 _VEC_SUFFIX = ".vec.npy"
 _SEG_SUFFIXES = (_VEC_SUFFIX, ".ids.npy", ".aux.npy", ".ts.npy", ".json")
 _GRAPH_SUFFIX = ".hnsw"
+_PROJ_SUFFIX = ".proj.npy"
 
 
 def _reserve_storage(index: Any, nbytes: int, used: int = 0) -> None:
@@ -480,6 +581,8 @@ def _files_of(state: dict[str, Any]) -> set[str]:
         out.update(s["name"] + suf for suf in _SEG_SUFFIXES if not (suf == _VEC_SUFFIX and s.get("vectors") == "graph"))
         if s.get("graph"):
             out.add(s["name"] + _GRAPH_SUFFIX)
+        if s.get("proj"):
+            out.add(s["name"] + _PROJ_SUFFIX)
     if state.get("tombstones"):
         out.add(state["tombstones"]["file"])
     if state.get("quantizer"):
@@ -645,6 +748,12 @@ class FaissBackend(VectorBackend):
         #: the largest graph a background merge grows (it starts a new graph past it)
         self.background_graph_rows = int(o.get("background_graph_rows",
                                                max(1, self.graph_rows // BACKGROUND_GROWTH_DIVISOR)))
+        #: the dimension new graphs project their rows to (None: chosen per graph by graph_projection; the
+        #: vectors' own dimension or more: never projected)
+        gd = o.get("graph_dims")
+        if gd not in (None, "auto") and (isinstance(gd, bool) or not isinstance(gd, (int, np.integer)) or gd < 1):
+            raise InvalidInputError(f"faiss backend option graph_dims={gd!r}: expected \"auto\" or a positive integer")
+        self.graph_dims: Optional[int] = None if gd in (None, "auto") else int(gd)
         self.retrain_growth = float(o.get("retrain_growth", 4.0))
         self.nlist_factor = float(o.get("nlist_factor", 4.0))
         self.train_points = int(o.get("train_points_per_list", 32))
@@ -678,6 +787,11 @@ class FaissBackend(VectorBackend):
             self._view = view
             self._cache = {s.name: s for s in view.segments}
 
+    def _segment(self, entry: dict[str, Any]) -> _Segment:
+        """The segment a state entry names, opened."""
+        return _Segment(self.folder, entry["name"], int(entry["rows"]), self.dim, graph=bool(entry.get("graph")),
+                        vectors_in_graph=entry.get("vectors") == "graph", proj=int(entry.get("proj") or 0))
+
     def _open(self, state: dict[str, Any]) -> _View:
         if state.get("format") != FORMAT or int(state.get("dim", -1)) != self.dim:
             raise IndexCorruptError(
@@ -686,9 +800,7 @@ class FaissBackend(VectorBackend):
             )
         view = _View(state=json.loads(json.dumps(state)))
         for s in state["segments"]:
-            seg = self._cache.get(s["name"]) or _Segment(self.folder, s["name"], int(s["rows"]), self.dim,
-                                                         graph=bool(s.get("graph")),
-                                                         vectors_in_graph=s.get("vectors") == "graph")
+            seg = self._cache.get(s["name"]) or self._segment(s)
             view.segments.append(seg)
         if state.get("tombstones"):
             t = np.load(self.folder / state["tombstones"]["file"])
@@ -794,7 +906,7 @@ class FaissBackend(VectorBackend):
     def _remove_files(self, names: Sequence[str]) -> None:
         for n in names:
             if n.startswith("seg-") and "." not in n:
-                for suf in _SEG_SUFFIXES + (_GRAPH_SUFFIX,):
+                for suf in _SEG_SUFFIXES + (_GRAPH_SUFFIX, _PROJ_SUFFIX):
                     (self.folder / (n + suf)).unlink(missing_ok=True)
             else:
                 (self.folder / n).unlink(missing_ok=True)
@@ -867,11 +979,11 @@ class FaissBackend(VectorBackend):
             name = self._new_name("seg", job.seq)
             job.files.append(name)
             with _threads(threads or faiss.omp_get_max_threads()):
-                rows = self._merge(view, job.merge, centroids, name, graph=graph, base=job.base)
+                rows, proj = self._merge(view, job.merge, centroids, name, graph=graph, base=job.base)
             if rows:
                 kind = "graph" if graph else "ivf" if centroids is not None and self.mode != "flat" else "flat"
-                job.segment = {"name": name, "rows": rows, "kind": kind,
-                               **({"graph": True, "vectors": "graph"} if graph else {})}
+                store = {"graph": True, "proj": proj} if proj else {"graph": True, "vectors": "graph"}
+                job.segment = {"name": name, "rows": rows, "kind": kind, **(store if graph else {})}
             else:
                 self._remove_files([name])
                 job.files.remove(name)
@@ -905,8 +1017,7 @@ class FaissBackend(VectorBackend):
         stays = [seg for seg in view.segments if seg.name not in consumed]
         if job.segment is not None:
             kept.append(job.segment)
-            seg = _Segment(self.folder, job.segment["name"], int(job.segment["rows"]), self.dim,
-                           graph=bool(job.segment.get("graph")), vectors_in_graph=job.segment.get("vectors") == "graph")
+            seg = self._segment(job.segment)
             self._cache.setdefault(seg.name, seg)
             stays.append(seg)
         state["segments"] = kept
@@ -1014,10 +1125,12 @@ class FaissBackend(VectorBackend):
                 if s.kind == "graph" and i not in merge and not view.ndead[i] and s.rows + adding <= grow_to]
         return max(room, key=lambda i: (view.segments[i].rows, view.segments[i].seq), default=None)
 
-    def _build_graph(self, name: str, rows: int, vectors: Any, grow: Optional[_Segment] = None) -> None:
+    def _build_graph(self, name: str, rows: int, vectors: Any, grow: Optional[_Segment] = None) -> int:
         """Build the HNSW graph of a segment's rows (``vectors(a, b)``: rows a..b in the segment's order) and
-        write it durably; the graph's storage is the segment's vectors. With ``grow`` (a graph segment whose
-        rows are this segment's first rows) its graph is read and only the remaining rows are inserted."""
+        write it durably; return the dimension it was projected to (0: the graph's storage is the segment's
+        vectors). With ``grow`` (a graph segment whose rows are this segment's first rows) its graph is read
+        and only the remaining rows are inserted, projected as it was; a new graph is projected as
+        ``graph_projection`` finds on a sample of its rows (or to the ``graph_dims`` option)."""
         assert self.graph_m is not None  # only graph modes build graphs
         t0 = time.perf_counter()
         start = 0
@@ -1026,7 +1139,10 @@ class FaissBackend(VectorBackend):
         # built is the only one held in memory meanwhile
         for seg in self._view.segments:
             if seg.graph is not None:
-                _release_pages(seg.vec, self.folder / f"{seg.name}{_GRAPH_SUFFIX}")
+                graph_file = self.folder / f"{seg.name}{_GRAPH_SUFFIX}"
+                _release_pages(_graph_vectors(seg.graph, seg.rows, seg.graph.d), graph_file)
+                _release_pages(seg.vec, seg.vec_path)
+        proj: Optional[np.ndarray]
         if grow is not None:
             path = self.folder / f"{grow.name}{_GRAPH_SUFFIX}"
             try:  # a private copy in memory, with room for the rows to add: the mapped one stays for readers
@@ -1037,21 +1153,28 @@ class FaissBackend(VectorBackend):
             start = grow.rows
             if index.ntotal != start:
                 raise IndexCorruptError(f"vector segment {grow.name}: graph of {index.ntotal} rows, expected {start}")
+            proj = grow.proj
         else:
-            index = faiss.IndexHNSWFlat(self.dim, self.graph_m, faiss.METRIC_INNER_PRODUCT)
+            proj = graph_projection(_spread_sample(vectors, rows), dims=self.graph_dims)
+            gdim = self.dim if proj is None else len(proj)
+            index = faiss.IndexHNSWFlat(gdim, self.graph_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = GRAPH_EF_CONSTRUCTION
-            _reserve_storage(index, rows * self.dim * 4)
+            _reserve_storage(index, rows * gdim * 4)
         with _threads(faiss.omp_get_max_threads()):
             for i0 in range(start, rows, _BLOCK):
-                index.add(np.ascontiguousarray(vectors(i0, min(rows, i0 + _BLOCK)), np.float32))
+                block = np.asarray(vectors(i0, min(rows, i0 + _BLOCK)), np.float32)
+                index.add(np.ascontiguousarray(block if proj is None else block @ proj.T, np.float32))
+        if proj is not None:
+            _save_npy(self.folder / f"{name}{_PROJ_SUFFIX}", proj)
         path = self.folder / f"{name}{_GRAPH_SUFFIX}"
         tmp = path.with_name(path.name + ".tmp" + secrets.token_hex(4))
         faiss.write_index(index, str(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        log.info("built the HNSW%d graph of %s (%d rows, %d inserted) in %.1f s", self.graph_m, name, rows,
-                 rows - start, time.perf_counter() - t0)
+        log.info("built the HNSW%d graph of %s (%d rows, %d inserted, %d dimensions) in %.1f s", self.graph_m, name,
+                 rows, rows - start, index.d, time.perf_counter() - t0)
+        return 0 if proj is None else len(proj)
 
     def _train(self, view: _View) -> np.ndarray:
         """Spherical k-means centroids on a sample of the live vectors."""
@@ -1084,10 +1207,11 @@ class FaissBackend(VectorBackend):
         return out
 
     def _merge(self, view: _View, merge: set[int], centroids: Optional[np.ndarray], name: str,
-               graph: bool = False, base: Optional[int] = None) -> int:
+               graph: bool = False, base: Optional[int] = None) -> tuple[int, int]:
         """Write the live rows of segments ``merge`` as one new segment (with its graph when ``graph``); return
-        its row count. With ``base`` (a graph segment in ``merge`` with no removed rows) the new segment is that
-        graph grown by the other segments' rows: its rows first, in their order, and only the others inserted."""
+        its row count and its graph's projected dimension (0: none). With ``base`` (a graph segment in ``merge``
+        with no removed rows) the new segment is that graph grown by the other segments' rows: its rows first, in
+        their order, and only the others inserted."""
         picked = sorted(merge) if base is None else [base] + sorted(merge - {base})
         segs = [view.segments[i] for i in picked]
         deads = [view.dead[i] for i in picked]
@@ -1128,7 +1252,7 @@ class FaissBackend(VectorBackend):
                 lists_l.append(lst)
         ids = np.concatenate(ids_l) if ids_l else np.zeros(0, np.int64)
         if ids.size == 0:
-            return 0
+            return 0, 0
         if ivf:
             assert centroids is not None  # ivf implies centroids
             lists = np.concatenate(lists_l)
@@ -1151,14 +1275,19 @@ class FaissBackend(VectorBackend):
                 sel = np.flatnonzero(ss == si)
                 if sel.size:
                     out[sel] = seg.vec[rr[sel]]
+                    # the pages read are dropped from this process (a merge reads each row once): a grown
+                    # graph's rows would otherwise stay in memory beside the graph being built
+                    lo, hi = int(rr[sel].min()), int(rr[sel].max()) + 1
+                    _release_pages(seg.vec[lo:hi], seg.vec_path)
             return out
 
         data = _SegmentData(ids=ids[order], codes=np.concatenate(codes_l, axis=1)[:, order], vocab=vocab,
                             ts=np.concatenate(ts_l)[order], vectors=vectors, lists=offsets)
-        if graph:  # the graph first: the segment's vectors are its storage
-            self._build_graph(name, int(ids.size), vectors, grow=segs[0] if base is not None else None)
-        _write_segment(self.folder, name, data, self.dim, vectors=not graph)
-        return int(ids.size)
+        proj = 0
+        if graph:  # the graph first: unless projected, the segment's vectors are its storage
+            proj = self._build_graph(name, int(ids.size), vectors, grow=segs[0] if base is not None else None)
+        _write_segment(self.folder, name, data, self.dim, vectors=not graph or proj > 0)
+        return int(ids.size), proj
 
     # -- reading ------------------------------------------------------------------------------
     @property
@@ -1246,7 +1375,8 @@ class FaissBackend(VectorBackend):
             "nprobe": self._defaults(view).get("nprobe") if ivf else None,
             "trained_rows": q.get("trained_rows") if q else None,
             "exact_threshold": self.exact_threshold,
-            "segments": [{"name": s.name, "kind": s.kind, "rows": s.rows, "removed": d}
+            "segments": [{"name": s.name, "kind": s.kind, "rows": s.rows, "removed": d,
+                          **({"graph_dim": int(s.graph.d)} if s.graph is not None else {})}
                          for s, d in zip(view.segments, view.ndead)],
             "tombstones": int(view.tomb_ids.size),
             "bytes_on_disk": folder_bytes,
@@ -1389,18 +1519,28 @@ class FaissBackend(VectorBackend):
         # enough room for k of them (twice k: a beam barely wider than k loses recall at its tail), widened with
         # the graph's size like an unfiltered walk
         params.efSearch = graph_beam(ef, k, seg.rows, scaled)
+        if seg.proj is not None and scaled:  # a walk over projected rows is cheaper: widen the default beam
+            params.efSearch = min(4096, math.ceil(params.efSearch * GRAPH_PROJECTED_BEAM))
         packed = None
         if keep is not None:
             packed = np.packbits(keep, bitorder="little")
             params.sel = faiss.IDSelectorBitmap(len(packed), faiss.swig_ptr(packed))
         kk = min(k, seg.rows)
         assert seg.graph is not None  # only graph segments come here
-        sims, rows_found = seg.graph.search(q, kk, params=params)
+        if seg.proj is None:
+            sims, rows_found = seg.graph.search(q, kk, params=params)
+        else:  # the projected graph's best candidates, re-scored with the full vectors: GRAPH_REFINE x k with the
+            # default beam; the whole beam with one the caller chose or one as wide as the graph (then exact)
+            whole = not scaled or params.efSearch >= seg.rows
+            want = min(seg.rows, max(kk, params.efSearch if whole else min(params.efSearch, GRAPH_REFINE * k)))
+            _, rows_found = seg.graph.search(np.ascontiguousarray(q @ seg.proj.T, np.float32), want, params=params)
         del packed  # the selector reads the bitmap until the search returns
-        sims = np.asarray(sims, np.float32)
         found = np.asarray(rows_found, np.int64)
         ids = np.where(found >= 0, np.asarray(seg.ids)[np.maximum(found, 0)], -1)
-        sims = np.where(found >= 0, sims, -np.inf).astype(np.float32)
+        if seg.proj is not None:
+            sims, ids = _rescore(seg.vec, q, found, ids, kk,
+                                 release=seg.vec_path if len(q) >= SEGMENT_THREADS_BELOW else None)
+        sims = np.where(ids >= 0, np.asarray(sims, np.float32), -np.inf).astype(np.float32)
         if kk < k:
             sims = np.concatenate([sims, np.full((len(q), k - kk), -np.inf, np.float32)], 1)
             ids = np.concatenate([ids, np.full((len(q), k - kk), -1, np.int64)], 1)
