@@ -315,6 +315,14 @@ def test_graph_projection_keeps_the_leading_directions_of_the_rows():
     assert graph_projection(rng.standard_normal((3000, 96)), energy=0.99) is None  # isotropic: no gain
     assert graph_projection(x[:50], energy=0.99) is None  # fewer rows than dimensions
     assert graph_projection(x, dims=8).shape == (8, 96)
+    # a large mean shared by every row (as ReLU embeddings have) does not count as spread: the 20 directions that
+    # tell the rows apart are kept although the mean alone holds 99% of the energy
+    mean = 10.0 * np.linalg.qr(rng.standard_normal((96, 21)))[0][:, 0]
+    spread = np.linalg.qr(np.c_[mean, basis])[0][:, 1:]  # orthogonal to the mean
+    y = mean + 0.22 * rng.standard_normal((3000, 20)) @ spread.T + 0.001 * rng.standard_normal((3000, 96))
+    p = graph_projection(y, energy=0.99)
+    assert p is not None and p.shape == (32, 96)
+    np.testing.assert_allclose((spread.T @ p.T) @ p, spread.T, atol=1e-3)
     assert graph_projection(x, dims=96) is None
 
 
