@@ -1140,7 +1140,8 @@ class FaissBackend(VectorBackend):
         for seg in self._view.segments:
             if seg.graph is not None:
                 graph_file = self.folder / f"{seg.name}{_GRAPH_SUFFIX}"
-                _release_pages(_graph_vectors(seg.graph, seg.rows, seg.graph.d), graph_file)
+                if seg.vec_path != graph_file:  # else ``vec`` is the graph's storage: released just below
+                    _release_pages(_graph_vectors(seg.graph, seg.rows, seg.graph.d), graph_file)
                 _release_pages(seg.vec, seg.vec_path)
         proj: Optional[np.ndarray]
         if grow is not None:
