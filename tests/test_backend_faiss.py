@@ -11,6 +11,7 @@ import pytest
 
 from reid_engine.errors import InvalidInputError
 from reid_engine.index.backend import Changes, SearchFilter, SearchParams, get_backend
+from reid_engine.index import faiss_backend
 from reid_engine.index.faiss_backend import FaissBackend, parse_factory
 from reid_engine.index.topk import top_k_rows
 
@@ -108,6 +109,55 @@ def test_topk_merge_keeps_the_smallest_ids_among_tied_candidates():
         o = np.lexsort((ids[r][ok], -s[r][ok]))[:k]
         np.testing.assert_array_equal(gi[r], ids[r][ok][o])
         np.testing.assert_array_equal(gs[r], s[r][ok][o])
+
+
+def test_topk_of_wide_rows_with_ties_at_the_kth_score():
+    """Rows wide enough for both narrowing passes (a sampled bound, then the exact k-th) with many scores equal
+    to the k-th: the result is the full sort's, smallest ids first among the ties."""
+    rng = np.random.default_rng(3)
+    k = 20
+    s = rng.standard_normal((8, 6000)).astype(np.float32)
+    for r in range(8):  # 30 columns tied at about the 15th best score
+        kth = np.sort(s[r])[::-1][14]
+        s[r, rng.choice(6000, 30, replace=False)] = kth
+    ids = np.stack([rng.permutation(100_000)[:6000] for _ in range(8)]).astype(np.int64)
+    gs, gi = top_k_rows(s, ids, k)
+    for r in range(8):
+        o = np.lexsort((ids[r], -s[r]))[:k]
+        np.testing.assert_array_equal(gi[r], ids[r][o])
+        np.testing.assert_array_equal(gs[r], s[r][o])
+
+
+@pytest.mark.parametrize("nq,n,k", [(50, 1000, 10), (64, 300, 400), (25, 2000, 1)])
+def test_batch_exact_knn_against_brute_force(monkeypatch, nq, n, k):
+    """The batch path (NumPy scores, FAISS heaps), in blocks over queries and rows: each query's best rows by a
+    full sort of its inner products, padded with -1 past the rows."""
+    monkeypatch.setattr(faiss_backend, "KNN_BLOCK_SCORES", 2048)
+    monkeypatch.setattr(faiss_backend, "KNN_BLOCK_ROWS", 128)
+    rng = np.random.default_rng(4)
+    q, x = rng.standard_normal((nq, 16)).astype(np.float32), rng.standard_normal((n, 16)).astype(np.float32)
+    s, r = faiss_backend.knn_inner_product(q, x, k)
+    full = q.astype(np.float64) @ x.T.astype(np.float64)
+    want = np.argsort(-full, axis=1, kind="stable")[:, :k]
+    got = min(k, n)
+    np.testing.assert_array_equal(r[:, :got], want)
+    np.testing.assert_allclose(s[:, :got], np.take_along_axis(full, want, 1), atol=1e-5)
+    assert (r[:, got:] == -1).all()
+
+
+def test_batch_exact_knn_keeps_the_first_rows_among_ties(monkeypatch):
+    """Duplicated rows: like FAISS's own search, the batch path keeps the earliest rows of a tie (so a segment,
+    whose rows are in id order, gives its smallest ids; the backend orders ties by id after)."""
+    monkeypatch.setattr(faiss_backend, "KNN_BLOCK_SCORES", 4096)
+    monkeypatch.setattr(faiss_backend, "KNN_BLOCK_ROWS", 100)
+    rng = np.random.default_rng(5)
+    base = unit(rng, 3)
+    x = base[rng.integers(0, 3, 900)]
+    q = np.repeat(base, 10, axis=0)
+    s, r = faiss_backend.knn_inner_product(q, x, 25)
+    for i in range(len(q)):
+        sims = np.round(x @ q[i], 5)
+        np.testing.assert_array_equal(np.sort(r[i]), np.sort(np.lexsort((np.arange(900), -sims))[:25]))
 
 
 def test_search_over_duplicated_vectors_returns_the_smallest_ids(folder):

@@ -7,6 +7,7 @@ search, and NumPy brute-force top-k latency in the same run.
 
     python tools/bench_backend.py --n 1000000
     python tools/bench_backend.py --threshold      # exact vs IVF latency by gallery size
+    python tools/bench_backend.py --knn            # batch exact search: the backend's path vs faiss.knn and NumPy
 """
 from __future__ import annotations
 
@@ -218,6 +219,50 @@ def threshold(args) -> dict:
     return {"threshold": rows}
 
 
+def knn(args) -> dict:
+    """Batch exact top-k (a commit's new rows searching the flat segments for their neighbours): the backend's
+    ``knn_inner_product`` against ``faiss.knn`` (the previous path) and NumPy's matrix product + argpartition,
+    with the share of result ids the three agree on."""
+    import faiss
+
+    from reid_engine.index.faiss_backend import knn_inner_product
+
+    data = Synthetic(args.knn_rows + args.knn_queries, args.dim, args.seed)
+    _, x, _ = data.chunk(0, args.knn_rows)
+    _, q, _ = data.chunk(args.knn_rows, args.knn_rows + args.knn_queries)
+    rows = []
+    for k in (10, 40):
+        def engine(k: int = k) -> np.ndarray:
+            return knn_inner_product(q, x, k)[1]
+
+        def faiss_knn(k: int = k) -> np.ndarray:
+            return faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+
+        def numpy_knn(k: int = k) -> np.ndarray:
+            out = []
+            for i0 in range(0, len(q), 1024):
+                s = q[i0:i0 + 1024] @ x.T
+                top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+                order = np.argsort(-np.take_along_axis(s, top, 1), axis=1)
+                out.append(np.take_along_axis(top, order, 1))
+            return np.concatenate(out)
+
+        got = {}
+        row: dict = {"queries": len(q), "rows": len(x), "k": k}
+        for name, fn in (("engine", engine), ("faiss_knn", faiss_knn), ("numpy", numpy_knn)):
+            times = []
+            for _ in range(args.knn_reps):
+                t = time.perf_counter()
+                got[name] = fn()
+                times.append(time.perf_counter() - t)
+            row[f"{name}_s"] = round(float(np.median(times)), 3)
+        row["same_ids_as_faiss_knn"] = round(float((got["engine"] == got["faiss_knn"]).mean()), 5)
+        row["same_ids_as_numpy"] = round(float((got["engine"] == got["numpy"]).mean()), 5)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    return {"knn": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="faiss")
@@ -233,8 +278,12 @@ def main() -> None:
     ap.add_argument("--folder", default=None, help="build here and keep it (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--threshold", action="store_true", help="measure exact vs IVF latency by size instead")
+    ap.add_argument("--knn", action="store_true", help="measure batch exact search (--knn-queries x --knn-rows)")
+    ap.add_argument("--knn-queries", type=int, default=4096)
+    ap.add_argument("--knn-rows", type=int, default=4096)
+    ap.add_argument("--knn-reps", type=int, default=5)
     args = ap.parse_args()
-    print(json.dumps(threshold(args) if args.threshold else run(args)))
+    print(json.dumps(threshold(args) if args.threshold else knn(args) if args.knn else run(args)))
 
 
 if __name__ == "__main__":

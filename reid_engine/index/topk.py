@@ -15,12 +15,17 @@ def top_k_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray,
     """Per row, the ``k`` best (scores, ids) by descending score, ties by ascending id; -1 ids are padding."""
     scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
     ids = np.broadcast_to(np.asarray(ids, np.int64), scores.shape)
-    if k >= 1 and scores.shape[1] > 2 * k + 16:  # only the columns that can be in the top k: sorting wide rows is slow
+    # only the columns that can be in the top k: sorting wide rows is slow. A sampled bound keeps a few times k
+    # columns of a wide row; a second pass over those, with the exact k-th, leaves about k (ties included)
+    for _ in range(2):
+        if not (k >= 1 and scores.shape[1] > 2 * k + 16):
+            break
         cols = _columns_at_or_above_kth(scores, k)
-        if cols is not None:
-            keep = np.maximum(cols, 0)
-            scores = np.where(cols >= 0, np.take_along_axis(scores, keep, 1), -np.inf)
-            ids = np.where(cols >= 0, np.take_along_axis(ids, keep, 1), -1)
+        if cols is None:
+            break
+        keep = np.maximum(cols, 0)
+        scores = np.where(cols >= 0, np.take_along_axis(scores, keep, 1), -np.inf)
+        ids = np.where(cols >= 0, np.take_along_axis(ids, keep, 1), -1)
     big = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
     order = np.lexsort((big, -scores), axis=-1)[:, :k]
     s = np.take_along_axis(scores, order, 1)
