@@ -5,9 +5,9 @@ similarities, self excluded), kept incrementally. A commit finds the new rows'
 neighbours with ``gallery.search`` (the committed gallery) plus among the new
 rows themselves, and updates every old row whose list a new row enters. That
 reverse check reuses the new rows' own search results: an old row b takes a new
-row a when ``sim(a, b)`` beats b's current ``width``-th similarity. The search
-is widened (up to ``max_search`` results) until its last similarity is below the
-smallest ``width``-th similarity of the gallery, so with an exact search and no
+row a when ``sim(a, b)`` beats b's current ``width``-th similarity. A new row
+whose ``width``-th similarity is above the smallest ``width``-th similarity of
+the gallery is searched again for ``max_search`` results, so with an exact search and no
 ties the lists equal an all-pairs computation; past ``max_search`` an old row
 can miss a new neighbour. Removed ids are dropped from the lists (the lists that
 shrank are refilled by ``compact``). Files: one ``hook-neighbours-<generation>.npz``
@@ -430,16 +430,18 @@ class NeighboursHook(IndexHook):
         # own ``width`` neighbours, so a commit costs the same whatever the gallery's size (an old row misses a
         # new neighbour only when that neighbour does not have the old row among its own ``width``)
         limit = min(count, self.max_search) if count <= EXACT_LISTS_UP_TO else r
-        while r < limit:
+        if r < limit:
             last = np.where(i[:, -1] >= 0, s[:, -1], -np.inf)
             todo = np.nonzero(last > min_kth)[0]  # an old row may still take this new row beyond rank r
-            if len(todo) == 0:
-                break
-            r = min(limit, 2 * r)
-            s2, i2 = gallery.search(x[todo], r, params=HOOK_SEARCH)
-            s = np.concatenate([s, np.full((len(s), r - s.shape[1]), -np.inf, np.float32)], 1)
-            i = np.concatenate([i, np.full((len(i), r - i.shape[1]), -1, np.int64)], 1)
-            s[todo], i[todo] = np.asarray(s2, np.float32), np.asarray(i2, np.int64)
+            # one search to the limit, not a doubling series: each search scores every row, and keeping
+            # more of them costs little (4,096 rows against 41k: 1.2 s for 16 each, 1.8 s for 256). The rows
+            # a doubling would have stopped earlier get more columns, which never enter a list: their
+            # similarities are at most ``min_kth``, and a row enters a list only above its k-th
+            if len(todo):
+                s2, i2 = gallery.search(x[todo], limit, params=HOOK_SEARCH)
+                s = np.concatenate([s, np.full((len(s), limit - r), -np.inf, np.float32)], 1)
+                i = np.concatenate([i, np.full((len(i), limit - r), -1, np.int64)], 1)
+                s[todo], i[todo] = np.asarray(s2, np.float32), np.asarray(i2, np.int64)
         return s, i
 
     def compact(self, folder: Path, generation: int, state: dict[str, Any], gallery: GalleryView) -> dict[str, Any]:
