@@ -243,6 +243,31 @@ class BackendConformance:
                     g.backend.stored_fields(gone)
             g.compact(force=True)
 
+    def test_track_members_are_the_live_ids_of_each_track(self, tmp_path):
+        """A backend that keeps the tracks lists each named track's live ids, ascending, through removals,
+        re-adds and compaction (the reference is the NumPy mirror); unknown tracks are empty; one that keeps
+        none returns None."""
+        rng = np.random.default_rng(17)
+        g = self.gallery(tmp_path)
+        for c in range(3):
+            g.add_random(rng, 150, 1 + 1000 * c)
+        g.commit(remove=np.arange(5, 3000, 7))
+        g.commit(np.array([12]), unit(rng, 1, g.backend.dim), {"camera": np.array(["c1"], dtype=object),
+                                                                 "source": np.array(["s"], dtype=object),
+                                                                 "track": np.array(["t3"], dtype=object),
+                                                                 "timestamp": np.array([1.0])})
+        ask = ["t3", "t17", "t39", "nowhere"]
+        for step in ("segments", "compacted"):
+            got = g.backend.track_members(ask)
+            if got is None:
+                return
+            assert sorted(got) == sorted(ask), step
+            for t in ask:
+                want = np.sort(g.ids[g.fields["track"] == t])
+                np.testing.assert_array_equal(got[t], want, err_msg=f"{step} {t}")
+            assert len(got["t3"]) > 5 and 12 in got["t3"] and len(got["nowhere"]) == 0
+            g.compact(force=True)
+
     FILTERS = {
         "cameras": SearchFilter(cameras=("c1", "c3")),
         "rare_camera": SearchFilter(cameras=("rare",)),

@@ -238,6 +238,11 @@ class VectorBackend(ABC):
         (the default): the backend keeps none, and the store reads them from SQL."""
         return None
 
+    def track_members(self, tracks: Sequence[str]) -> Optional[dict[str, np.ndarray]]:
+        """The live ids of each named track, ascending (empty for a track with none), when the backend keeps the
+        tracks for its filters. ``None`` (the default): the store reads them from SQL."""
+        return None
+
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What ``reid-engine info`` shows: backend, index type, parameters, segments, sizes."""

@@ -1375,6 +1375,24 @@ class FaissBackend(VectorBackend):
                 out[name][at] = values
         return {name: out[name] for name in FIELDS}
 
+    def track_members(self, tracks: Sequence[str]) -> dict[str, np.ndarray]:
+        """Live ids of each named track, from the segments' posting lists (no SQL read)."""
+        view = self._view
+        fi = STR_FIELDS.index("track")
+        found: dict[str, list[np.ndarray]] = {str(t): [] for t in tracks}
+        for seg, dead in zip(view.segments, view.dead):
+            off = seg.poff["track"]
+            for t, parts in found.items():
+                c = seg.vindex["track"].get(t)
+                if c is None:
+                    continue
+                rows = np.asarray(seg.post[fi][int(off[c + 1]):int(off[c + 2])], np.int64)
+                if dead is not None:
+                    rows = rows[~dead[rows]]
+                parts.append(np.asarray(seg.ids)[rows])
+        return {t: np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+                for t, parts in found.items()}
+
     def live_ids(self) -> np.ndarray:
         view = self._view
         parts = [np.asarray(seg.ids) if dead is None else np.asarray(seg.ids)[~dead]

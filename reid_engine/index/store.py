@@ -599,9 +599,13 @@ class IndexStore:
         return cached[1]
 
     def track_members(self, tracks: Sequence[str]) -> dict[str, np.ndarray]:
+        """Live crop ids of each named track: from the backend when it keeps tracks, else from SQL."""
         out: dict[str, list[int]] = {str(t): [] for t in tracks}
         if not out:
             return {}
+        kept = self.backend.track_members(list(out))
+        if kept is not None:
+            return kept
         with self.sql.connect() as conn:
             for part in db.chunks(list(out), 500):
                 stmt = sa.select(db.crops.c.track, db.crops.c.id).where(db.crops.c.track.in_(part))
