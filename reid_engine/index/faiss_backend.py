@@ -189,7 +189,8 @@ KNN_BLOCK_ROWS = 4096
 
 def knn_inner_product(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each query's ``k`` rows of ``x`` with the largest inner product: (similarities, row numbers), best first,
-    -inf / -1 where ``x`` has fewer rows; the same answer as ``faiss.knn`` (its heaps, its order of ties)."""
+    the lowest float32 / -1 where ``x`` has fewer rows; the same answer as ``faiss.knn`` (its heaps, its order of
+    ties)."""
     q = np.ascontiguousarray(q, np.float32)
     if len(q) < KNN_BLAS_QUERIES or len(q) * len(x) < KNN_BLOCK_SCORES // 16:
         s, r = faiss.knn(q, np.ascontiguousarray(x, np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
