@@ -178,8 +178,8 @@ def _rescore(vec: np.ndarray, q: np.ndarray, rows: np.ndarray, ids: np.ndarray, 
 
 #: from this many queries an exact search scores its rows with NumPy's matrix product and keeps each query's best
 #: in FAISS heaps (FAISS's own search takes its BLAS path from 20 queries too, with the same heaps); the matrix
-#: product of the FAISS wheel was 2.6x slower here: 4,096 queries against 4,096 rows took 0.53 s, this 0.20 s
-#: (tools/bench_backend.py --knn)
+#: product of the FAISS wheel was 2.4-3.6x slower on one machine: 4,096 queries against 4,096 rows took 0.50-0.55 s,
+#: this 0.14-0.23 s (tools/bench_backend.py --knn)
 KNN_BLAS_QUERIES = 20
 #: similarities computed per block of a batch exact search (64 MB), over at most KNN_BLOCK_ROWS rows; under 1/16
 #: of that in all, FAISS's own search
