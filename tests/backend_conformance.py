@@ -243,6 +243,25 @@ class BackendConformance:
                     g.backend.stored_fields(gone)
             g.compact(force=True)
 
+    @pytest.mark.parametrize("n_rows", [0, 7, 3000])
+    def test_knn_of_given_vectors_equals_a_full_sort(self, tmp_path, n_rows):
+        """``knn`` (exact search of vectors not in the index, e.g. a commit's new rows among themselves): each
+        query's k best rows by a full sort, the lower row first among ties (rows repeated many times), -inf / -1
+        where there are fewer rows than k."""
+        rng = np.random.default_rng(19)
+        b = self.make_backend(tmp_path, DIM)
+        x = unit(rng, 40)[rng.integers(0, 40, n_rows)] if n_rows else np.zeros((0, DIM), np.float32)
+        q = np.concatenate([x[:50], unit(rng, 30)])
+        k = 12
+        s, r = b.knn(q, x, k)
+        assert s.shape == (len(q), k) and r.shape == (len(q), k) and r.dtype == np.int64
+        full = q @ x.T
+        for j in range(len(q)):
+            o = np.lexsort((np.arange(n_rows), -full[j]))[:k]
+            assert r[j, :len(o)].tolist() == o.tolist()
+            np.testing.assert_allclose(s[j, :len(o)], full[j, o], atol=1e-5)
+            assert (r[j, len(o):] == -1).all() and np.isneginf(s[j, len(o):]).all()
+
     def test_track_members_are_the_live_ids_of_each_track(self, tmp_path):
         """A backend that keeps the tracks lists each named track's live ids, ascending, through removals,
         re-adds and compaction (the reference is the NumPy mirror); unknown tracks are empty; one that keeps

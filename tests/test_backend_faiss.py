@@ -419,6 +419,30 @@ def test_auto_graphs_of_low_rank_vectors_are_projected_and_rescored_with_the_ful
         FaissBackend(folder, dim, opts).load(state)
 
 
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_copied_rows_are_the_source_files_first_rows(tmp_path, monkeypatch, kernel_copy):
+    """_copy_rows (a grown graph's segment starts with its base's rows): the bytes appended after what the file
+    already holds are the source array's first rows, by the kernel's copy or by reading; a source shorter than
+    asked is a corrupt index."""
+    from reid_engine.errors import IndexCorruptError
+    from reid_engine.index import faiss_backend as fb
+
+    if not kernel_copy:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((300, 24)).astype(np.float32)
+    np.save(tmp_path / "src.npy", x)
+    with open(tmp_path / "out.bin", "wb") as f:
+        f.write(b"head")
+        fb._copy_rows(f, tmp_path / "src.npy", 200 * 24 * 4)
+        f.write(b"tail")
+    got = (tmp_path / "out.bin").read_bytes()
+    assert got[:4] == b"head" and got[-4:] == b"tail"
+    np.testing.assert_array_equal(np.frombuffer(got[4:-4], np.float32).reshape(200, 24), x[:200])
+    with open(tmp_path / "bad.bin", "wb") as f, pytest.raises(IndexCorruptError, match="src.npy"):
+        fb._copy_rows(f, tmp_path / "src.npy", 301 * 24 * 4)
+
+
 def test_rescoring_a_batch_equals_brute_force_with_or_without_dropping_pages(tmp_path, monkeypatch):
     """_rescore: the best k of each query's candidates by exact inner product, ties by id, -1 candidates ignored;
     dropping the mapped pages between blocks (batch searches) changes nothing."""

@@ -42,6 +42,40 @@ def test_incremental_neighbours_equal_all_pairs(block: int) -> None:
     assert np.allclose(table.nb_sims, ref_sims, atol=1e-5)
 
 
+@pytest.mark.parametrize("clustered", [False, True])
+def test_commits_larger_than_the_probe_keep_exact_lists(clustered: bool, monkeypatch) -> None:
+    """Commits of 300 rows (a sample of them decides whether every row is searched to the limit at once): the
+    lists equal all pairs, whichever way the sample decides. Random rows: the gallery's smallest 16th similarity is
+    low and the sample sends every row to the limit; tight clusters with each commit's rows in new clusters: its
+    rows' 16th similarity to the gallery is below it, and only the rows that need it are searched further."""
+    from reid_engine.rerank import hooks
+
+    rng = np.random.default_rng(17)
+    if clustered:
+        centres = _unit(rng, 60)
+        x = centres[np.repeat(np.arange(60), 20)] + 0.1 * rng.normal(size=(1200, 24)).astype(np.float32)
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    else:
+        x = _unit(rng, 1200)
+    ids = np.arange(5000, 6200).astype(np.int64)
+    wide = []
+    real = hooks._beyond
+
+    def spy(s, i, min_kth):
+        out = real(s, i, min_kth)
+        if len(s) == hooks.PROBE_ROWS:
+            wide.append(bool(np.mean(out) >= 0.5))
+        return out
+
+    monkeypatch.setattr(hooks, "_beyond", spy)
+    gal = _build(x, ids, 300)
+    table = gal.state("neighbours")
+    ref_ids, ref_sims = _all_pairs(ids, x, 16)
+    assert np.array_equal(table.nb_ids, ref_ids)
+    assert np.allclose(table.nb_sims, ref_sims, atol=1e-5)
+    assert wide == [not clustered] * 3  # the three commits after the first were probed
+
+
 def test_neighbour_files_reload_to_the_same_table() -> None:
     rng = np.random.default_rng(1)
     x = _unit(rng, 90)
@@ -271,19 +305,34 @@ def test_top_k_rows_keeps_the_smallest_ids_among_many_ties(width: int) -> None:
     assert np.array_equal(got_s, ref_s)
 
 
-def test_exact_neighbours_of_duplicated_rows_equal_a_full_sort() -> None:
-    """A commit of 4,096 rows that are copies of 150 vectors (tied similarities far beyond the list width)."""
+@pytest.mark.parametrize("search", ["numpy", "faiss"])
+def test_exact_neighbours_of_duplicated_rows_equal_a_full_sort(search: str, tmp_path) -> None:
+    """A commit of 4,096 rows that are copies of 150 vectors (tied similarities far beyond the list width), with
+    the NumPy search of given vectors and with the FAISS backend's. Both list each row's 16 best others at the
+    full sort's similarities (float64, each copy's similarity is that of its vector). With NumPy the copies tie
+    exactly and the smallest ids come first, as the full sort by (similarity, id) has them; FAISS's matrix
+    product may round copies in different columns apart, so there only the similarities are compared."""
+    from reid_engine.index.faiss_backend import FaissBackend
+    from reid_engine.index.topk import knn_rows
     from reid_engine.rerank.hooks import exact_neighbours
 
     rng = np.random.default_rng(5)
-    x = _unit(rng, 150, 32)[rng.integers(0, 150, 4096)]
+    base = _unit(rng, 150, 32)
+    copy_of = rng.integers(0, 150, 4096)
+    x = base[copy_of]
     ids = rng.permutation(50_000)[:4096].astype(np.int64)
-    sims, nbs = exact_neighbours(ids, x, 16)
-    s = x[:1024] @ x.T  # the function's first block, computed the same way
-    np.fill_diagonal(s, -np.inf)
-    ref_s, ref_i = _lexsort_top(s, np.where(np.isfinite(s), np.broadcast_to(ids, s.shape), -1), 16)
-    assert np.array_equal(nbs[:1024], ref_i)
-    assert np.array_equal(sims[:1024], ref_s)
+    knn = knn_rows if search == "numpy" else FaissBackend(tmp_path, 32, {}).knn
+    sims, nbs = exact_neighbours(ids, x, 16, knn)
+    full = (base.astype(np.float64) @ base.T.astype(np.float64))[copy_of][:, copy_of]
+    np.fill_diagonal(full, -np.inf)
+    ref_s, ref_i = _lexsort_top(full, np.broadcast_to(ids, full.shape), 16)
+    np.testing.assert_allclose(sims, ref_s, atol=1e-5)
+    pos = {int(v): j for j, v in enumerate(ids)}
+    listed = np.vectorize(pos.__getitem__)(nbs)
+    np.testing.assert_allclose(np.take_along_axis(full, listed, 1), ref_s, atol=1e-5)  # rows at those ranks
+    assert all(len(set(r)) == 16 for r in nbs.tolist()) and not (nbs == ids[:, None]).any()
+    if search == "numpy":
+        assert np.array_equal(nbs, ref_i)
 
 
 def test_kth_is_the_last_listed_similarity_and_minus_inf_when_unknown() -> None:

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import InvalidInputError, UnknownNameError
+from .topk import knn_rows
 
 #: gallery ids as given to the read methods: a sequence or a 1-D integer array
 IdsLike = Union[Sequence[int], np.ndarray]
@@ -237,6 +238,12 @@ class VectorBackend(ABC):
         NaN), when the backend keeps them for its filters; an unknown id raises ``InvalidInputError``. ``None``
         (the default): the backend keeps none, and the store reads them from SQL."""
         return None
+
+    def knn(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` of vectors that are not in the index (``rows``) for each query: (similarities, row
+        numbers), best first, the lower row first among ties, -inf / -1 where there are fewer rows. Index hooks
+        use it for a commit's new rows among themselves; a backend overrides it with its fastest exact search."""
+        return knn_rows(queries, rows, k)
 
     def track_members(self, tracks: Sequence[str]) -> Optional[dict[str, np.ndarray]]:
         """The live ids of each named track, ascending (empty for a track with none), when the backend keeps the

@@ -346,6 +346,8 @@ class _SegmentData:
     ts: np.ndarray
     vectors: Any  # callable (i0, i1) -> float32 block
     lists: Optional[np.ndarray] = None  # CSR offsets (nlist + 1,) for an IVF segment
+    #: (a segment's .vec.npy, n): the first n rows are that file's first n rows (copied by the kernel)
+    prefix: Optional[tuple[Path, int]] = None
 
 
 class _Segment:
@@ -569,6 +571,36 @@ def _graph_vectors(graph: Any, rows: int, dim: int) -> np.ndarray:
     return view
 
 
+def _copy_rows(f: Any, src: Path, nbytes: int) -> None:
+    """Append the first ``nbytes`` of the array data of the .npy file ``src`` to the open file ``f``: copied
+    inside the kernel (``os.copy_file_range``) where it can be, so the rows pass through no mapping of this
+    process; else read and written in blocks."""
+    f.flush()
+    with open(src, "rb") as g:
+        if np.lib.format.read_magic(g) == (1, 0):
+            np.lib.format.read_array_header_1_0(g)
+        else:
+            np.lib.format.read_array_header_2_0(g)
+        offset, left = g.tell(), nbytes
+        copy = getattr(os, "copy_file_range", None)
+        while left > 0 and copy is not None:
+            try:
+                done = copy(g.fileno(), f.fileno(), left, offset)
+            except OSError:  # no kernel copy here (file system, kernel): the plain way below
+                break
+            if done <= 0:
+                break
+            offset, left = offset + done, left - done
+        f.seek(0, os.SEEK_END)
+        g.seek(offset)
+        while left > 0:
+            chunk = g.read(min(left, 1 << 24))
+            if not chunk:
+                raise IndexCorruptError(f"vector segment file {src.name} is shorter than its header says")
+            f.write(chunk)
+            left -= len(chunk)
+
+
 def _write_segment(folder: Path, name: str, data: _SegmentData, dim: int, vectors: bool = True) -> None:
     """Write a segment's files durably (vectors streamed in blocks; not at all when ``vectors`` is False: a
     graph segment's vectors are in its graph)."""
@@ -593,9 +625,13 @@ def _write_segment(folder: Path, name: str, data: _SegmentData, dim: int, vector
 
     def write_vectors(f) -> None:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
-        for i0 in range(0, n, _BLOCK):
+        start = 0
+        if data.prefix is not None:
+            start = data.prefix[1]
+            _copy_rows(f, data.prefix[0], start * dim * 4)
+        for i0 in range(start, n, _BLOCK):
             block = np.ascontiguousarray(data.vectors(i0, min(n, i0 + _BLOCK)), np.float32)
-            f.write(block.tobytes())
+            f.write(block.data.cast("B"))
 
     if vectors:
         _write_durable(folder / f"{name}{_VEC_SUFFIX}", write_vectors)
@@ -1313,8 +1349,12 @@ class FaissBackend(VectorBackend):
                     _release_pages(seg.vec[lo:hi], seg.vec_path)
             return out
 
+        # a grown graph's rows start with its base's, in their order: those are copied from the base's file
+        grown = segs[0] if base is not None and deads[0] is None else None
+        prefix = (grown.vec_path, grown.rows) if grown is not None and grown.vec_path.name.endswith(_VEC_SUFFIX) \
+            else None
         data = _SegmentData(ids=ids[order], codes=np.concatenate(codes_l, axis=1)[:, order], vocab=vocab,
-                            ts=np.concatenate(ts_l)[order], vectors=vectors, lists=offsets)
+                            ts=np.concatenate(ts_l)[order], vectors=vectors, lists=offsets, prefix=prefix)
         proj = 0
         if graph:  # the graph first: unless projected, the segment's vectors are its storage
             proj = self._build_graph(name, int(ids.size), vectors, grow=segs[0] if base is not None else None)
@@ -1521,6 +1561,15 @@ class FaissBackend(VectorBackend):
         elif dead is not None:
             rows = rows[~dead[rows]]
         return self._scan_rows(seg, rows, q, k)
+
+    def knn(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of given vectors: FAISS heaps over NumPy's matrix product (``knn_inner_product``); missing
+        results are -inf / -1."""
+        q = np.asarray(queries, np.float32)
+        if len(q) == 0 or len(rows) == 0:
+            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        s, r = knn_inner_product(q, np.asarray(rows, np.float32), k)
+        return top_k_rows(s, r, k)  # the heaps keep the lower rows among ties; this lists them first too
 
     def _knn(self, q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._gpus > 0 and len(x) * len(q) >= 1 << 22:  # pragma: no cover - no GPU here

@@ -598,6 +598,10 @@ class IndexStore:
             self._hook_cache[hook] = cached
         return cached[1]
 
+    def knn(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k (similarities, row numbers) of given vectors, through the backend's exact search."""
+        return self.backend.knn(np.asarray(queries, np.float32), np.asarray(rows, np.float32), int(k))
+
     def track_members(self, tracks: Sequence[str]) -> dict[str, np.ndarray]:
         """Live crop ids of each named track: from the backend when it keeps tracks, else from SQL."""
         out: dict[str, list[int]] = {str(t): [] for t in tracks}

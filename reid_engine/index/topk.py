@@ -56,3 +56,18 @@ def _columns_at_or_above_kth(s: np.ndarray, k: int, sample: int = 512) -> Option
     cols = np.full((n, width), -1, np.int64)
     cols[r, rank] = c
     return cols
+
+
+def knn_rows(queries: np.ndarray, rows: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` rows with the largest inner product: (similarities, row numbers), best first, the lower
+    row first among ties, -inf / -1 where there are fewer rows (NumPy's matrix product, ``block`` queries at a
+    time)."""
+    q = np.asarray(queries, np.float32)
+    x = np.asarray(rows, np.float32)
+    sims = np.full((len(q), k), -np.inf, np.float32)
+    found = np.full((len(q), k), -1, np.int64)
+    numbers = np.arange(len(x), dtype=np.int64)
+    for i0 in range(0, len(q), block):
+        s = q[i0:i0 + block] @ x.T
+        sims[i0:i0 + block], found[i0:i0 + block] = top_k_rows(s, np.broadcast_to(numbers, s.shape), k)
+    return sims, found

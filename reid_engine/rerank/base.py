@@ -90,6 +90,10 @@ class GalleryView(Protocol):
     def rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """SQL rows (pid, camera, timestamp, track, source, extra...) of the given ids."""
 
+    def knn(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` of given vectors (not the gallery's) for each query: (similarities, row numbers), best
+        first, the lower row first among ties, -inf / -1 where there are fewer rows."""
+
     def track_members(self, tracks: Sequence[str]) -> dict[str, np.ndarray]:
         """Live crop ids of each named track (from footage ingest)."""
 

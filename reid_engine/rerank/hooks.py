@@ -28,12 +28,12 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from ..errors import IndexCorruptError
-from ..index.topk import top_k_rows
+from ..index.topk import knn_rows, top_k_rows
 from .base import GalleryView, IndexHook, register_hook
 
 if TYPE_CHECKING:
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: neighbours kept per gallery row
 NEIGHBOUR_WIDTH = 16
+#: a commit's new rows sampled to decide how far to search them in the exact regime (commits of at least four
+#: times as many rows)
+PROBE_ROWS = 64
 #: most results one new row's search may ask for in the reverse check
 MAX_SEARCH = 256
 #: galleries up to this size keep exact lists (the reverse check may widen searches up to MAX_SEARCH)
@@ -56,19 +59,38 @@ FOLD_FILES = 32
 NO_CAMERA = "\x00none"
 
 
-def exact_neighbours(ids: np.ndarray, vectors: np.ndarray, width: int, block: int = 1024
+def exact_neighbours(ids: np.ndarray, vectors: np.ndarray, width: int,
+                     knn: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]] = knn_rows
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's top-``width`` (sims, ids) among the other rows, by exact inner product (blocks of rows)."""
+    """Each row's top-``width`` (sims, ids) among the other rows, by exact inner product, ties by ascending id.
+    ``knn(queries, rows, k)`` is an exact search of given vectors (``GalleryView.knn``: the backend's fastest;
+    it keeps the lower row among ties, so the rows are searched in the order of their ids)."""
     ids = np.asarray(ids, np.int64)
     n = len(ids)
-    sims = np.full((n, width), -np.inf, np.float32)
-    nbs = np.full((n, width), -1, np.int64)
-    for start in range(0, n, block):
-        s = vectors[start:start + block] @ vectors.T
-        rows = np.arange(start, min(n, start + block))
-        s[rows - start, rows] = -np.inf  # a row is not its own neighbour (top_k_rows returns -1 for -inf)
-        sims[rows], nbs[rows] = top_k_rows(s, np.broadcast_to(ids, s.shape), width)
+    if n == 0:
+        return np.zeros((0, width), np.float32), np.zeros((0, width), np.int64)
+    order = np.argsort(ids, kind="stable")
+    x = np.ascontiguousarray(np.asarray(vectors, np.float32)[order])
+    kk = min(n, width + 1)
+    s, r = knn(x, x, kk)
+    s, r = np.asarray(s, np.float32), np.asarray(r, np.int64)
+    # each row itself is left out (it is among its kk unless kk others tie with it, then the last one goes)
+    own = r == np.arange(n)[:, None]
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), kk - 1)
+    keep = np.ones(r.shape, bool)
+    keep[np.arange(n), drop] = False
+    s, r = s[keep].reshape(n, kk - 1), r[keep].reshape(n, kk - 1)
+    nb = np.where(r >= 0, ids[order][np.maximum(r, 0)], -1)
+    sims = np.empty((n, width), np.float32)
+    nbs = np.empty((n, width), np.int64)
+    sims[order], nbs[order] = top_k_rows(np.where(r >= 0, s, -np.inf), nb, width)
     return sims, nbs
+
+
+def _beyond(s: np.ndarray, i: np.ndarray, min_kth: float) -> np.ndarray:
+    """Which rows of a search's results may still enter an old row's list beyond the last result: their last
+    similarity is above the smallest k-th similarity of the lists."""
+    return np.where(i[:, -1] >= 0, s[:, -1], -np.inf) > min_kth
 
 
 class _Rows:
@@ -379,7 +401,7 @@ class NeighboursHook(IndexHook):
             base = table.apply(removed, np.zeros(0, np.int64), np.zeros((0, width), np.int64),
                                np.zeros((0, width), np.float32))
             # new rows among themselves
-            in_s, in_i = exact_neighbours(new_ids, x, width)
+            in_s, in_i = exact_neighbours(new_ids, x, width, gallery.knn)
             # new rows against the committed gallery, widened until the reverse check is complete
             count = gallery.count
             o_s = np.full((len(new_ids), 0), -np.inf, np.float32)
@@ -424,15 +446,23 @@ class NeighboursHook(IndexHook):
                     ) -> tuple[np.ndarray, np.ndarray]:
         """Each new row's nearest committed rows: at least ``width``, more until the reverse check is complete."""
         r = min(count, max(width, 1))
-        s, i = gallery.search(x, r, params=HOOK_SEARCH)
-        s, i = np.asarray(s, np.float32), np.asarray(i, np.int64)
         # exact lists while the gallery is small; past that the reverse check only looks at the new rows'
         # own ``width`` neighbours, so a commit costs the same whatever the gallery's size (an old row misses a
         # new neighbour only when that neighbour does not have the old row among its own ``width``)
         limit = min(count, self.max_search) if count <= EXACT_LISTS_UP_TO else r
+        if r < limit and len(x) >= 4 * PROBE_ROWS:
+            # usually nearly every row needs the search to the limit (the gallery's smallest k-th similarity is
+            # low): when most of a sample do, every row is searched to the limit at once, which saves a search
+            # of the whole gallery; the extra columns never enter a list (below)
+            probe = x[np.linspace(0, len(x) - 1, PROBE_ROWS).astype(np.int64)]
+            ps, pi = gallery.search(probe, r, params=HOOK_SEARCH)
+            if np.mean(_beyond(np.asarray(ps, np.float32), np.asarray(pi, np.int64), min_kth)) >= 0.5:
+                s, i = gallery.search(x, limit, params=HOOK_SEARCH)
+                return np.asarray(s, np.float32), np.asarray(i, np.int64)
+        s, i = gallery.search(x, r, params=HOOK_SEARCH)
+        s, i = np.asarray(s, np.float32), np.asarray(i, np.int64)
         if r < limit:
-            last = np.where(i[:, -1] >= 0, s[:, -1], -np.inf)
-            todo = np.nonzero(last > min_kth)[0]  # an old row may still take this new row beyond rank r
+            todo = np.nonzero(_beyond(s, i, min_kth))[0]  # an old row may still take this new row beyond rank r
             # one search to the limit, not a doubling series: each search scores every row, and keeping
             # more of them costs little (4,096 rows against 41k: 1.2 s for 16 each, 1.8 s for 256). The rows
             # a doubling would have stopped earlier get more columns, which never enter a list: their

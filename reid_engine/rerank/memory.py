@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..index.backend import fields_of
-from ..index.topk import top_k_rows
+from ..index.topk import knn_rows, top_k_rows
 from .base import RERANK_K, Candidates, IndexHook, Pipeline, RerankContext, get_hook
 
 if TYPE_CHECKING:
@@ -77,6 +77,9 @@ class MemoryGallery:
 
     def rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         return {int(i): self._rows[int(i)] for i in np.asarray(ids, np.int64).reshape(-1) if int(i) in self._rows}
+
+    def knn(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return knn_rows(queries, rows, k)
 
     def track_members(self, tracks: Sequence[str]) -> dict[str, np.ndarray]:
         track = self._fields["track"]
