@@ -1563,12 +1563,12 @@ class FaissBackend(VectorBackend):
         return self._scan_rows(seg, rows, q, k)
 
     def knn(self, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k of given vectors: FAISS heaps over NumPy's matrix product (``knn_inner_product``); missing
-        results are -inf / -1."""
-        q = np.asarray(queries, np.float32)
+        """Exact top-k of given vectors: the segments' exact search (``_knn``: FAISS heaps over NumPy's matrix
+        product, or the GPU); missing results are -inf / -1."""
+        q = np.ascontiguousarray(queries, np.float32)
         if len(q) == 0 or len(rows) == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        s, r = knn_inner_product(q, np.asarray(rows, np.float32), k)
+        s, r = self._knn(q, np.ascontiguousarray(rows, np.float32), k)
         return top_k_rows(s, r, k)  # the heaps keep the lower rows among ties; this lists them first too
 
     def _knn(self, q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
