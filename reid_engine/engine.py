@@ -5,7 +5,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
@@ -30,6 +30,7 @@ from .index.vectors import l2_normalize
 from .ingest.crops import CropItem, parse_time
 from .rerank.base import RERANK_K, Candidates, Pipeline, RerankContext, get_pipeline, list_hooks
 from .results import Hit, QueryResult, check_k, check_queries
+from .threads import on_one_blas_thread
 
 if TYPE_CHECKING:
     from .ingest.pipeline import IngestReport
@@ -473,6 +474,7 @@ class Engine:
         rows = self.store.rows_by_hash([h for h in hashes if h])
         return [rows[h]["camera"] if h in rows else None for h in hashes]
 
+    @on_one_blas_thread
     def query_features(
         self,
         features: np.ndarray,
@@ -565,7 +567,10 @@ class Engine:
             qm = q[rows_q]
             # one query at a time: a batched product may round near-ties differently, and an answer
             # must not depend on which other queries share the call
-            found = [self.store.search(qm[r : r + 1], max(k, pool), where, params) for r in range(len(qm))]
+            # a step that completes the first stage itself (the default's Expand) lets it walk a narrower beam
+            beam = pipe.first_stage_beam(where)
+            p = params if beam == 1.0 or params.beam_scale is not None else replace(params, beam_scale=beam)
+            found = [self.store.search(qm[r : r + 1], max(k, pool), where, p) for r in range(len(qm))]
             s = np.concatenate([f[0] for f in found])
             i = np.concatenate([f[1] for f in found])
             ctx = RerankContext(
@@ -574,8 +579,9 @@ class Engine:
                 query_attributes=None if qattrs is None else qattrs[rows_q],
             )
             head = pipe.run(qm, Candidates.sorted(i[:, :pool], s[:, :pool]), ctx)
-            # the re-ranked head, then the rest of the first stage in cosine order (no id twice)
-            ranked = head.then(i[:, pool:], s[:, pool:], k)
+            # the re-ranked head, then the rest of the first stage in cosine order (no id twice; a candidate
+            # that a step pushed out of the pool comes back there)
+            ranked = head.then(i, s, k)
             for out_row, r in zip(members, range(len(ranked.ids))):
                 sims[out_row], ids[out_row] = ranked.scores[r], ranked.ids[r]
         rows = self.store.rows(ids[ids >= 0].tolist())

@@ -720,3 +720,44 @@ def test_growing_graphs_under_random_adds_removals_and_merges_equal_brute_force(
         np.testing.assert_allclose(b.reconstruct(g.ids[:5]), g.x[:5], atol=1e-6)
     assert grew >= 3
     assert len([s for s in b.describe()["segments"] if s["kind"] == "graph"]) >= 2
+
+
+@pytest.mark.parametrize("dims", [None, 16])
+def test_beam_scale_multiplies_the_default_beam_only(folder, monkeypatch, dims):
+    """``SearchParams.beam_scale`` scales the beam the index picks (never below k), not one the caller set;
+    the answers stay exact similarities of live rows, best first, and a narrower beam finds no more."""
+    rng = np.random.default_rng(12)
+    b = FaissBackend(folder, DIM, {"exact_threshold": 100, "flat_limit": 100, **({"graph_dims": dims} if dims else {})})
+    g = Gallery(b)
+    g.add_random(rng, 400, 1)
+    g.compact(force=True)
+    assert all(s.get("graph") for s in g.state["segments"])
+    made = []
+    real = faiss_backend.faiss.SearchParametersHNSW
+
+    def spy():
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(faiss_backend.faiss, "SearchParametersHNSW", spy)
+    q = unit(rng, 20)
+    beams, recall = {}, {}
+    for scale in (None, 0.5, 0.01):
+        made.clear()
+        s, i = b.search(q, 10, params=SearchParams(beam_scale=scale))
+        beams[scale] = made[-1].efSearch
+        x = dict(zip(g.ids.tolist(), g.x))
+        np.testing.assert_allclose(s, [[x[j] @ qq for j in row] for row, qq in zip(i, q)], atol=1e-5)
+        assert all(len(set(row)) == 10 and np.all(np.diff(sr) <= 1e-6) for row, sr in zip(i, s))
+        recall[scale] = np.mean([len(np.intersect1d(a, w)) / 10 for a, w in zip(i, g.reference(q, 10)[1])])
+    assert beams[0.5] == -(-beams[None] // 2) and beams[0.01] == 10  # half; never below k
+    assert recall[None] >= recall[0.5] >= recall[0.01] and recall[None] >= 0.8
+    made.clear()
+    b.search(q, 10, params=SearchParams(ef_search=300, beam_scale=0.5))
+    assert made[-1].efSearch == 300  # a beam the caller chose is used as given
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), True, "0.5"])
+def test_a_bad_beam_scale_is_a_typed_error(bad):
+    with pytest.raises(InvalidInputError, match="beam_scale"):
+        SearchParams(beam_scale=bad)

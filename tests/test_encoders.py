@@ -201,6 +201,26 @@ def test_parallel_streams_give_the_same_embeddings(pku, osnet_onnx, runtime):
     np.testing.assert_allclose(two.encode(files, batch_size=7), one.encode(files, batch_size=5), atol=1e-5)
 
 
+def test_a_call_s_only_batch_runs_on_one_session_with_every_thread(pku, osnet_onnx):
+    """A query's image cannot share the cores with another batch: it runs on a session of every thread (made
+    on first use), and gives the embeddings of the sessions of one thread each."""
+    files = sorted(pku.glob("00[14]/*.png"))[:9]
+    enc = create_encoder("osnet_x0_25_msmt17.onnx", osnet_onnx, runtime="onnxruntime", streams=2, threads=2)
+    calls = []
+    real = enc._run_session
+    enc._run_session = lambda session, batch: calls.append(session) or real(session, batch)
+    many = enc.encode(files, batch_size=4)  # three batches side by side: the per-stream sessions
+    assert enc._wide is None and set(calls) <= set(enc.sessions)
+    calls.clear()
+    one = np.concatenate([enc.encode([f]) for f in files])
+    assert enc._wide is not None and calls == [enc._wide] * len(files)
+    assert enc._wide.get_session_options().intra_op_num_threads == 2
+    np.testing.assert_allclose(one, many, atol=1e-5)
+    calls.clear()
+    np.testing.assert_allclose(enc.encode(files, batch_size=32), many, atol=1e-5)  # one batch of 9: alone too
+    assert calls == [enc._wide]
+
+
 def test_declared_torch_options_match_the_real_builders():
     """The lazy torch builders declare their options; they must be exactly what the implementations take."""
     import inspect

@@ -163,3 +163,41 @@ def test_batch_independence_of_the_default(gallery):
     together = eng.query_features(q, k=15)
     alone = [eng.query_features(q[i : i + 1], k=15)[0] for i in range(len(q))]
     assert [[h.id for h in r.hits] for r in together] == [[h.id for h in r.hits] for r in alone]
+
+
+def test_the_default_walks_half_the_beam_unfiltered_and_ranks_on_one_blas_thread(gallery, monkeypatch):
+    """The default's Expand step completes the first stage, so an unfiltered default query asks the backend
+    for half its default beam; a filtered one, or a preset without Expand, for the full beam. BLAS runs on
+    one thread during the query and gets its threads back after it."""
+    from threadpoolctl import threadpool_info
+
+    from reid_engine.index.store import IndexStore
+    from reid_engine.rerank import Pipeline, Reranker, get_pipeline
+
+    eng, *_ = gallery
+    asked, blas = [], []
+    real = IndexStore.search
+
+    def spy(self, queries, k, where=None, params=None):
+        asked.append(None if params is None else params.beam_scale)
+        return real(self, queries, k, where, params)
+
+    class Probe(Reranker):
+        name = "probe"
+
+        def rerank(self, queries, pool, ctx):
+            blas.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+            return pool
+
+    monkeypatch.setattr(IndexStore, "search", spy)
+    q = _queries(2)
+    eng.query_features(q, k=5)
+    eng.query_features(q, k=5, cameras=["c1"])
+    eng.query_features(q, k=5, rerank="kr")
+    eng.query_features(q, k=5, search_params={"beam_scale": 2.0})
+    assert asked == [0.5, 0.5, None, None, None, None, 2.0, 2.0]
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    eng.query_features(q, k=5, rerank=get_pipeline("default").with_steps(Probe()))
+    eng.query_features(q, k=5, rerank=Pipeline("p", (Probe(),)))
+    assert blas and all(set(n) == {1} for n in blas)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from reid_engine.rerank import get_pipeline
-from reid_engine.rerank.steps import CameraNormalize, Centralize, KReciprocal, SiteSplit
+from reid_engine.rerank.steps import CameraNormalize, Centralize, Expand, KReciprocal, SiteSplit
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,8 @@ def _config(pipeline) -> tuple:
 def test_each_grid_point_sets_its_own_step_parameters(tool) -> None:
     # Centralize and KReciprocal both take k1: the grid's k1 is Centralize's, KReciprocal keeps 20
     for pt in tool.grid_points():
-        site, cam, cen, kr = tool.pipeline_for(pt).steps[:4]
-        assert isinstance(site, SiteSplit)
+        expand, site, cam, cen, kr = tool.pipeline_for(pt).steps[:5]
+        assert isinstance(expand, Expand) and isinstance(site, SiteSplit)
         assert isinstance(cam, CameraNormalize) and isinstance(cen, Centralize) and isinstance(kr, KReciprocal)
         assert cam.strength == pt["strength"]
         assert (cen.k1, cen.alpha, cen.margin) == (pt["k1"], pt["alpha"], pt["margin"])

@@ -555,3 +555,102 @@ def _two_sites_rows():
     from tests.test_rerank_hooks import _two_sites
 
     return _two_sites(shots=1)
+
+
+# -- Expand: the first stage completed with stored neighbours -------------------------------------------------
+class _Lossy(MemoryGallery):
+    """A first stage that never returns the ``missed`` rows (as a narrow graph walk misses some); the rest of
+    the gallery (vectors, neighbour lists, fields) is the plain MemoryGallery's."""
+
+    def __init__(self, dim: int, missed) -> None:
+        super().__init__(dim)
+        self.missed = np.asarray(sorted(missed), np.int64)
+
+    def search(self, queries, k, where=None, params=None):
+        s, i = super().search(queries, min(self.count, k + len(self.missed)), where, params)
+        out_s = np.full((len(i), k), -np.inf, np.float32)
+        out_i = np.full((len(i), k), -1, np.int64)
+        for r in range(len(i)):
+            keep = ~np.isin(i[r], self.missed) & (i[r] >= 0)
+            n = min(k, int(keep.sum()))
+            out_s[r, :n], out_i[r, :n] = s[r][keep][:n], i[r][keep][:n]
+        return out_s, out_i
+
+
+def _filled(gal: MemoryGallery, x: np.ndarray, cams=None) -> MemoryGallery:
+    gal.add(np.arange(len(x)), x.astype(np.float32), {"camera": cams})
+    return gal
+
+
+def _expand_reference(x: np.ndarray, q: np.ndarray, pool_ids: np.ndarray, pool_s: np.ndarray, top: int,
+                      width: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: the pool plus the ``width`` nearest other rows of its first ``top`` ids that pass the filter
+    and beat the pool's last by more than 1e-5, best first, cut to the pool's width."""
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    near = {int(j) for g in pool_ids[:top] for j in np.argsort(-sims[g], kind="stable")[:width]}
+    new = np.array(sorted(near - set(pool_ids.tolist())), np.int64)
+    new = new[allowed[new]] if len(new) else new
+    cos = x[new] @ q.astype(np.float64)
+    enter = cos > pool_s[-1] + 1e-5
+    ids = np.concatenate([pool_ids, new[enter]])
+    s = np.concatenate([pool_s, cos[enter]])
+    order = np.argsort(-s, kind="stable")[:len(pool_ids)]
+    return ids[order], s[order]
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_expand_equals_the_pool_and_its_neighbours_by_brute_force(filtered: bool) -> None:
+    from reid_engine.index.backend import SearchFilter
+    from reid_engine.rerank import Expand
+
+    x, pid, queries = _multi_shot(3)
+    cams = np.where(np.arange(len(x)) % 3 == 0, "a", "b")
+    where = SearchFilter(cameras=("b",)) if filtered else None
+    allowed = cams == "b" if filtered else np.ones(len(x), bool)
+    exact = _filled(MemoryGallery(x.shape[1]), x, cams)
+    width = exact.state("neighbours").width
+    changed = 0
+    for r in range(10):
+        q = queries[r:r + 1]
+        s, i = exact.search(q, 40, where)
+        missed = i[0, 1:6]  # a first stage that misses the 2nd to 6th best rows
+        lossy = _filled(_Lossy(x.shape[1], missed), x, cams)
+        ls, li = lossy.search(q, 30, where)
+        ctx = RerankContext(gallery=lossy, k=30, query_cameras=[None], where=where)
+        got = Expand(top=8, pool=30).rerank(q, Candidates.sorted(li, ls), ctx)
+        want_i, want_s = _expand_reference(x, q[0], li[0], ls[0].astype(np.float64), 8, width, allowed)
+        assert got.ids[0].tolist() == want_i.tolist()
+        np.testing.assert_allclose(got.scores[0], want_s, atol=1e-5)
+        assert allowed[got.ids[0]].all()
+        changed += int(len(np.intersect1d(got.ids[0], missed)) > 0)
+        # an exact pool is never changed
+        es, ei = exact.search(q, 30, where)
+        same = Expand(top=8, pool=30).rerank(q, Candidates.sorted(ei, es), RerankContext(gallery=exact, k=30,
+                                                                                         where=where))
+        assert same.ids.tolist() == ei.tolist() and same.scores.tolist() == es.tolist()
+    assert changed >= 8  # the misses are among the neighbours of the rows found, so most come back
+
+
+def test_the_default_needs_expand_when_the_first_stage_misses_rows() -> None:
+    from reid_engine.index.backend import SearchFilter
+    from reid_engine.rerank import Expand
+
+    x, pid, queries = _multi_shot(4)
+    exact = _filled(MemoryGallery(x.shape[1]), x)
+    default = get_pipeline("default")
+    assert default.first_stage_beam(None) == 0.5  # an unfiltered first stage may walk half the beam
+    assert default.first_stage_beam(SearchFilter(cameras=("a",))) == 1.0
+    assert get_pipeline("kr").first_stage_beam(None) == 1.0
+    without = _without(default, Expand)
+    same, differs = 0, 0
+    for r in range(0, 40, 4):
+        q = queries[r:r + 1]
+        want = exact.query(default, q, len(x)).ids[0]
+        missed = exact.search(q, 8)[1][0, 1:5]
+        lossy = _filled(_Lossy(x.shape[1], missed), x)
+        got = lossy.query(default, q, len(x)).ids[0]
+        assert sorted(got.tolist()) == list(range(len(x)))  # every row once: pushed-out ids come back after
+        same += int(got.tolist() == want.tolist())
+        differs += int(lossy.query(without, q, len(x)).ids[0].tolist() != want.tolist())
+    assert same == 10 and differs >= 5

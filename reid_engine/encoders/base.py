@@ -186,11 +186,17 @@ class Encoder(ABC):
         out_f = None if self.takes_uint8 else np.empty((n, 3, spec.height, spec.width), dtype=np.float32)
         return out, out_f
 
+    def _forward_alone(self, batch: np.ndarray) -> np.ndarray:
+        """The network on a call's only batch (nothing runs beside it); a runtime with batches side by side
+        on parts of the cores puts every core on it."""
+        return self._forward(batch)
+
     def _finish(
         self, start: int, end: int, out: np.ndarray, out_f: Optional[np.ndarray],
-        failed: list[tuple[int, ImageReadError]], strict: bool,
+        failed: list[tuple[int, ImageReadError]], strict: bool, alone: bool = False,
     ) -> tuple[list[int], Optional[np.ndarray], list[tuple[int, str]]]:
-        """Drop the failed rows, run the network; returns (positions, features or None, failures)."""
+        """Drop the failed rows, run the network (``alone``: the call's only batch); returns (positions,
+        features or None, failures)."""
         failed.sort(key=lambda f: f[0])
         if failed and strict:
             raise failed[0][1]
@@ -204,7 +210,10 @@ class Encoder(ABC):
             ok = list(range(start, end))
         feats = None
         if ok:
-            feats = self._forward_uint8(batch) if self.takes_uint8 else self._forward(batch)
+            if self.takes_uint8:
+                feats = self._forward_uint8(batch)
+            else:
+                feats = self._forward_alone(batch) if alone else self._forward(batch)
         return ok, feats, [(pos, str(exc)) for pos, exc in failed]
 
     def _encode_batch(
@@ -219,10 +228,10 @@ class Encoder(ABC):
         self, images: Sequence[ImageLike], batch_size: int, strict: bool
     ) -> Iterator[tuple[list[int], Optional[np.ndarray], list[tuple[int, str]]]]:
         """Yield (positions, features, failures) per batch, in input order."""
-        if self.concurrent_batches > 1:
+        if self.concurrent_batches > 1 and len(images) > batch_size:
             yield from self._batches_concurrent(images, batch_size, strict)
-        else:
-            yield from self._batches_prefetched(images, batch_size, strict)
+        else:  # one batch (a query's images) cannot run side by side: it gets the whole machine
+            yield from self._batches_prefetched(images, batch_size, strict, alone=len(images) <= batch_size)
 
     def _batches_concurrent(
         self, images: Sequence[ImageLike], batch_size: int, strict: bool
@@ -251,7 +260,7 @@ class Encoder(ABC):
                     f.cancel()
 
     def _batches_prefetched(
-        self, images: Sequence[ImageLike], batch_size: int, strict: bool
+        self, images: Sequence[ImageLike], batch_size: int, strict: bool, alone: bool = False
     ) -> Iterator[tuple[list[int], Optional[np.ndarray], list[tuple[int, str]]]]:
         """The network runs here, one batch at a time; a thread pool decodes, resizes and
         normalises up to two batches ahead (one task per worker per batch: a future per
@@ -284,7 +293,7 @@ class Encoder(ABC):
                     failed: list[tuple[int, ImageReadError]] = []
                     for fut in futures:
                         failed.extend(fut.result())
-                    yield self._finish(start, end, out, out_f, failed, strict)
+                    yield self._finish(start, end, out, out_f, failed, strict, alone)
             finally:
                 for _, _, _, _, rest in pending:
                     for f in rest:

@@ -106,23 +106,32 @@ class SearchParams:
 
     ``exact``: force (True) or forbid (False) exhaustive search. ``nprobe``: lists
     visited by an IVF search; ``ef_search``: HNSW beam width; ``refine``: candidates
-    re-scored exactly per result wanted (approximate first stage only).
+    re-scored exactly per result wanted (approximate first stage only). ``beam_scale``:
+    a multiple of the default graph beam (the one the index picks for the graph's size
+    and k; a beam set by ``ef_search`` is used as given); a re-ranking step that refines
+    the first stage asks for a narrower one (``Reranker.first_stage_beam``). Backends
+    without such a beam ignore it.
     """
 
     exact: Optional[bool] = None
     nprobe: Optional[int] = None
     ef_search: Optional[int] = None
     refine: Optional[int] = None
+    beam_scale: Optional[float] = None
 
     def __post_init__(self) -> None:
         for name in ("nprobe", "ef_search", "refine"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
                 raise InvalidInputError(f"search parameter {name}={v!r}: expected a positive integer")
+        v = self.beam_scale
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))
+                              or not math.isfinite(float(v)) or float(v) <= 0):
+            raise InvalidInputError(f"search parameter beam_scale={v!r}: expected a positive number")
 
     def merged(self, defaults: dict[str, Any]) -> "SearchParams":
         """These parameters with the unset ones taken from ``defaults``."""
-        vals = {k: getattr(self, k) for k in ("exact", "nprobe", "ef_search", "refine")}
+        vals = {k: getattr(self, k) for k in ("exact", "nprobe", "ef_search", "refine", "beam_scale")}
         return SearchParams(**{k: (v if v is not None else defaults.get(k)) for k, v in vals.items()})
 
     def as_dict(self) -> dict[str, Any]:

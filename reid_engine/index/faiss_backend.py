@@ -1516,7 +1516,8 @@ class FaissBackend(VectorBackend):
             if sf is not None and sf.nothing:
                 return None
             if approx and seg.kind == "graph":
-                return self._search_graph(seg, dead, q, k, sf, int(p.ef_search or GRAPH_EF_SEARCH), scaled)
+                return self._search_graph(seg, dead, q, k, sf, int(p.ef_search or GRAPH_EF_SEARCH), scaled,
+                                          float(p.beam_scale or 1.0))
             if order is not None and seg.kind == "ivf":
                 return self._search_ivf(seg, dead, nd, q, k, sf, order, nprobe, view.nlist)
             return self._search_exact(seg, dead, nd, q, k, sf)
@@ -1596,8 +1597,11 @@ class FaissBackend(VectorBackend):
 
     # approximate search in one graph segment
     def _search_graph(self, seg: _Segment, dead: Optional[np.ndarray], q: np.ndarray, k: int,
-                      sf: Optional[_SegFilter], ef: int, scaled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                      sf: Optional[_SegFilter], ef: int, scaled: bool = True, scale: float = 1.0
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """HNSW search of one segment; removed rows and filters are excluded inside the graph walk.
+
+        ``scale`` multiplies the default beam (``scaled``; never below k), not one the caller set.
 
         A selective filter is answered exactly over its few rows instead; a broader one is a bitmap the
         walk checks before it admits a result.
@@ -1617,8 +1621,9 @@ class FaissBackend(VectorBackend):
         # enough room for k of them (twice k: a beam barely wider than k loses recall at its tail), widened with
         # the graph's size like an unfiltered walk
         params.efSearch = graph_beam(ef, k, seg.rows, scaled)
-        if seg.proj is not None and scaled:  # a walk over projected rows is cheaper: widen the default beam
-            params.efSearch = min(4096, math.ceil(params.efSearch * GRAPH_PROJECTED_BEAM))
+        if scaled:  # a walk over projected rows is cheaper: widen the default beam
+            widen = (GRAPH_PROJECTED_BEAM if seg.proj is not None else 1.0) * scale
+            params.efSearch = max(k, min(4096, math.ceil(params.efSearch * widen)))
         packed = None
         if keep is not None:
             packed = np.packbits(keep, bitorder="little")

@@ -20,7 +20,7 @@ from .search import rerank_search
 from .base import (Candidates, GalleryView, IndexHook, Pipeline, RerankContext, Reranker, get_hook,
                    get_pipeline, list_hooks, list_pipelines, register_hook, register_pipeline)
 from .hooks import CameraLinks, CameraLinksHook, CameraStats, CameraStatsHook, NeighbourTable, NeighboursHook
-from .steps import (AttributeFusion, CameraNormalize, Centralize, KReciprocal, QueryExpansion,
+from .steps import (AttributeFusion, CameraNormalize, Centralize, Expand, KReciprocal, QueryExpansion,
                     SamePersonPool, SiteMerge, SiteSplit)
 from . import presets as _presets  # noqa: F401  registers the pipelines
 from .memory import MemoryGallery
@@ -34,6 +34,7 @@ __all__ = [
     "CameraStatsHook",
     "Candidates",
     "Centralize",
+    "Expand",
     "GalleryView",
     "IndexHook",
     "KReciprocal",

@@ -132,6 +132,12 @@ class Reranker(ABC):
         """How many first-stage candidates this step wants for ``k`` answers."""
         return k
 
+    def first_stage_beam(self, where: Any) -> Optional[float]:
+        """How wide an approximate first stage this step needs, as a multiple of the index's default beam
+        (``SearchParams.beam_scale``; ``where`` is the search's filter): None for no need of its own, below 1
+        only for a step that finds the first stage's misses itself."""
+        return None
+
     @abstractmethod
     def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
         """Re-scored pool (same number of rows; sorted by descending score)."""
@@ -147,6 +153,11 @@ class Pipeline:
 
     def pool_size(self, k: int) -> int:
         return max([k] + [s.pool_size(k) for s in self.steps])
+
+    def first_stage_beam(self, where: Any = None) -> float:
+        """The widest first-stage beam a step asks for (``Reranker.first_stage_beam``); 1 when none asks."""
+        asked = [b for b in (s.first_stage_beam(where) for s in self.steps) if b is not None]
+        return max(asked) if asked else 1.0
 
     @property
     def hooks(self) -> tuple[str, ...]:

@@ -201,4 +201,4 @@ class MemoryGallery:
                             query_tracks=[None] * len(q), same_person=same_person,
                             query_attributes=query_attributes, where=where, options=dict(options or {}))
         head = pipeline.run(q, Candidates.sorted(i[:, :pool_n], s[:, :pool_n]), ctx)
-        return head.then(i[:, pool_n:], s[:, pool_n:], k)
+        return head.then(i, s, k)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Pipeline, register_pipeline
-from .steps import CameraNormalize, Centralize, KReciprocal, QueryExpansion, SamePersonPool, SiteMerge, SiteSplit
+from .steps import (CameraNormalize, Centralize, Expand, KReciprocal, QueryExpansion, SamePersonPool, SiteMerge,
+                    SiteSplit)
 
 #: parameters of the default, chosen by tools/rerank_devsets.py on all development sets
 DEFAULT_CAMERA: dict[str, Any] = {"strength": 0.5, "unknown_strength": 0.0, "min_count": 10}
@@ -18,6 +19,9 @@ DEFAULT_CENTRALIZE: dict[str, Any] = {"k1": 4, "k2": 4, "alpha": 0.3, "margin": 
 #: camera links (``SiteSplit``): a camera is another site's when it draws less than half the nearest neighbours
 #: (per gallery row) of the query camera's best-linked camera; read once the query camera has 20 links
 DEFAULT_SITE: dict[str, Any] = {"share": 0.5, "min_links": 20}
+#: the first stage's pool completed with the stored neighbours of its first 20 candidates, searched with half the
+#: default beam when unfiltered (chosen on tools/bench_scale.py's 1M rows: speed, not accuracy; docs/storage.md)
+DEFAULT_EXPAND: dict[str, Any] = {"top": 20, "beam": 0.5}
 DEFAULT_KRECIPROCAL: dict[str, Any] = {"k1": 20, "k2": 6, "lambda_value": 0.85, "gate_margin": 0.05,
                                        "gate_share": 0.9, "gate_top": 10, "head": 5, "tail_lambda": 0.3,
                                        "tail_share": 0.0}
@@ -26,10 +30,12 @@ DEFAULT_KRECIPROCAL: dict[str, Any] = {"k1": 20, "k2": 6, "lambda_value": 0.85, 
 def default_pipeline(camera: dict | None = None, centralize: dict | None = None, name: str = "default",
                      kreciprocal: dict | None = None) -> Pipeline:
     """The default composition with the given parameters (tools use it to sweep them)."""
-    return Pipeline(name, (SiteSplit(**DEFAULT_SITE), CameraNormalize(**(camera or DEFAULT_CAMERA)),
-                           Centralize(**(centralize or DEFAULT_CENTRALIZE)),
-                           KReciprocal(**(kreciprocal or DEFAULT_KRECIPROCAL)), SiteMerge(), SamePersonPool()),
-                    "the query's own site only (other sites' crops keep their places) + camera-mean removal "
+    steps = (Expand(**DEFAULT_EXPAND), SiteSplit(**DEFAULT_SITE), CameraNormalize(**(camera or DEFAULT_CAMERA)),
+             Centralize(**(centralize or DEFAULT_CENTRALIZE)), KReciprocal(**(kreciprocal or DEFAULT_KRECIPROCAL)),
+             SiteMerge(), SamePersonPool())
+    return Pipeline(name, steps,
+                    "the first stage completed with stored neighbours + the query's own site only (other sites' "
+                    "crops keep their places) + camera-mean removal "
                     "(query camera known) + track pooling + neighbour centralization with per-query adaptive trust "
                     "+ k-reciprocal where the gallery around the query is multi-shot (a safe blend for the first 5 "
                     "answers, the strong one after them)")

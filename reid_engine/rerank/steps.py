@@ -5,6 +5,12 @@ and the vectors / fields of the pool's candidates and of their stored
 neighbours, so a query's list never depends on the other queries of the call
 (``same_person`` pooling is the explicit exception).
 
+* ``Expand``: completes an approximate first stage: the stored neighbours of the
+  pool's first ``top`` candidates are scored by cosine and enter the pool where they
+  beat its last candidate by more than rounding (so an exact pool never changes).
+  A gallery's neighbour lists hold the same person's other crops, which a graph's
+  pruned links and a narrow beam tend to miss; with it the first stage can walk a
+  beam half as wide (``first_stage_beam``) when the search has no filter.
 * ``CameraNormalize``: removes each camera's mean vector (``camera_stats``)
   from the query and the candidates before matching; only for queries whose
   camera has statistics in the index (``unknown_strength`` otherwise, 0 by
@@ -125,6 +131,54 @@ def _replace_row(ids_out: np.ndarray, sc_out: np.ndarray, r: int, ids: np.ndarra
     sc_out[r] = -np.inf
     ids_out[r, :len(ids)] = ids
     sc_out[r, :len(ids)] = scores
+
+
+class Expand(Reranker):
+    """The first stage's pool completed with the stored neighbours of its best candidates (module docstring)."""
+
+    name = "expand"
+    hooks = ("neighbours",)
+    #: a neighbour enters only when its cosine beats the pool's last by more than two float32 products of the
+    #: same vectors can differ, so the pool of an exact search stays as it is
+    MARGIN = 1e-5
+
+    def __init__(self, top: int = 20, beam: float = 0.5, pool: int = POOL):
+        if top < 1 or pool < 1 or not 0 < beam <= 1:
+            raise InvalidInputError(f"Expand: top and pool must be >= 1 and beam in (0, 1], got {top}, {pool}, {beam}")
+        self.top, self.beam, self.pool = int(top), float(beam), int(pool)
+
+    def pool_size(self, k: int) -> int:
+        return max(k, self.pool)
+
+    def first_stage_beam(self, where: Any) -> Optional[float]:
+        # neighbour lists ignore filters: under one, few neighbours pass and the beam keeps its width
+        return self.beam if where is None or getattr(where, "is_empty", False) else 1.0
+
+    def rerank(self, queries: np.ndarray, pool: Candidates, ctx: RerankContext) -> Candidates:
+        table = ctx.gallery.state("neighbours")
+        if not isinstance(table, NeighbourTable) or table.width == 0:
+            return pool
+        where = ctx.where if ctx.where is not None and not getattr(ctx.where, "is_empty", False) else None
+        ids_out, sc_out = pool.ids.copy(), pool.scores.copy()
+        width = pool.ids.shape[1]
+        for r, ids in enumerate(_rows(pool)):
+            nb = table.lists(ids[:self.top])[0]
+            new = np.setdiff1d(nb[nb >= 0], ids)
+            if where is not None and len(new):
+                new = new[where.mask(new, _fields(ctx, new))]
+            if not len(new):
+                continue
+            # read past the call's cache: most of them never enter, and a call of many queries would keep them all
+            sims = np.asarray(ctx.gallery.vectors(new), np.float32) @ np.asarray(queries[r], np.float32)
+            last = float(pool.scores[r, len(ids) - 1]) if len(ids) == width else -np.inf
+            enter = sims > last + self.MARGIN
+            if not enter.any():
+                continue
+            # the pool first, then the entering ids (ascending): among equal scores the pool's order is kept
+            row = Candidates.sorted(np.concatenate([ids, new[enter]])[None],
+                                    np.concatenate([pool.scores[r, :len(ids)], sims[enter]])[None])
+            _replace_row(ids_out, sc_out, r, row.ids[0, :width], row.scores[0, :width])
+        return Candidates.sorted(ids_out, sc_out)
 
 
 class CameraNormalize(Reranker):
