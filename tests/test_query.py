@@ -186,7 +186,8 @@ def test_the_default_walks_half_the_beam_unfiltered_and_ranks_on_one_blas_thread
         name = "probe"
 
         def rerank(self, queries, pool, ctx):
-            blas.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+            blas.append([i["num_threads"] for i in threadpool_info()
+                         if i["user_api"] == "blas" and i["threading_layer"] != "openmp"])
             return pool
 
     monkeypatch.setattr(IndexStore, "search", spy)
@@ -196,8 +197,42 @@ def test_the_default_walks_half_the_beam_unfiltered_and_ranks_on_one_blas_thread
     eng.query_features(q, k=5, rerank="kr")
     eng.query_features(q, k=5, search_params={"beam_scale": 2.0})
     assert asked == [0.5, 0.5, None, None, None, None, 2.0, 2.0]
-    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]  # FAISS's own too
     eng.query_features(q, k=5, rerank=get_pipeline("default").with_steps(Probe()))
     eng.query_features(q, k=5, rerank=Pipeline("p", (Probe(),)))
     assert blas and all(set(n) == {1} for n in blas)
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
+
+def test_overlapping_queries_of_two_threads_restore_the_blas_threads_once_both_end():
+    """A query of another thread that starts first and ends first neither lifts the one-thread limit under this
+    thread's query nor leaves it behind: the last to end restores the threads there were before the first came."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from reid_engine.threads import one_blas_thread
+
+    def blas():  # OpenMP-threaded BLAS (FAISS's own) keeps per-thread limits and is left alone
+        return [i["num_threads"] for i in threadpool_info()
+                if i["user_api"] == "blas" and i["threading_layer"] != "openmp"]
+
+    before = blas()
+    other_in, mine_in, other_out = threading.Event(), threading.Event(), threading.Event()
+
+    def other():
+        with one_blas_thread():
+            other_in.set()
+            mine_in.wait(5)
+        other_out.set()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    assert other_in.wait(5)
+    with one_blas_thread():
+        mine_in.set()
+        assert other_out.wait(5)
+        during = blas()
+    worker.join(5)
+    assert set(during) == {1}  # the other query ended first: this one still runs on one thread
+    assert blas() == before
