@@ -112,18 +112,19 @@ class OnnxEncoder(Encoder):
         with self._wide_lock:
             if self._wide is None:
                 self._wide = self._new_session(self._n_threads)
-        step = self.fixed_batch or batch.shape[0]
-        return np.concatenate([self._run_session(self._wide, batch[i : i + step])
-                               for i in range(0, batch.shape[0], step)])
+        return self._run_batch(self._wide, batch)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         session = self._idle.get()  # thread-safe: concurrent batches each take their own session
         try:
-            step = self.fixed_batch or batch.shape[0]
-            outs = [self._run_session(session, batch[i : i + step]) for i in range(0, batch.shape[0], step)]
+            return self._run_batch(session, batch)
         finally:
             self._idle.put(session)
-        return np.concatenate(outs)
+
+    def _run_batch(self, session, batch: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+        """``batch`` through ``session``, in slices of the model's fixed batch size when it has one."""
+        step = self.fixed_batch or batch.shape[0]
+        return np.concatenate([self._run_session(session, batch[i : i + step]) for i in range(0, batch.shape[0], step)])
 
     def _run_session(self, session, batch: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
         out = session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]

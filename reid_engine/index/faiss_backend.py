@@ -1621,7 +1621,7 @@ class FaissBackend(VectorBackend):
         # enough room for k of them (twice k: a beam barely wider than k loses recall at its tail), widened with
         # the graph's size like an unfiltered walk
         params.efSearch = graph_beam(ef, k, seg.rows, scaled)
-        if scaled:  # a walk over projected rows is cheaper: widen the default beam
+        if scaled:  # the default beam: wider over projected rows (each step is cheaper), times the caller's scale
             widen = (GRAPH_PROJECTED_BEAM if seg.proj is not None else 1.0) * scale
             params.efSearch = max(k, min(4096, math.ceil(params.efSearch * widen)))
         packed = None

@@ -164,8 +164,8 @@ class Expand(Reranker):
         for r, ids in enumerate(_rows(pool)):
             nb = table.lists(ids[:self.top])[0]
             new = np.setdiff1d(nb[nb >= 0], ids)
-            if where is not None and len(new):
-                new = new[where.mask(new, _fields(ctx, new))]
+            if where is not None and len(new):  # past the call's cache too (below)
+                new = new[where.mask(new, ctx.gallery.fields(new))]
             if not len(new):
                 continue
             # read past the call's cache: most of them never enter, and a call of many queries would keep them all
