@@ -177,6 +177,20 @@ def test_search_over_duplicated_vectors_returns_the_smallest_ids(folder):
         np.testing.assert_array_equal(got[r], want)
 
 
+@pytest.mark.parametrize("n_want", [0, 1, 3, 8, 9, 20])
+def test_code_filters_equal_isin(n_want):
+    """A segment's rows pass a camera / source / track filter when their code is among the wanted ones: the
+    comparisons (up to CODE_COMPARES codes) and the lookup table (more) against np.isin, codes -1 (no value)
+    included."""
+    rng = np.random.default_rng(n_want)
+    n_codes = 24
+    values = rng.integers(-1, n_codes, 5000).astype(np.int32)
+    codes = np.sort(rng.choice(n_codes, n_want, replace=False)).astype(np.int32)
+    got = faiss_backend._in_codes(values, codes, n_codes)
+    assert got.dtype == bool and np.array_equal(got, np.isin(values, codes))
+    assert np.array_equal(faiss_backend._in_codes(values[::7], codes, n_codes), np.isin(values[::7], codes))
+
+
 def test_commit_writes_only_new_rows_as_an_immutable_segment(folder):
     rng = np.random.default_rng(1)
     b = FaissBackend(folder, DIM, {})

@@ -661,6 +661,25 @@ def _files_of(state: dict[str, Any]) -> set[str]:
 # filters compiled against one segment
 
 
+#: a filter on a string field compares the rows' codes with each of up to this many codes; more go through a
+#: lookup table
+CODE_COMPARES = 8
+
+
+def _in_codes(values: np.ndarray, codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """``np.isin(values, codes)`` for codes of a field with ``n_codes`` values (-1: none). ``np.isin`` sorts:
+    2.3 ms over 512k rows for one code, where a comparison takes 0.03 ms (a lookup table 0.6 ms)."""
+    values = np.asarray(values)
+    if len(codes) <= CODE_COMPARES:
+        out = np.zeros(values.shape, bool)
+        for c in np.asarray(codes).tolist():
+            out |= values == c
+        return out
+    table = np.zeros(n_codes + 1, bool)
+    table[np.asarray(codes, np.int64) + 1] = True
+    return table[values.astype(np.int64) + 1]
+
+
 class _SegFilter:
     """A SearchFilter in one segment's codes; ``nothing`` when no row of the segment can pass."""
 
@@ -691,9 +710,9 @@ class _SegFilter:
             keep = m if keep is None else keep & m
 
         for fi, codes in self.conds:
-            both(np.isin(np.asarray(seg.codes[fi][rows]), codes))
+            both(_in_codes(seg.codes[fi][rows], codes, len(seg.vocab[STR_FIELDS[fi]])))
         if self.excl is not None:
-            both(~np.isin(np.asarray(seg.codes[0][rows]), self.excl))
+            both(~_in_codes(seg.codes[0][rows], self.excl, len(seg.vocab["camera"])))
         if self.timed:
             t = np.asarray(seg.ts[rows])
             ok = ~np.isnan(t)
