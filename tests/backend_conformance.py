@@ -255,7 +255,9 @@ class BackendConformance:
         k = 12
         s, r = b.knn(q, x, k)
         assert s.shape == (len(q), k) and r.shape == (len(q), k) and r.dtype == np.int64
-        full = q @ x.T
+        # float64 products row by row: copies of a vector get the same value (a matrix product may round them
+        # apart by column on some CPUs)
+        full = (q.astype(np.float64)[:, None, :] * x.astype(np.float64)[None]).sum(-1)
         for j in range(len(q)):
             o = np.lexsort((np.arange(n_rows), -full[j]))[:k]
             assert r[j, :len(o)].tolist() == o.tolist()

@@ -191,6 +191,50 @@ def test_code_filters_equal_isin(n_want):
     assert np.array_equal(faiss_backend._in_codes(values[::7], codes, n_codes), np.isin(values[::7], codes))
 
 
+def test_copies_finds_each_rows_first_copy():
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((30, 6)).astype(np.float32)
+    base[5, :2] = base[4, :2]  # rows that share their first 8 bytes but differ after them are not copies
+    x = base[rng.integers(0, 30, 400)]
+    first_of: dict[bytes, int] = {}
+    want = np.array([first_of.setdefault(row.tobytes(), i) for i, row in enumerate(x)])
+    assert np.array_equal(faiss_backend.copies(x), want)
+    assert faiss_backend.copies(base) is None and faiss_backend.copies(base[:1]) is None
+
+
+def _rounding_search(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """An exact search whose product rounds later columns up (as OpenBLAS does for some columns on some CPUs)."""
+    s = (q @ x.T).astype(np.float64) + 1e-6 * np.arange(len(x)) / max(len(x), 1)
+    r = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(s, r, 1).astype(np.float32)
+    if r.shape[1] < k:
+        pad = k - r.shape[1]
+        out = np.concatenate([out, np.full((len(q), pad), -np.inf, np.float32)], 1)
+        r = np.concatenate([r, np.full((len(q), pad), -1)], 1)
+    return out, r.astype(np.int64)
+
+
+@pytest.mark.parametrize("k", [1, 7, 40, 700])
+def test_copies_tie_whatever_the_product_rounds(k):
+    """Rows repeated many times, searched through a product that rounds by column: the lower rows of a group of
+    copies come first, as a full sort of float64 products (each row's own) lists them. Without the copies'
+    handling the rounding decides (checked, so the case really needs it)."""
+    rng = np.random.default_rng(k)
+    base = unit(rng, 12)
+    x = base[rng.integers(0, 12, 600)]
+    q = np.concatenate([base[:4], unit(rng, 4)])
+    s, r = faiss_backend.search_with_copies(_rounding_search, q, x, k, faiss_backend.copies(x))
+    full = (q.astype(np.float64)[:, None, :] * x.astype(np.float64)[None]).sum(-1)
+    m = min(k, len(x))
+    for j in range(len(q)):
+        o = np.lexsort((np.arange(len(x)), -full[j]))[:m]
+        assert r[j, :m].tolist() == o.tolist()
+        np.testing.assert_allclose(s[j, :m], full[j][o], atol=1e-5)
+        assert (r[j, m:] == -1).all() and np.isneginf(s[j, m:]).all()
+    _, plain = faiss_backend.search_with_copies(_rounding_search, q, x, k, None)
+    assert not np.array_equal(plain[:, :m], r[:, :m])
+
+
 def test_commit_writes_only_new_rows_as_an_immutable_segment(folder):
     rng = np.random.default_rng(1)
     b = FaissBackend(folder, DIM, {})

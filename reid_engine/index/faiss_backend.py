@@ -58,7 +58,7 @@ import numpy as np
 
 from ..errors import IndexCorruptError, InvalidInputError
 from .backend import FIELDS, Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, register_backend
-from .topk import top_k_rows
+from .topk import copies, search_with_copies, top_k_rows
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +187,18 @@ KNN_BLOCK_SCORES = 1 << 24
 KNN_BLOCK_ROWS = 4096
 
 
-def knn_inner_product(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def knn_inner_product(q: np.ndarray, x: np.ndarray, k: int, first: Optional[np.ndarray] = None,
+                      find_copies: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Each query's ``k`` rows of ``x`` with the largest inner product: (similarities, row numbers), best first,
     the lowest float32 / -1 where ``x`` has fewer rows; the same answer as ``faiss.knn`` (its heaps, its order of
-    ties)."""
+    ties), except that copies of one vector always tie (``topk.search_with_copies``): ``first`` is
+    ``topk.copies(x)`` when known, else it is found (``find_copies``)."""
+    if first is None and find_copies:
+        first = copies(x)
+    return search_with_copies(_knn_blocks, q, x, k, first)
+
+
+def _knn_blocks(q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     q = np.ascontiguousarray(q, np.float32)
     if len(q) < KNN_BLAS_QUERIES or len(q) * len(x) < KNN_BLOCK_SCORES // 16:
         s, r = faiss.knn(q, np.ascontiguousarray(x, np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
@@ -427,6 +435,11 @@ class _Segment:
         out = np.full(ids.shape, -1, np.int64)
         out[hit] = self.kpos[jc[hit]]
         return out
+
+    @functools.cached_property
+    def copies(self) -> Optional[np.ndarray]:
+        """``topk.copies`` of the segment's vectors (found on the first exact search of the whole segment)."""
+        return copies(self.vec)
 
     @functools.cached_property
     def _decode(self) -> dict[str, np.ndarray]:
@@ -1563,7 +1576,7 @@ class FaissBackend(VectorBackend):
                       sf: Optional[_SegFilter]) -> tuple[np.ndarray, np.ndarray]:
         if sf is None and (dead is None or nd <= max(256, seg.rows // 8)):
             kk = min(seg.rows, k + nd)
-            s, r = self._knn(q, seg.vec, kk)
+            s, r = self._knn(q, seg.vec, kk, seg.copies, find_copies=False)
             i = np.where(r >= 0, np.asarray(seg.ids)[np.maximum(r, 0)], -1)
             if dead is not None:
                 bad = (r < 0) | dead[np.maximum(r, 0)]
@@ -1591,15 +1604,21 @@ class FaissBackend(VectorBackend):
         s, r = self._knn(q, np.ascontiguousarray(rows, np.float32), k)
         return top_k_rows(s, r, k)  # the heaps keep the lower rows among ties; this lists them first too
 
-    def _knn(self, q: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _knn(self, q: np.ndarray, x: np.ndarray, k: int, first: Optional[np.ndarray] = None,
+             find_copies: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k rows of ``x`` (copies of a vector tie: ``knn_inner_product``)."""
         if self._gpus > 0 and len(x) * len(q) >= 1 << 22:  # pragma: no cover - no GPU here
             try:
                 if self._gpu_res is None:
                     self._gpu_res = faiss.StandardGpuResources()
-                return faiss.knn_gpu(self._gpu_res, q, np.ascontiguousarray(x), k, metric=faiss.METRIC_INNER_PRODUCT)
+                res = self._gpu_res
+
+                def gpu(qq: np.ndarray, xx: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+                    return faiss.knn_gpu(res, qq, np.ascontiguousarray(xx), kk, metric=faiss.METRIC_INNER_PRODUCT)
+                return search_with_copies(gpu, q, x, k, copies(x) if first is None and find_copies else first)
             except Exception as exc:  # a GPU failure falls back to the CPU, with a trace in the log
                 log.warning("GPU search failed, using the CPU: %s", exc)
-        return knn_inner_product(q, x, k)
+        return knn_inner_product(q, x, k, first, find_copies)
 
     def _scan_rows(self, seg: _Segment, rows: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k among ``rows`` (sorted) of a segment, in blocks."""
@@ -1609,7 +1628,8 @@ class FaissBackend(VectorBackend):
             r = rows[i0:i0 + _BLOCK]
             x = seg.vec[r] if r.size < seg.rows else seg.vec
             kk = min(k, r.size)
-            s, loc = self._knn(q, np.ascontiguousarray(x), kk)
+            # a flat segment knows whether it holds copies (a graph's rows are not all read for that)
+            s, loc = self._knn(q, np.ascontiguousarray(x), kk, find_copies=seg.kind != "flat" or seg.copies is not None)
             ids = np.where(loc >= 0, np.asarray(seg.ids)[r[np.maximum(loc, 0)]], -1)
             best_s, best_i = top_k_rows(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), k)
         return best_s, best_i

@@ -6,7 +6,7 @@ top ``k`` are dropped before sorting (never an arbitrary subset of the ties).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -58,10 +58,80 @@ def _columns_at_or_above_kth(s: np.ndarray, k: int, sample: int = 512) -> Option
     return cols
 
 
+def copies(x: np.ndarray) -> Optional[np.ndarray]:
+    """For each row of ``x``, the first row it is a byte-for-byte copy of (itself when none); None when no row
+    is a copy of another (the usual case). Rows are compared whole only where their first 8 bytes are equal."""
+    x = np.asarray(x)
+    n = len(x)
+    if n < 2 or x.ndim != 2 or x.shape[1] == 0:
+        return None
+    rows = np.ascontiguousarray(x.reshape(n, -1))
+    head: np.ndarray
+    if rows.strides[0] >= 8:
+        head = np.ascontiguousarray(rows.view(np.uint8)[:, :8]).view(np.uint64)[:, 0]
+    else:  # rows of fewer than 8 bytes: compare them whole
+        head = np.unique(rows.view(np.dtype((np.void, rows.strides[0]))).ravel(), return_inverse=True)[1].ravel()
+    order = np.argsort(head, kind="stable")
+    same = head[order][1:] == head[order][:-1]
+    if not same.any():
+        return None
+    first = np.arange(n)
+    # runs of equal heads (in row order inside each run): each row is matched against the earlier rows of its run
+    starts = np.flatnonzero(np.concatenate([[True], ~same]))
+    ends = np.concatenate([starts[1:], [n]])
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        if b - a < 2:
+            continue
+        run = order[a:b]
+        whole = rows[run].view(np.dtype((np.void, rows.strides[0]))).ravel()
+        _, at, group = np.unique(whole, return_index=True, return_inverse=True)
+        first[run] = run[at[group.ravel()]]
+    return None if np.array_equal(first, np.arange(n)) else first
+
+
+def search_with_copies(search: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+                       queries: np.ndarray, rows: np.ndarray, k: int, first: Optional[np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """``search(queries, rows, k)`` (best first; row numbers, -1 where fewer) such that copies of one vector tie
+    exactly and come in ascending row order; ``first`` is ``copies(rows)``. A matrix product may round the same
+    inner product differently at different columns (OpenBLAS on an AMD EPYC does, by a unit in the last place),
+    which would rank copies by where they fall; so only the first row of each group of copies is searched, and
+    each found row stands for its group (its copies' similarities are its own)."""
+    if first is None:
+        return search(queries, rows, k)
+    heads = np.flatnonzero(first == np.arange(len(first)))
+    s, r = search(queries, np.asarray(rows)[heads], k)
+    s, r = np.asarray(s, np.float32), np.asarray(r, np.int64)
+    order = np.argsort(first, kind="stable")  # rows grouped by their first row, ascending inside a group
+    start = np.searchsorted(first[order], heads)
+    count = np.bincount(first, minlength=len(first))[heads]
+    # result column p of query i is copy number p - (cum[i, j] - size[i, j]) of its hit j, the first hit whose
+    # cumulative size passes p (each group counted at most k times: no more are ever listed)
+    size = np.where(r >= 0, np.minimum(count[np.maximum(r, 0)], k), 0)
+    cum = np.cumsum(size, axis=1)
+    nq, width = r.shape
+    span = k * width + 1  # more than any row's cumulative size: rows of cum stay apart once shifted by it
+    shift = (np.arange(nq, dtype=np.int64) * span)[:, None]
+    p = np.broadcast_to(np.arange(k, dtype=np.int64), (nq, k))
+    j = np.searchsorted((cum + shift).ravel(), (p + shift).ravel(), side="right").reshape(nq, k) - \
+        np.arange(nq, dtype=np.int64)[:, None] * width
+    ok = p < cum[:, -1:]
+    j = np.minimum(j, width - 1)
+    hit = np.take_along_axis(r, j, 1)
+    within = p - (np.take_along_axis(cum, j, 1) - np.take_along_axis(size, j, 1))
+    found = np.where(ok, order[np.where(ok, start[np.maximum(hit, 0)] + within, 0)], -1)
+    sims = np.where(ok, np.take_along_axis(s, j, 1), -np.inf).astype(np.float32)
+    return sims, found.astype(np.int64)
+
+
 def knn_rows(queries: np.ndarray, rows: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Each query's ``k`` rows with the largest inner product: (similarities, row numbers), best first, the lower
-    row first among ties, -inf / -1 where there are fewer rows (NumPy's matrix product, ``block`` queries at a
-    time)."""
+    row first among ties (copies of one vector always tie), -inf / -1 where there are fewer rows (NumPy's matrix
+    product, ``block`` queries at a time)."""
+    return search_with_copies(lambda q, x, kk: _knn_rows(q, x, kk, block), queries, rows, k, copies(rows))
+
+
+def _knn_rows(queries: np.ndarray, rows: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
     q = np.asarray(queries, np.float32)
     x = np.asarray(rows, np.float32)
     sims = np.full((len(q), k), -np.inf, np.float32)
