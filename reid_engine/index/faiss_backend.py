@@ -1607,6 +1607,8 @@ class FaissBackend(VectorBackend):
     def _knn(self, q: np.ndarray, x: np.ndarray, k: int, first: Optional[np.ndarray] = None,
              find_copies: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k rows of ``x`` (copies of a vector tie: ``knn_inner_product``)."""
+        if first is None and find_copies:
+            first = copies(x)
         if self._gpus > 0 and len(x) * len(q) >= 1 << 22:  # pragma: no cover - no GPU here
             try:
                 if self._gpu_res is None:
@@ -1615,10 +1617,10 @@ class FaissBackend(VectorBackend):
 
                 def gpu(qq: np.ndarray, xx: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
                     return faiss.knn_gpu(res, qq, np.ascontiguousarray(xx), kk, metric=faiss.METRIC_INNER_PRODUCT)
-                return search_with_copies(gpu, q, x, k, copies(x) if first is None and find_copies else first)
+                return search_with_copies(gpu, q, x, k, first)
             except Exception as exc:  # a GPU failure falls back to the CPU, with a trace in the log
                 log.warning("GPU search failed, using the CPU: %s", exc)
-        return knn_inner_product(q, x, k, first, find_copies)
+        return knn_inner_product(q, x, k, first, find_copies=False)
 
     def _scan_rows(self, seg: _Segment, rows: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k among ``rows`` (sorted) of a segment, in blocks."""
