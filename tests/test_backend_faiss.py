@@ -503,7 +503,7 @@ def test_copied_rows_are_the_source_files_first_rows(tmp_path, monkeypatch, kern
 
 def test_rescoring_a_batch_equals_brute_force_with_or_without_dropping_pages(tmp_path, monkeypatch):
     """_rescore: the best k of each query's candidates by exact inner product, ties by id, -1 candidates ignored;
-    dropping the mapped pages between blocks (batch searches) changes nothing."""
+    a batch's blocks scored in threads, and the mapped pages dropped after it, change nothing."""
     from reid_engine.index import faiss_backend as fb
 
     rng = np.random.default_rng(23)
@@ -528,6 +528,42 @@ def test_rescoring_a_batch_equals_brute_force_with_or_without_dropping_pages(tmp
         s, i = fb._rescore(vec, q, rows, ids, 10, release=release)
         np.testing.assert_array_equal(i, want_i)
         np.testing.assert_allclose(s, want_s, rtol=1e-5, atol=1e-5)
+
+
+def _mapped_rss_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of the file ``path`` (/proc/self/smaps)."""
+    total, inside, want = 0, False, str(path.resolve())
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+            inside = len(head) == 6 and head[5] == want
+        elif inside and line.startswith("Rss:"):
+            total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc/self/smaps")
+def test_a_batch_rescoring_leaves_none_of_the_file_it_read_resident(tmp_path):
+    """A batch search's re-scoring reads rows all over the mapped vectors; once it is done they are no longer
+    resident in this process (a single query's re-scoring keeps them, as the query path does)."""
+    from reid_engine.index import faiss_backend as fb
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16384, 128)).astype(np.float32)  # 8 MB
+    np.save(tmp_path / "v.npy", x)
+    path = tmp_path / "v.npy"
+    vec = np.load(path, mmap_mode="r")
+    q = rng.standard_normal((512, 128)).astype(np.float32)
+    rows = np.arange(512 * 32).reshape(512, 32)  # every row of the file once
+    s_keep, i_keep = fb._rescore(vec, q, rows, rows, 8)
+    kept = _mapped_rss_kib(path)
+    assert kept > 0.8 * x.nbytes / 1024  # read whole and kept
+    del vec
+    vec = np.load(path, mmap_mode="r")  # a fresh mapping: nothing resident yet
+    s, i = fb._rescore(vec, q, rows, rows, 8, release=path)
+    assert _mapped_rss_kib(path) < 0.1 * x.nbytes / 1024
+    np.testing.assert_array_equal(i, i_keep)
+    np.testing.assert_array_equal(s, s_keep)
 
 
 def test_graph_dims_option_is_validated(folder):

@@ -112,7 +112,7 @@ GRAPH_PROJECT_SAMPLE = 32768
 #: first stage 27.50) in 7.7 / 10.2 / 13.2 ms a pool search; graphs over the full vectors gave 0.9940 and 27.06 in
 #: 12.0 ms (same machine)
 GRAPH_PROJECTED_BEAM = 2.0
-#: rows a batch search re-scores between drops of the pages it read (at most 64 KB mapped per row: fault-around)
+#: rows a batch search re-scores per block (one thread's share of the work at a time)
 RESCORE_BLOCK = 2048
 
 
@@ -160,19 +160,29 @@ def _rescore(vec: np.ndarray, q: np.ndarray, rows: np.ndarray, ids: np.ndarray, 
     """The best ``k`` of each query's candidate ``rows`` of ``vec`` (-1: none; ``ids``: their ids) by exact inner
     product with it: (similarities, ids), ties by ascending id, -inf / -1 where fewer.
 
-    With ``release`` (the file ``vec`` maps), the pages read are dropped from this process after every block of
-    RESCORE_BLOCK rows: a batch re-scores rows all over the file, which would otherwise stay resident beside the
-    graph (a commit's neighbour search touches most of them)."""
+    With ``release`` (the file ``vec`` maps: a batch search), the blocks of RESCORE_BLOCK rows are scored in
+    threads, and the pages read are dropped from this process once the batch is scored: a batch re-scores rows all
+    over the file, which would otherwise stay resident beside the graph (a commit's neighbour search touches most
+    of them). Dropping them once, not after every block, maps each page about once per batch instead of once per
+    block (docs/storage.md: "Re-scoring a batch")."""
     sims = np.full(rows.shape, -np.inf, np.float32)
-    drop = release is not None and vec.size > 0 and _file_mapped(*_page_range(vec), release)
-    block = max(1, (RESCORE_BLOCK if drop else 8 * RESCORE_BLOCK) // max(rows.shape[1], 1))
-    for i0 in range(0, len(q), block):
+    block = max(1, (RESCORE_BLOCK if release is not None else 8 * RESCORE_BLOCK) // max(rows.shape[1], 1))
+
+    def score(i0: int) -> None:
         r = rows[i0:i0 + block]
         x = vec[np.maximum(r, 0).ravel()].reshape(*r.shape, vec.shape[1])
-        if drop:
-            _drop_mapped(vec)
         s = np.einsum("qkd,qd->qk", x, q[i0:i0 + block], dtype=np.float32)
         sims[i0:i0 + block] = np.where(r >= 0, s, -np.inf)
+
+    starts = range(0, len(q), block)
+    pool = _rescore_pool() if release is not None and len(starts) > 1 else None
+    if pool is None:
+        for i0 in starts:
+            score(i0)
+    else:  # NumPy's gathers and products let go of the GIL: the blocks run side by side
+        list(pool.map(score, starts))
+    if release is not None and vec.size > 0 and _file_mapped(*_page_range(vec), release):
+        _drop_mapped(vec)
     return top_k_rows(sims, ids, k)
 
 
@@ -283,6 +293,14 @@ def _segment_pool() -> Optional[ThreadPoolExecutor]:
             if _POOL is None:
                 _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="faiss-segments")
     return _POOL
+
+
+@functools.lru_cache(maxsize=1)
+def _rescore_pool() -> Optional[ThreadPoolExecutor]:
+    """The pool that re-scores the blocks of a batch search side by side (None on one core). Its own, not the
+    segments' pool: a batch search may run inside that pool's threads."""
+    cores = os.cpu_count() or 1
+    return ThreadPoolExecutor(max_workers=min(8, cores), thread_name_prefix="faiss-rescore") if cores >= 2 else None
 
 
 @contextmanager
