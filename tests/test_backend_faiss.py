@@ -566,6 +566,41 @@ def test_a_batch_rescoring_leaves_none_of_the_file_it_read_resident(tmp_path):
     np.testing.assert_array_equal(s, s_keep)
 
 
+def test_graph_codes_option_is_validated_and_sets_how_new_projected_graphs_keep_their_rows(folder):
+    """``graph_codes``: "sq8" (the default) or "float"; either way a projected graph's search re-scores its
+    candidates with the full vectors, so a beam as wide as the graph gives the exact top-k, similarities included,
+    and the default beam nearly all of it; reopened, the graph keeps its kind."""
+    for bad in ("SQ8", "pq", 8, None, True):
+        with pytest.raises(InvalidInputError, match="graph_codes"):
+            FaissBackend(folder, DIM, {"graph_codes": bad})
+    assert FaissBackend(folder, DIM, {}).graph_codes == "sq8"
+    dim = 64
+    rng = np.random.default_rng(12)
+    basis = np.linalg.qr(rng.standard_normal((dim, 12)))[0]
+    ids = np.arange(1, 1201)
+    x = _low_rank(rng, len(ids), basis)
+    q = _low_rank(rng, 30, basis)
+    exact = q.astype(np.float64) @ x.T.astype(np.float64)
+    want = ids[np.argsort(-exact, axis=1, kind="stable")[:, :10]]
+    for codes in ("sq8", "float"):
+        sub = folder / codes
+        sub.mkdir()
+        opts = {"exact_threshold": 500, "flat_limit": 200, "graph_codes": codes}
+        b = FaissBackend(sub, dim, opts)
+        b.load(b.prepare(1, Changes(add_ids=ids, add_vectors=x, add_fields=make_fields(rng, len(ids)))))
+        state = b.compact(2, force=True)
+        b.load(state)
+        (seg,) = b.describe()["segments"]
+        assert seg["kind"] == "graph" and 0 < seg["graph_dim"] < dim and seg["graph_codes"] == codes
+        s, i = b.search(q, 10, params=SearchParams(ef_search=4096))
+        np.testing.assert_array_equal(i, want)
+        np.testing.assert_allclose(s, np.take_along_axis(exact, want - 1, 1), atol=1e-5)
+        assert np.mean([len(np.intersect1d(a, w)) for a, w in zip(b.search(q, 10)[1], want)]) >= 9.5
+        reopened = FaissBackend(sub, dim, {**opts, "graph_codes": "float" if codes == "sq8" else "sq8"})
+        reopened.load(state)
+        assert reopened.describe()["segments"][0]["graph_codes"] == codes
+
+
 def test_graph_dims_option_is_validated(folder):
     for bad in (0, -3, "16", 2.5, True):
         with pytest.raises(InvalidInputError, match="graph_dims"):
@@ -738,11 +773,13 @@ def test_releasing_a_mapped_graph_drops_its_pages_but_never_its_data(tmp_path):
     assert np.array_equal(anon, x) and np.array_equal(vec, x)
 
 
-def test_a_graph_copied_for_growing_is_the_file_byte_for_byte_and_grows_in_place(tmp_path):
+@pytest.mark.parametrize("codes", ["float", "sq8"])
+def test_a_graph_copied_for_growing_is_the_file_byte_for_byte_and_grows_in_place(tmp_path, codes):
     """The private copy a merge grows (read block by block from the mapped file into buffers with room for the new
     rows) is what ``faiss.read_index`` reads: the same bytes when written back, the same bytes again after the same
     rows are added to both (one thread: insertion order fixed), and adding within the room never moves its
-    vectors (no reallocation, which would briefly hold them twice)."""
+    vectors (no reallocation, which would briefly hold them twice). For graphs of float rows and of 8-bit codes
+    (whose trained ranges the copy keeps: rows added later are coded alike)."""
     import faiss
 
     from reid_engine.index import faiss_backend as fb
@@ -750,8 +787,8 @@ def test_a_graph_copied_for_growing_is_the_file_byte_for_byte_and_grows_in_place
     rng = np.random.default_rng(9)
     x = rng.standard_normal((3000, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    index = faiss.IndexHNSWFlat(32, 16, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 40
+    index = fb._new_graph(32, 16, codes, x[:1000])
+    assert isinstance(index, faiss.IndexHNSWSQ if codes == "sq8" else faiss.IndexHNSWFlat)
     index.add(x[:2000])
     path = tmp_path / "g.hnsw"
     faiss.write_index(index, str(path))

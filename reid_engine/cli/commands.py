@@ -224,7 +224,9 @@ def _describe_backend(d: dict[str, Any]) -> str:
     text = f"{d.get('backend')} {d.get('index_type', '')} ({', '.join(params)}); {len(segs)} segments ({seg_text})"
     dims = sorted({int(s["graph_dim"]) for s in segs if s.get("graph_dim")})
     if dims and d.get("dim") and dims != [d["dim"]]:
-        text += f"; graphs over {'/'.join(map(str, dims))} of {d['dim']} dimensions (re-scored with all)"
+        codes = sorted({str(s["graph_codes"]) for s in segs if s.get("graph_codes")})
+        held = f" as {'/'.join(codes)} codes" if codes else ""
+        text += f"; graphs over {'/'.join(map(str, dims))} of {d['dim']} dimensions{held} (re-scored with all)"
     if d.get("tombstones"):
         text += f"; {d['tombstones']} removed vectors not yet compacted"
     return text
