@@ -69,6 +69,10 @@ def test_info_line_names_projected_graph_dimensions():
     assert text.endswith("3 segments (1 flat, 2 graph); graphs over 176/512 of 512 dimensions (re-scored with all)")
     unprojected = [{"kind": "graph", "rows": 9, "graph_dim": 512}]
     assert "dimensions" not in _describe_backend({"backend": "faiss", "dim": 512, "segments": unprojected})
+    coded = [{"kind": "graph", "rows": 9, "graph_dim": 176, "graph_codes": "sq8"},
+             {"kind": "graph", "rows": 5, "graph_dim": 512, "graph_codes": "float"}]
+    text = _describe_backend({"backend": "faiss", "index_type": "hnsw", "dim": 512, "segments": coded})
+    assert text.endswith("graphs over 176/512 of 512 dimensions as float/sq8 codes (re-scored with all)")
 
 
 def test_encoders_lists_the_registry(run):

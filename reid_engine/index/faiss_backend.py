@@ -75,13 +75,17 @@ GRAPH_EF_CONSTRUCTION = 40
 #: a graph grows (new rows are added to it at merges) until it holds this many rows; then it is sealed and the
 #: next merge starts a new graph. Every row is inserted into a graph once; a bigger cap means fewer graphs to
 #: search per query and per commit, but more bytes rewritten per merge and more memory while one grows (at
-#: merge time the growing graph is read into memory from its file)
-GRAPH_ROWS = 1 << 19
+#: merge time the growing graph is read into memory from its file). 1,048,576 since 2026-12-01 (524,288 before): with
+#: 8-bit codes a graph row is ~0.45 KB instead of ~0.96 KB, so a graph of twice the rows costs what one did, and a 1M
+#: gallery is one graph plus the flat tail. The 1M build took 565.1 s against 602.4-616.5 s with two graphs, at
+#: recall@10 0.9965 against 0.9985 and a default mAP@100 of 27.36 against 27.52 (exact first stage 27.50)
+GRAPH_ROWS = 1 << 20
 #: a merge built in the background (while the process keeps serving from the memory-mapped graphs) grows a graph
 #: only while it holds at most graph_rows / BACKGROUND_GROWTH_DIVISOR rows; past that it starts a new graph. Growing
-#: copies the graph into memory beside its mapped file, which searches keep paged in: at 1M rows a 512k-row copy
-#: lifted the peak to 4.3 GB, more than twice the vectors (docs/storage.md). Inline merges (bulk adds, compact)
-#: grow up to graph_rows
+#: copies the graph into memory beside its mapped file, which searches keep paged in: at 1M rows a copy of a
+#: 512k-row graph of float rows (1.2 GB) lifted the peak to 4.3 GB, more than twice the vectors; with 8-bit codes
+#: the copy of a 524k-row graph is about 0.23 GB (docs/storage.md). Inline merges (bulk adds, compact) grow up to
+#: graph_rows
 BACKGROUND_GROWTH_DIVISOR = 2
 #: default search beam width of the graphs (measured: recall@10 0.97 at 100k on tools/bench_scale.py data)
 GRAPH_EF_SEARCH = 128
@@ -562,12 +566,12 @@ def _copy_mapped(dst: np.ndarray, src: np.ndarray) -> None:
 
 
 def _graph_copy(path: Path, capacity_rows: int, m: int) -> Any:
-    """A private, growable in-memory copy of the HNSW index in the file ``path`` whose flat storage already has
-    room for ``capacity_rows`` rows. The file is memory-mapped and copied block by block (each block's pages
-    dropped once copied) into buffers allocated at their final size, so the copy never holds the vectors twice:
-    reading the file whole and then reserving the room reallocates, briefly holding the old and the new buffer
-    (about 1 GB more at the peak of growing a 512k-row graph). Byte for byte the index ``faiss.read_index`` gives
-    (tested)."""
+    """A private, growable in-memory copy of the HNSW index in the file ``path`` (float rows or 8-bit codes, with
+    the ranges they were coded with) whose storage already has room for ``capacity_rows`` rows. The file is
+    memory-mapped and copied block by block (each block's pages dropped once copied) into buffers allocated at
+    their final size, so the copy never holds the vectors twice: reading the file whole and then reserving the
+    room reallocates, briefly holding the old and the new buffer (about 1 GB more at the peak of growing a
+    512k-row graph of float rows). Byte for byte the index ``faiss.read_index`` gives (tested)."""
     mapped: Any = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)  # SWIG proxies: attributes typed loosely
     try:
         src_store: Any = faiss.downcast_index(mapped.storage)
