@@ -77,8 +77,9 @@ GRAPH_EF_CONSTRUCTION = 40
 #: search per query and per commit, but more bytes rewritten per merge and more memory while one grows (at
 #: merge time the growing graph is read into memory from its file). 1,048,576 since 2026-12-01 (524,288 before): with
 #: 8-bit codes a graph row is ~0.45 KB instead of ~0.96 KB, so a graph of twice the rows costs what one did, and a 1M
-#: gallery is one graph plus the flat tail. The 1M build took 565.1 s against 602.4-616.5 s with two graphs, at
-#: recall@10 0.9965 against 0.9985 and a default mAP@100 of 27.36 against 27.52 (exact first stage 27.50)
+#: gallery is one graph plus the flat tail. The 1M build took 565.1 / 654.2 s (two runs) against 602.4 / 616.5 s
+#: with two graphs, at recall@10 0.9965 against 0.9985 and a default mAP@100 of 27.36 against 27.52 (exact first
+#: stage 27.50)
 GRAPH_ROWS = 1 << 20
 #: a merge built in the background (while the process keeps serving from the memory-mapped graphs) grows a graph
 #: only while it holds at most graph_rows / BACKGROUND_GROWTH_DIVISOR rows; past that it starts a new graph. Growing
