@@ -75,17 +75,16 @@ GRAPH_EF_CONSTRUCTION = 40
 #: a graph grows (new rows are added to it at merges) until it holds this many rows; then it is sealed and the
 #: next merge starts a new graph. Every row is inserted into a graph once; a bigger cap means fewer graphs to
 #: search per query and per commit, but more bytes rewritten per merge and more memory while one grows (at
-#: merge time the growing graph is read into memory from its file). 1,048,576 since 2026-12-01 (524,288 before): with
-#: 8-bit codes a graph row is ~0.45 KB instead of ~0.96 KB, so a graph of twice the rows costs what one did, and a 1M
-#: gallery is one graph plus the flat tail. The 1M build took 565.1 / 654.2 s (two runs) against 602.4 / 616.5 s
-#: with two graphs, at recall@10 0.9965 against 0.9985 and a default mAP@100 of 27.36 against 27.52 (exact first
-#: stage 27.50)
-GRAPH_ROWS = 1 << 20
+#: merge time the growing graph is read into memory from its file). Tried on 2026-12-01 and not kept: 1,048,576
+#: (with 8-bit codes a graph row costs ~0.45 KB instead of ~0.96 KB, so a 1M gallery fits one graph at the same
+#: bytes per merge): two 1M builds took 565.1 / 654.2 s against 602.4 / 616.5 s with this cap (no gain past the
+#: machine's noise), with the build's peak 0.8 GB higher and recall@10 0.9965 against 0.9985 (docs/storage.md)
+GRAPH_ROWS = 1 << 19
 #: a merge built in the background (while the process keeps serving from the memory-mapped graphs) grows a graph
 #: only while it holds at most graph_rows / BACKGROUND_GROWTH_DIVISOR rows; past that it starts a new graph. Growing
 #: copies the graph into memory beside its mapped file, which searches keep paged in: at 1M rows a copy of a
 #: 512k-row graph of float rows (1.2 GB) lifted the peak to 4.3 GB, more than twice the vectors; with 8-bit codes
-#: the copy of a 524k-row graph is about 0.23 GB (docs/storage.md). Inline merges (bulk adds, compact) grow up to
+#: the copy of a 262k-row graph is about 0.11 GB (docs/storage.md). Inline merges (bulk adds, compact) grow up to
 #: graph_rows
 BACKGROUND_GROWTH_DIVISOR = 2
 #: default search beam width of the graphs (measured: recall@10 0.97 at 100k on tools/bench_scale.py data)
