@@ -194,8 +194,8 @@ def _rescore(vec: np.ndarray, q: np.ndarray, rows: np.ndarray, ids: np.ndarray, 
             score(i0)
     else:  # NumPy's gathers and products let go of the GIL: the blocks run side by side
         list(pool.map(score, starts))
-    if release is not None and vec.size > 0 and _file_mapped(*_page_range(vec), release):
-        _drop_mapped(vec)
+    if release is not None:
+        _release_pages(vec, release)
     return top_k_rows(sims, ids, k)
 
 
@@ -291,29 +291,35 @@ def auto_nprobe(nlist: int) -> int:
     return int(min(nlist, max(16, round(nlist / 128))))
 
 
-_POOL: Optional[ThreadPoolExecutor] = None
+_POOLS: dict[str, ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 #: a search of fewer queries than this runs segments side by side in threads (one FAISS thread each); a larger
 #: batch lets FAISS's OpenMP threads split the queries instead
 SEGMENT_THREADS_BELOW = 20
 
 
+def _shared_pool(name: str) -> Optional[ThreadPoolExecutor]:
+    """The process's pool of threads called ``name`` (one per core, at most 8), made on first use; None on one
+    core."""
+    pool = _POOLS.get(name)
+    if pool is None and (os.cpu_count() or 1) >= 2:
+        with _POOL_LOCK:
+            pool = _POOLS.get(name)
+            if pool is None:
+                pool = _POOLS[name] = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                                         thread_name_prefix=name)
+    return pool
+
+
 def _segment_pool() -> Optional[ThreadPoolExecutor]:
     """The shared pool that searches the segments of a small query side by side (None on one core)."""
-    global _POOL
-    if _POOL is None and (os.cpu_count() or 1) >= 2:
-        with _POOL_LOCK:
-            if _POOL is None:
-                _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="faiss-segments")
-    return _POOL
+    return _shared_pool("faiss-segments")
 
 
-@functools.lru_cache(maxsize=1)
 def _rescore_pool() -> Optional[ThreadPoolExecutor]:
     """The pool that re-scores the blocks of a batch search side by side (None on one core). Its own, not the
     segments' pool: a batch search may run inside that pool's threads."""
-    cores = os.cpu_count() or 1
-    return ThreadPoolExecutor(max_workers=min(8, cores), thread_name_prefix="faiss-rescore") if cores >= 2 else None
+    return _shared_pool("faiss-rescore")
 
 
 @contextmanager
@@ -653,9 +659,7 @@ def _graph_vectors(graph: Any, rows: int, dim: int) -> np.ndarray:
                                 f"expected a flat storage of {rows}")
     if rows == 0:
         return np.zeros((0, dim), np.float32)
-    view = faiss.rev_swig_ptr(storage.get_xb(), rows * dim).reshape(rows, dim)
-    view.flags.writeable = False
-    return view
+    return _graph_codes(graph).view(np.float32).reshape(rows, dim)
 
 
 def _copy_rows(f: Any, src: Path, nbytes: int) -> None:
