@@ -22,9 +22,11 @@ def _without(pipe: Pipeline, *classes: type) -> Pipeline:
 
 
 def _without_tail(pipe: Pipeline) -> tuple[Pipeline, KReciprocal]:
-    """``pipe`` with its k-reciprocal step's strong tail removed (the same gated head alone), and that step."""
+    """``pipe`` with its k-reciprocal step's strong tail removed (the same gated head alone, on the head's pool),
+    and that step."""
     kr = next(s for s in pipe.steps if isinstance(s, KReciprocal))
-    head_only = KReciprocal(kr.k1, kr.k2, kr.lambda_value, kr.pool, kr.gate_margin, kr.gate_share, kr.gate_top)
+    head_only = KReciprocal(kr.k1, kr.k2, kr.lambda_value, kr.head_pool or kr.pool, kr.gate_margin, kr.gate_share,
+                            kr.gate_top)
     return Pipeline(pipe.name + "-no-tail", tuple(head_only if s is kr else s for s in pipe.steps)), kr
 
 
@@ -418,11 +420,31 @@ def test_the_tail_gate_alone_keeps_the_incoming_head() -> None:
     assert np.array_equal(gal.query(Pipeline("s", (shut,)), q, 100).ids, cos)
 
 
-@pytest.mark.parametrize("kwargs", [{"head": -1}, {"tail_lambda": 1.5}, {"tail_lambda": -0.1}, {"tail_share": -0.1}])
+@pytest.mark.parametrize("seed", [5, 6])
+def test_a_tail_pool_larger_than_the_heads_is_the_head_of_the_small_pool_then_the_tail_of_the_large(seed) -> None:
+    """``head_pool`` 100 in a pool of 200: the first 4 answers are those of the same step on the cosine top 100
+    (a pool of 100), the next 196 follow the tail blend computed on the cosine top 200, the rest cosine order."""
+    x, _, q = _multi_shot(seed, people=40, shots=8)  # 320 crops
+    gal = _gallery(x)
+    step = KReciprocal(20, 6, 0.85, pool=200, head=4, tail_lambda=0.3, head_pool=100)
+    out = gal.query(Pipeline("ht", (step,)), q, len(x)).ids
+    safe = gal.query(Pipeline("a", (KReciprocal(20, 6, 0.85, pool=100),)), q, 100).ids
+    strong = gal.query(Pipeline("b", (KReciprocal(20, 6, 0.3, pool=200),)), q, 200).ids
+    cos = gal.query(get_pipeline("none"), q, len(x)).ids
+    small = gal.query(Pipeline("c", (KReciprocal(20, 6, 0.3, pool=100),)), q, 200).ids
+    for r in range(len(q)):
+        assert list(out[r, :4]) == list(safe[r, :4])
+        assert list(out[r, 4:200]) == [i for i in strong[r] if i not in set(safe[r, :4])]
+        assert list(out[r, 200:]) == list(cos[r, 200:])
+    assert not np.array_equal(strong[:, 4:100], small[:, 4:100])  # the tail's pool changes the tail
+
+
+@pytest.mark.parametrize("kwargs", [{"head": -1}, {"tail_lambda": 1.5}, {"tail_lambda": -0.1}, {"tail_share": -0.1},
+                                    {"head_pool": 1}])
 def test_k_reciprocal_rejects_a_bad_head_or_tail(kwargs) -> None:
     from reid_engine.errors import InvalidInputError
 
-    with pytest.raises(InvalidInputError, match="head >= 0|tail_lambda|tail_share"):
+    with pytest.raises(InvalidInputError, match="head >= 0|tail_lambda|tail_share|head_pool"):
         KReciprocal(20, 6, 0.85, **kwargs)
 
 

@@ -27,10 +27,14 @@ torchreid ``re_ranking`` (k1=20, k2=6, lambda=0.3) and Pose2ID NFC (k1=k2=2).
     python tools/rerank_devsets.py --presets none,camera,default --no-select --distractors   # + other sets' crops
     python tools/rerank_devsets.py --presets none,default --no-select --distractors --site-shares 0.25,0.5,0.75
     python tools/rerank_devsets.py --two-camera-site   # step 0 on pku with both cameras in the gallery
+    python tools/rerank_devsets.py --presets none --no-select --tail-pools 100,150,200   # the tail's pool
 
 ``--site-shares`` chooses the one parameter that only galleries with several sites
 feel, ``SiteSplit``'s share, leave-one-set-out over the same objective (on the
-plain galleries every share gives the same lists: one gallery camera).
+plain galleries every share gives the same lists: one gallery camera). ``--tail-pools``
+chooses the k-reciprocal tail's pool the same way, every other parameter as
+shipped (the head keeps the first stage's best 100, so Rank-1 and Rank-5 do not
+change); the grid's points with a tail use the shipped tail pool.
 
 Tools are never imported by the package; this one needs onnxruntime, openvino and torchreid.
 """
@@ -62,7 +66,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reid_engine.assets import shared_path  # noqa: E402
-from reid_engine.rerank import MemoryGallery, Pipeline, SiteMerge, SiteSplit, get_pipeline, rerank_search  # noqa: E402
+from reid_engine.rerank import (KReciprocal, MemoryGallery, Pipeline, SiteMerge, SiteSplit, get_pipeline,  # noqa: E402
+                                rerank_search)
+from reid_engine.rerank.steps import POOL  # noqa: E402
 from reid_engine.rerank.config import PRESETS  # noqa: E402
 from reid_engine.rerank.presets import DEFAULT_CAMERA, DEFAULT_CENTRALIZE, DEFAULT_KRECIPROCAL, DEFAULT_SITE  # noqa: E402
 from reid_engine.rerank.presets import default_pipeline  # noqa: E402
@@ -280,10 +286,24 @@ def with_site_share(pipeline: Pipeline, share: float) -> Pipeline:
     return dc_replace(pipeline, steps=steps, name=f"{pipeline.name}@site_share={share}")
 
 
+def with_tail_pool(pipeline: Pipeline, pool: int) -> Pipeline:
+    """``pipeline`` with its k-reciprocal tail re-ranking a pool of ``pool`` candidates; its head keeps the
+    pool of ``POOL`` it was chosen with (the first stage's best ``POOL`` by cosine)."""
+    def swap(s: Any) -> Any:
+        if not isinstance(s, KReciprocal):
+            return s
+        return KReciprocal(s.k1, s.k2, s.lambda_value, pool, s.gate_margin, s.gate_share, s.gate_top, s.head,
+                           s.tail_lambda, s.tail_share, head_pool=POOL if pool > POOL else None)
+    return dc_replace(pipeline, steps=tuple(swap(s) for s in pipeline.steps), name=f"{pipeline.name}@tail_pool={pool}")
+
+
 def pipeline_for(point: dict[str, Any]) -> Pipeline:
     cam = dict(DEFAULT_CAMERA, **{k: v for k, v in point.items() if k in CAMERA_KEYS})
     cen = dict(DEFAULT_CENTRALIZE, **{k: v for k, v in point.items() if k in CENTRALIZE_KEYS})
-    kr = dict(DEFAULT_KRECIPROCAL, head=0, tail_lambda=None, tail_share=None)  # a point without a tail has none
+    # a point without a tail has none, and no use for a tail pool larger than its head's
+    kr = dict(DEFAULT_KRECIPROCAL, head=0, tail_lambda=None, tail_share=None, pool=POOL, head_pool=None)
+    if point.get("tail_lambda") is not None:  # the tail re-ranks the shipped tail pool (--tail-pools)
+        kr.update(pool=DEFAULT_KRECIPROCAL["pool"], head_pool=DEFAULT_KRECIPROCAL["head_pool"])
     kr.update({k: v for k, v in point.items() if k in KR_KEYS})
     return default_pipeline(cam, cen, kreciprocal=kr, name="default@" + ",".join(f"{k}={v}" for k, v in point.items()))
 
@@ -346,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--site-shares", default=None,
                     help="comma-separated SiteSplit shares to choose from leave-one-set-out (it only changes "
                          "galleries with several sites: use with --distractors)")
+    ap.add_argument("--tail-pools", default=None,
+                    help="comma-separated pool sizes of the default's k-reciprocal tail to choose from "
+                         "leave-one-set-out, every other parameter as shipped (the head keeps its pool)")
     ap.add_argument("--two-camera-site", action="store_true",
                     help="only step 0 on pku as one site of two cameras (both in the gallery), with and without "
                          "the other protocols' crops as distractors")
@@ -394,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         grid: dict[int, dict[tuple[str, str], tuple[float, float, float]]] = {}
         cached = json.loads(args.grid_cache.read_text()) if args.grid_cache and args.grid_cache.exists() else {}
         tag = "|distractors" if args.distractors else ""  # scores of other galleries are cached apart
+        tag += f"|tail_pool={DEFAULT_KRECIPROCAL['pool']}"  # and those of another tail pool
         for i, pt in enumerate(points):
             got = cached.get(json.dumps(pt, sort_keys=True), {})
             if all(f"{s}|{e}{tag}" in got for s, e in pairs):
@@ -430,6 +454,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  on all sets (ship this): {shares[all_sh]}")
         res["default, site share held-out"] = held_site
         rows_out.append("default, site share held-out")
+
+    if args.tail_pools:
+        sizes = [int(x) for x in args.tail_pools.split(",")]
+        default = get_pipeline("default")
+        by_pool = {i: {p: evaluate(rank_pipeline(gals[p], datas[p], with_tail_pool(default, n)), datas[p])
+                       for p in pairs} for i, n in enumerate(sizes)}
+        chosen_pool, held_pool, all_pool = leave_one_set_out(by_pool, sets, base, args.penalty)
+        print("tail pool chosen per held-out set:")
+        for s in sets:
+            print(f"  without {s}: {sizes[chosen_pool[s]]}")
+        print(f"  on all sets (ship this): {sizes[all_pool]}")
+        for i, n in enumerate(sizes):
+            res[f"default, tail pool {n}"] = by_pool[i]
+            rows_out.append(f"default, tail pool {n}")
+        res["default, tail pool held-out"] = held_pool
+        rows_out.append("default, tail pool held-out")
 
     for enc in encoders:
         print(f"\n{enc}: Rank-1 / Rank-5 / mAP %, one query per call")

@@ -22,9 +22,11 @@ DEFAULT_SITE: dict[str, Any] = {"share": 0.5, "min_links": 20}
 #: the first stage's pool completed with the stored neighbours of its first 20 candidates, searched with half the
 #: default beam when unfiltered (chosen on tools/bench_scale.py's 1M rows: speed, not accuracy; docs/storage.md)
 DEFAULT_EXPAND: dict[str, Any] = {"top": 20, "beam": 0.5}
+#: the head's blend among the first stage's best 100 (the pool it was chosen with), the tail's among 200
+#: (chosen leave-one-set-out from 100 / 150 / 200, every fold: 200; 200 is the cost cap set beforehand)
 DEFAULT_KRECIPROCAL: dict[str, Any] = {"k1": 20, "k2": 6, "lambda_value": 0.85, "gate_margin": 0.05,
                                        "gate_share": 0.9, "gate_top": 10, "head": 5, "tail_lambda": 0.3,
-                                       "tail_share": 0.0}
+                                       "tail_share": 0.0, "pool": 200, "head_pool": 100}
 
 
 def default_pipeline(camera: dict | None = None, centralize: dict | None = None, name: str = "default",

@@ -339,6 +339,11 @@ class KReciprocal(Reranker):
     gate of its own, ``tail_share`` (None: the same as ``gate_share``): where only the tail's gate
     opens, the head is the first ``head`` of the incoming order. The tail's scores are shifted below
     the head's lowest, keeping their differences.
+
+    With ``head_pool`` set, the head's blend is computed among the pool's best ``head_pool``
+    candidates by raw cosine (the first stage's top ``head_pool``) and the tail's among the whole
+    pool (``pool``): a tail pool larger than the head's finds deeper matches, and the head is what a
+    pool of ``head_pool`` gives.
     """
 
     name = "k_reciprocal"
@@ -346,17 +351,19 @@ class KReciprocal(Reranker):
 
     def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, pool: int = POOL,
                  gate_margin: Optional[float] = None, gate_share: float = 0.8, gate_top: int = 10,
-                 head: int = 0, tail_lambda: Optional[float] = None, tail_share: Optional[float] = None):
+                 head: int = 0, tail_lambda: Optional[float] = None, tail_share: Optional[float] = None,
+                 head_pool: Optional[int] = None):
         if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0 or gate_top < 1 or gate_share < 0 or head < 0 \
                 or (tail_lambda is not None and not 0.0 <= tail_lambda <= 1.0) \
-                or (tail_share is not None and tail_share < 0):
+                or (tail_share is not None and tail_share < 0) or (head_pool is not None and head_pool < 2):
             raise InvalidInputError("KReciprocal: k1, k2, gate_top >= 1, head >= 0, lambda_value and tail_lambda "
-                                    "in [0, 1], gate_share and tail_share >= 0")
+                                    "in [0, 1], gate_share and tail_share >= 0, head_pool >= 2 or None")
         self.k1, self.k2, self.lambda_value, self.pool = int(k1), int(k2), float(lambda_value), int(pool)
         self.gate_margin = None if gate_margin is None else float(gate_margin)
         self.gate_share, self.gate_top = float(gate_share), int(gate_top)
         self.head, self.tail_lambda = int(head), None if tail_lambda is None else float(tail_lambda)
         self.tail_share = self.gate_share if tail_share is None else float(tail_share)
+        self.head_pool = None if head_pool is None else int(head_pool)
 
     def pool_size(self, k: int) -> int:
         return max(k, self.pool)
@@ -394,7 +401,15 @@ class KReciprocal(Reranker):
             cands = space.candidates(ids, raw)
             query = space.query(queries[r])
             blend = self._blend(query, cands)
-            head_s = 1.0 - blend(self.lambda_value) if main else pool.scores[r, :len(ids)]
+            if not main:
+                head_s = pool.scores[r, :len(ids)]
+            elif self.head_pool is None or self.head_pool >= len(ids):
+                head_s = 1.0 - blend(self.lambda_value)
+            else:  # among the first stage's best head_pool (incoming order); the others cannot enter the head
+                best = np.sort(np.argsort(-(raw @ np.asarray(queries[r], np.float32)), kind="stable")[:self.head_pool])
+                part = 1.0 - self._blend(query, cands[best])(self.lambda_value)
+                head_s = np.full(len(ids), part.min() - 1.0, np.float32)
+                head_s[best] = part
             if not tail or self.tail_lambda is None:
                 _replace_row(ids_out, sc_out, r, ids, head_s)
                 continue
