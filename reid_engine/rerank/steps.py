@@ -493,12 +493,14 @@ class AttributeFusion(Reranker):
             return pool
         if ctx.query_attributes is None:
             raise InvalidInputError("attribute fusion needs the queries' attributes (ctx.query_attributes)")
-        ids = pool.ids
+        # the first max(k, FUSION_POOL) of the re-ranked pool (a preset's pool can be larger); the caller lists
+        # the rest of the first stage after them
+        ids = pool.ids[:, :self.pool_size(ctx.k)]
         cand = self._candidate_attributes(ids, ctx)
         qa = np.asarray(ctx.query_attributes, np.float32)
         if ctx.same_person and len(qa) > 1:  # one person: one attribute estimate, as one list
             qa = np.repeat(np.nanmean(qa, axis=0, keepdims=True), len(qa), axis=0)
-        dist = np.where(ids >= 0, 1.0 - pool.scores, np.inf).astype(np.float32)
+        dist = np.where(ids >= 0, 1.0 - pool.scores[:, :ids.shape[1]], np.inf).astype(np.float32)
         d, pos = fusion.fuse_rank(dist, ids, qa, cand, ids.shape[1], self.config)
         return Candidates.sorted(pos, np.where(pos >= 0, 1.0 - d, -np.inf))
 
