@@ -472,7 +472,8 @@ def head_tail_order(head_s: np.ndarray, tail_s: np.ndarray, head: int, units: Op
 
 
 class AttributeFusion(Reranker):
-    """Attribute fusion (``attributes.fusion.fuse_rank``) of the pool; query attributes from the context."""
+    """Attribute fusion (``attributes.fusion.fuse_rank``) of the first max(k, FUSION_POOL) of the pool; query
+    attributes from the context."""
 
     name = "attribute_fusion"
 
