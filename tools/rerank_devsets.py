@@ -357,6 +357,20 @@ def leave_one_set_out(candidates: dict[int, Scores], sets: list[str], base: Scor
     return chosen, held, best(every)
 
 
+def choose_one(what: str, values: list[Any], variant: Any, gals: dict, datas: dict, sets: list[str], base: Scores,
+               penalty: float) -> tuple[list[Scores], Scores]:
+    """One parameter of the shipped default chosen leave-one-set-out among ``values`` (``variant(value)``: the
+    pipeline), the rest as shipped; prints the choices and returns every value's scores and the held-out ones."""
+    by = {i: {p: evaluate(rank_pipeline(gals[p], datas[p], variant(v)), datas[p]) for p in gals}
+          for i, v in enumerate(values)}
+    chosen, held, every = leave_one_set_out(by, sets, base, penalty)
+    print(f"{what} chosen per held-out set:")
+    for s in sets:
+        print(f"  without {s}: {values[chosen[s]]}")
+    print(f"  on all sets (ship this): {values[every]}")
+    return [by[i] for i in range(len(values))], held
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--encoders", default=",".join(ENCODERS))
@@ -453,32 +467,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.site_shares:
         shares = [float(x) for x in args.site_shares.split(",")]
-        default = get_pipeline("default")
-        by_share = {i: {p: evaluate(rank_pipeline(gals[p], datas[p], with_site_share(default, sh)), datas[p])
-                        for p in pairs} for i, sh in enumerate(shares)}
-        chosen_sh, held_site, all_sh = leave_one_set_out(by_share, sets, base, args.penalty)
-        print("SiteSplit share chosen per held-out set:")
-        for s in sets:
-            print(f"  without {s}: {shares[chosen_sh[s]]}")
-        print(f"  on all sets (ship this): {shares[all_sh]}")
-        res["default, site share held-out"] = held_site
+        _, res["default, site share held-out"] = choose_one(
+            "SiteSplit share", shares, lambda sh: with_site_share(get_pipeline("default"), sh), gals, datas, sets,
+            base, args.penalty)
         rows_out.append("default, site share held-out")
 
     if args.tail_pools:
         sizes = [int(x) for x in args.tail_pools.split(",")]
-        default = get_pipeline("default")
-        by_pool = {i: {p: evaluate(rank_pipeline(gals[p], datas[p], with_tail_pool(default, n)), datas[p])
-                       for p in pairs} for i, n in enumerate(sizes)}
-        chosen_pool, held_pool, all_pool = leave_one_set_out(by_pool, sets, base, args.penalty)
-        print("tail pool chosen per held-out set:")
-        for s in sets:
-            print(f"  without {s}: {sizes[chosen_pool[s]]}")
-        print(f"  on all sets (ship this): {sizes[all_pool]}")
-        for i, n in enumerate(sizes):
-            res[f"default, tail pool {n}"] = by_pool[i]
-            rows_out.append(f"default, tail pool {n}")
-        res["default, tail pool held-out"] = held_pool
-        rows_out.append("default, tail pool held-out")
+        by_pool, res["default, tail pool held-out"] = choose_one(
+            "tail pool", sizes, lambda n: with_tail_pool(get_pipeline("default"), n), gals, datas, sets, base,
+            args.penalty)
+        for n, scores in zip(sizes, by_pool):
+            res[f"default, tail pool {n}"] = scores
+        rows_out += [f"default, tail pool {n}" for n in sizes] + ["default, tail pool held-out"]
 
     for enc in encoders:
         print(f"\n{enc}: Rank-1 / Rank-5 / mAP %, one query per call")
