@@ -422,9 +422,14 @@ class KReciprocal(Reranker):
         """lambda -> (P,) k-reciprocal distances of one query to its pool, in pool order."""
         from .kreciprocal import DENSE_POOL_MAX, k_reciprocal_pool_parts, k_reciprocal_rerank
 
-        if len(cands) <= DENSE_POOL_MAX:  # the usual pool of 100: dense matrices, one computation for every blend
-            jaccard, dist = k_reciprocal_pool_parts(query, cands, self.k1, self.k2)
-            return lambda lam: ((1.0 - lam) * jaccard + lam * dist).astype(np.float32)
+        if len(cands) <= DENSE_POOL_MAX:  # the usual pools: dense matrices, one computation for every blend
+            parts: list[np.ndarray] = []  # on the first blend asked for (a head on a smaller pool may need none)
+
+            def dense(lam: float) -> np.ndarray:
+                if not parts:
+                    parts.extend(k_reciprocal_pool_parts(query, cands, self.k1, self.k2))
+                return ((1.0 - lam) * parts[0] + lam * parts[1]).astype(np.float32)
+            return dense
 
         def sparse(lam: float) -> np.ndarray:
             d, pos = k_reciprocal_rerank(query[None], cands, len(cands), k1=self.k1, k2=self.k2, lambda_value=lam)
