@@ -568,7 +568,7 @@ class Engine:
             # one query at a time: a batched product may round near-ties differently, and an answer
             # must not depend on which other queries share the call
             # a step that completes the first stage itself (the default's Expand) lets it walk a narrower beam
-            beam = pipe.first_stage_beam(where)
+            beam = pipe.first_stage_beam(where, max(k, pool))
             p = params if beam == 1.0 or params.beam_scale is not None else replace(params, beam_scale=beam)
             found = [self.store.search(qm[r : r + 1], max(k, pool), where, p) for r in range(len(qm))]
             s = np.concatenate([f[0] for f in found])

@@ -661,9 +661,15 @@ def test_the_default_needs_expand_when_the_first_stage_misses_rows() -> None:
     x, pid, queries = _multi_shot(4)
     exact = _filled(MemoryGallery(x.shape[1]), x)
     default = get_pipeline("default")
-    assert default.first_stage_beam(None) == 0.5  # an unfiltered first stage may walk half the beam
-    assert default.first_stage_beam(SearchFilter(cameras=("a",))) == 1.0
-    assert get_pipeline("kr").first_stage_beam(None) == 1.0
+    cams = SearchFilter(cameras=("a",))
+    # an unfiltered first stage may walk half the beam (Expand); a search of the tail's pool of 200 needs the
+    # beam of the head's 100 (KReciprocal); past the pool, answers in cosine order keep the beam for all of them
+    assert default.first_stage_beam(None, 100) == 0.5 and default.first_stage_beam(cams, 100) == 1.0
+    assert default.first_stage_beam(None, 200) == 0.25 and default.first_stage_beam(cams, 200) == 0.5
+    assert default.first_stage_beam(None, 150) == 0.5 * 100 / 150
+    assert default.first_stage_beam(None, 300) == 0.5 and default.first_stage_beam(cams, 300) == 1.0
+    assert default.first_stage_beam(None) == default.first_stage_beam(None, default.pool_size(100))
+    assert get_pipeline("kr").first_stage_beam(None, 200) == 1.0
     without = _without(default, Expand)
     same, differs = 0, 0
     for r in range(0, 40, 4):

@@ -132,10 +132,11 @@ class Reranker(ABC):
         """How many first-stage candidates this step wants for ``k`` answers."""
         return k
 
-    def first_stage_beam(self, where: Any) -> Optional[float]:
-        """How wide an approximate first stage this step needs, as a multiple of the index's default beam
-        (``SearchParams.beam_scale``; ``where`` is the search's filter): None for no need of its own, below 1
-        only for a step that finds the first stage's misses itself."""
+    def first_stage_beam(self, where: Any, k: int) -> Optional[float]:
+        """How wide an approximate first stage of ``k`` results this step needs, as a multiple of the index's
+        default beam for ``k`` (``SearchParams.beam_scale``; ``where`` is the search's filter): None for no need
+        of its own; below 1 only for a step that finds the first stage's misses itself or that needs the recall
+        of fewer than ``k`` results."""
         return None
 
     @abstractmethod
@@ -154,10 +155,14 @@ class Pipeline:
     def pool_size(self, k: int) -> int:
         return max([k] + [s.pool_size(k) for s in self.steps])
 
-    def first_stage_beam(self, where: Any = None) -> float:
-        """The widest first-stage beam a step asks for (``Reranker.first_stage_beam``); 1 when none asks."""
-        asked = [b for b in (s.first_stage_beam(where) for s in self.steps) if b is not None]
-        return max(asked) if asked else 1.0
+    def first_stage_beam(self, where: Any = None, k: Optional[int] = None) -> float:
+        """The first-stage beam the steps ask for (``Reranker.first_stage_beam``) for a search of ``k``
+        results (default: the pool for 100 answers): their product, since each narrows the beam for a reason
+        of its own (completing the first stage's misses; needing the recall of fewer results); 1 when none
+        asks."""
+        k = self.pool_size(100) if k is None else int(k)
+        asked = [b for b in (s.first_stage_beam(where, k) for s in self.steps) if b is not None]
+        return float(np.prod(asked)) if asked else 1.0
 
     @property
     def hooks(self) -> tuple[str, ...]:

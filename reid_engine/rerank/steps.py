@@ -150,7 +150,7 @@ class Expand(Reranker):
     def pool_size(self, k: int) -> int:
         return max(k, self.pool)
 
-    def first_stage_beam(self, where: Any) -> Optional[float]:
+    def first_stage_beam(self, where: Any, k: int) -> Optional[float]:
         # neighbour lists ignore filters: under one, few neighbours pass and the beam keeps its width
         return self.beam if where is None or getattr(where, "is_empty", False) else 1.0
 
@@ -367,6 +367,15 @@ class KReciprocal(Reranker):
 
     def pool_size(self, k: int) -> int:
         return max(k, self.pool)
+
+    def first_stage_beam(self, where: Any, k: int) -> Optional[float]:
+        """With a head pool, a first stage of at most ``pool`` results needs the recall of only the head's:
+        its beam is the one for ``head_pool`` results (a graph's default beam grows with k as twice k, so
+        ``head_pool / k`` of it). The tail's candidates past the head's are re-ranked by k-reciprocal
+        evidence and may miss a few; results past the pool are answers in cosine order, which keep it."""
+        if self.head_pool is None or not self.head_pool < k <= self.pool:
+            return None
+        return self.head_pool / k
 
     def share(self, query: np.ndarray, ids: np.ndarray, ctx: RerankContext, raw: Optional[np.ndarray] = None
               ) -> float:
