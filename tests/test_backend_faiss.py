@@ -892,3 +892,51 @@ def test_beam_scale_multiplies_the_default_beam_only(folder, monkeypatch, dims):
 def test_a_bad_beam_scale_is_a_typed_error(bad):
     with pytest.raises(InvalidInputError, match="beam_scale"):
         SearchParams(beam_scale=bad)
+
+
+def test_an_approximate_tail_is_the_projections_best_rows_rescored_and_never_a_removed_one(folder):
+    """``SearchParams(approx_tail=True)`` in an index with a projected graph: the flat segments' answers are
+    each query's best ``ef_search`` tail rows by inner product in the graph's projection (NumPy here),
+    re-scored with the full vectors, and merged with the graph's answers as without it. Removed rows are never
+    answers; the exact regime, a filtered search and a search without it are unchanged."""
+    dim = 64
+    rng = np.random.default_rng(31)
+    basis = np.linalg.qr(rng.standard_normal((dim, 12)))[0]
+    b = FaissBackend(folder, dim, {"exact_threshold": 500, "flat_limit": 100_000, "merge_factor": 100})
+    g = Gallery(b)
+    q = _low_rank(rng, 40, basis)
+    g.commit(np.arange(1, 901), _low_rank(rng, 900, basis), make_fields(rng, 900))
+    for a, w in zip(b.search(q, 10, params=SearchParams(approx_tail=True)), b.search(q, 10)):
+        np.testing.assert_array_equal(a, w)  # no graph yet: exact either way
+    g.compact(force=True)
+    for start in (901, 1201):
+        g.commit(np.arange(start, start + 300), _low_rank(rng, 300, basis), make_fields(rng, 300))
+    removed = np.arange(1201, 1251)
+    g.commit(remove=removed)
+    graph = [s for s in g.state["segments"] if s.get("proj")]
+    assert len(graph) == 1 and len(g.state["segments"]) == 3
+    proj = np.load(folder / f"{graph[0]['name']}.proj.npy")
+    tail = g.ids > 900  # the live rows of the two flat segments
+    want = 24
+    s, i = b.search(q, 10, params=SearchParams(ef_search=want, approx_tail=True))
+    only_graph = FaissBackend(folder, dim, b.options)  # the graph's own answers: a state of the graph alone
+    only_graph.load({**g.state, "segments": graph, "tombstones": None})
+    gs, gi = only_graph.search(q, 10, params=SearchParams(ef_search=want))
+    cand = np.argsort(-((q @ proj.T) @ (g.x[tail] @ proj.T).T), axis=1, kind="stable")[:, :want]
+    ts = np.take_along_axis(q @ g.x[tail].T, cand, 1)
+    ref_s, ref_i = top_k_rows(np.concatenate([gs, ts], 1), np.concatenate([gi, g.ids[tail][cand]], 1), 10)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(s, ref_s, atol=1e-5)
+    assert not np.isin(i, removed).any()
+    exact = g.reference(q, 10)[1]
+    assert np.mean([len(np.intersect1d(a, w)) / 10 for a, w in zip(i, exact)]) >= 0.9
+    flt = SearchFilter(cameras=("c0", "c1", "c2"))  # a filtered search keeps its exact tail
+    for a, w in zip(b.search(q, 10, where=flt, params=SearchParams(ef_search=want, approx_tail=True)),
+                    b.search(q, 10, where=flt, params=SearchParams(ef_search=want))):
+        np.testing.assert_array_equal(a, w)
+
+
+@pytest.mark.parametrize("bad", [1, "yes", 0.0])
+def test_a_bad_approx_tail_is_a_typed_error(bad):
+    with pytest.raises(InvalidInputError, match="approx_tail"):
+        SearchParams(approx_tail=bad)

@@ -429,3 +429,51 @@ def test_camera_links_stop_searching_once_a_camera_has_enough():
     assert (seen[-1][0] == LINK_ENOUGH).all()  # a and b: 32 of each per commit after the first
     assert seen[-1][1] == seen[-4][1] and (seen[-4][0] == seen[-1][0]).all()  # no more searches, no more links
     assert seen[-1][1] >= LINK_ENOUGH  # random rows: the nearest crop of another camera is in the other one
+
+
+def test_past_the_exact_size_new_rows_search_the_flat_tail_through_the_graphs_projection(
+        tmp_path, tiny_weights, monkeypatch) -> None:
+    """Past the size that keeps exact lists, a commit's new rows find their committed neighbours through the
+    approximate index, the flat tail included (``HOOK_SEARCH``'s ``approx_tail``: candidates in the graph's
+    projection, re-scored): every listed similarity is the exact inner product, no row lists itself, and the
+    lists hold nearly all of the exact top 16 (all pairs by NumPy)."""
+    from pathlib import Path
+
+    from reid_engine import CropItem, Engine
+    from reid_engine.index.faiss_backend import FaissBackend
+    from reid_engine.rerank import hooks
+
+    monkeypatch.setattr(hooks, "EXACT_LISTS_UP_TO", 300)
+    calls = []
+    real = FaissBackend._search_tail
+    monkeypatch.setattr(FaissBackend, "_search_tail",
+                        lambda self, *a, **k: calls.append(len(a[0])) or real(self, *a, **k))
+    rng = np.random.default_rng(5)
+    basis = np.linalg.qr(rng.standard_normal((16, 4)))[0]
+    x = rng.standard_normal((700, 4)) @ basis.T + 0.05 * rng.standard_normal((700, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    opts = {"exact_threshold": 300, "flat_limit": 100_000, "merge_factor": 100, "graph_dims": 6}
+    eng = Engine.create(tmp_path / "idx", encoder="tiny-test", weights=tiny_weights, backend_options=opts)
+    ids: list[int] = []
+    for start in (0, 400, 500, 600):
+        stop = 400 if start == 0 else start + 100
+        items = [CropItem(Path(f"/x/{i}.png"), {"camera": "ab"[i % 2]}) for i in range(start, stop)]
+        ids += eng.add_features(x[start:stop], items, hashes=[f"h{i}" for i in range(start, stop)])
+        if start == 0:
+            eng.store.compact()  # the first 400 rows become a projected graph; the next commits a flat tail
+    segments = eng.store.backend.describe()["segments"]
+    assert segments[0]["kind"] == "graph" and segments[0]["graph_dim"] == 6 and len(segments) == 4
+    # the second and third commits' searches (neighbours, camera links) went through a tail of one and of two
+    # flat segments
+    assert set(calls) == {1, 2}
+    table = eng.store.state("neighbours")
+    new = np.asarray(ids[500:])
+    nb, sims = table.lists(new)
+    by_id = dict(zip(ids, x))
+    for i, row, srow in zip(new, nb, sims):
+        assert i not in row
+        np.testing.assert_allclose(srow, [by_id[j] @ by_id[i] for j in row], atol=1e-5)
+    want, _ = _all_pairs(np.asarray(ids), x, 16)
+    recall = np.mean([len(np.intersect1d(a, w)) / 16 for a, w in zip(nb, want[500:])])
+    assert recall >= 0.9
+    eng.close()

@@ -110,7 +110,10 @@ class SearchParams:
     a multiple of the default graph beam (the one the index picks for the graph's size
     and k; a beam set by ``ef_search`` is used as given); a re-ranking step that refines
     the first stage asks for a narrower one (``Reranker.first_stage_beam``). Backends
-    without such a beam ignore it.
+    without such a beam ignore it. ``approx_tail``: in an approximate index, also search
+    the small segments not yet merged into the approximate structure approximately (a
+    batch search that tolerates a missed row: the neighbour hook's); backends without
+    such a tail ignore it.
     """
 
     exact: Optional[bool] = None
@@ -118,6 +121,7 @@ class SearchParams:
     ef_search: Optional[int] = None
     refine: Optional[int] = None
     beam_scale: Optional[float] = None
+    approx_tail: Optional[bool] = None
 
     def __post_init__(self) -> None:
         for name in ("nprobe", "ef_search", "refine"):
@@ -128,10 +132,12 @@ class SearchParams:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))
                               or not math.isfinite(float(v)) or float(v) <= 0):
             raise InvalidInputError(f"search parameter beam_scale={v!r}: expected a positive number")
+        if self.approx_tail is not None and not isinstance(self.approx_tail, (bool, np.bool_)):
+            raise InvalidInputError(f"search parameter approx_tail={self.approx_tail!r}: expected true or false")
 
     def merged(self, defaults: dict[str, Any]) -> "SearchParams":
         """These parameters with the unset ones taken from ``defaults``."""
-        vals = {k: getattr(self, k) for k in ("exact", "nprobe", "ef_search", "refine", "beam_scale")}
+        vals = {k: getattr(self, k) for k in ("exact", "nprobe", "ef_search", "refine", "beam_scale", "approx_tail")}
         return SearchParams(**{k: (v if v is not None else defaults.get(k)) for k, v in vals.items()})
 
     def as_dict(self) -> dict[str, Any]:

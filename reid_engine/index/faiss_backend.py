@@ -434,6 +434,8 @@ class _Segment:
         self.nbytes = sum((folder / f"{name}{s}").stat().st_size for s in _SEG_SUFFIXES
                           if not (vectors_in_graph and s == _VEC_SUFFIX))
         self.graph: Optional[Any] = None
+        #: (projection, the vectors projected by it) for the last projection asked for (``projected``)
+        self._projected: Optional[tuple[np.ndarray, np.ndarray]] = None
         if graph:
             path = folder / f"{name}{_GRAPH_SUFFIX}"
             try:  # the graph's vector storage is memory-mapped, so opening costs little
@@ -472,6 +474,14 @@ class _Segment:
         out = np.full(ids.shape, -1, np.int64)
         out[hit] = self.kpos[jc[hit]]
         return out
+
+    def projected(self, proj: np.ndarray) -> np.ndarray:
+        """The segment's vectors projected by ``proj`` (d, D): (rows, d), kept for the last projection asked for."""
+        kept = self._projected
+        if kept is None or kept[0] is not proj:
+            kept = (proj, np.ascontiguousarray(np.asarray(self.vec, np.float32) @ proj.T))
+            self._projected = kept
+        return kept[1]
 
     @functools.cached_property
     def copies(self) -> Optional[np.ndarray]:
@@ -1646,17 +1656,48 @@ class FaissBackend(VectorBackend):
                 return one(*args)
 
         todo = [(seg, dead, nd) for seg, dead, nd in zip(view.segments, view.dead, view.ndead) if seg.rows != nd]
+        tail: list[tuple[_Segment, Optional[np.ndarray], int]] = []
+        proj = self._tail_projection(view) if approx and p.approx_tail and flt is None and \
+            nq >= SEGMENT_THREADS_BELOW else None
+        if proj is not None:  # the flat tail of an approximate index, searched as one through a projection
+            tail = [t for t in todo if t[0].kind == "flat"]
+            todo = [t for t in todo if t[0].kind != "flat"]
         pool = _segment_pool() if nq < SEGMENT_THREADS_BELOW and len(todo) > 1 else None
         if pool is not None:  # a few queries: the segments side by side, one FAISS thread each
             found = list(pool.map(one_thread, todo))
         else:
             with _threads(1 if nq < SEGMENT_THREADS_BELOW else faiss.omp_get_max_threads()):
                 found = [one(*t) for t in todo]
+                if tail:
+                    assert proj is not None  # a tail is only split off with one
+                    found.append(self._search_tail(tail, proj, q, k, int(p.ef_search or 2 * k)))
         sims = [f[0] for f in found if f is not None]
         ids = [f[1] for f in found if f is not None]
         if not sims:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
         return top_k_rows(np.concatenate(sims, 1), np.concatenate(ids, 1), k)
+
+    @staticmethod
+    def _tail_projection(view: _View) -> Optional[np.ndarray]:
+        """The projection of the newest projected graph, which ``approx_tail`` searches the flat tail through."""
+        graphs = [s for s in view.segments if s.proj is not None]
+        return max(graphs, key=lambda s: s.seq).proj if graphs else None
+
+    def _search_tail(self, tail: list[tuple[_Segment, Optional[np.ndarray], int]], proj: np.ndarray,
+                     q: np.ndarray, k: int, want: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """The flat segments ``tail`` searched as one like a projected graph: each query's best ``want`` rows by
+        inner product in the projection (exact there, where a graph walk is approximate), re-scored with the full
+        vectors: (similarities, ids) of the best ``k``, None when every row was removed."""
+        live = [slice(None) if dead is None else ~dead for _, dead, _ in tail]
+        xp = np.concatenate([seg.projected(proj)[keep] for (seg, _, _), keep in zip(tail, live)])
+        vec = np.concatenate([np.asarray(seg.vec, np.float32)[keep] for (seg, _, _), keep in zip(tail, live)])
+        ids = np.concatenate([np.asarray(seg.ids)[keep] for (seg, _, _), keep in zip(tail, live)])
+        if not len(ids):
+            return None
+        qp = np.ascontiguousarray(q @ proj.T, np.float32)
+        _, rows = self._knn(qp, xp, min(len(xp), max(want, k)), find_copies=False)
+        found = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
+        return _rescore(vec, q, rows, found, k)  # k columns, -inf / -1 where fewer
 
     # exact search in one segment
     def _search_exact(self, seg: _Segment, dead: Optional[np.ndarray], nd: int, q: np.ndarray, k: int,

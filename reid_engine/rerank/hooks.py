@@ -54,8 +54,10 @@ EXACT_LISTS_UP_TO = 50_000
 #: which tolerates a missed neighbour; the first stage of a query uses the wider default; exact galleries ignore it).
 #: 32 is the narrowest a search for the 16 neighbours walks (twice k); on a 1M tools/bench_scale.py index it found
 #: 0.764 of the exact 16 against 0.791 at 40, in 20% less time, and the default re-ranking's mAP@100 was 27.41 on
-#: lists built either way (docs/storage.md)
-HOOK_SEARCH = {"ef_search": 32}
+#: lists built either way (docs/storage.md). ``approx_tail``: the flat segments not yet in a graph are searched
+#: like a projected graph too (candidates in the graph's projection, re-scored), not exactly (docs/storage.md:
+#: "The neighbour search of the flat tail")
+HOOK_SEARCH = {"ef_search": 32, "approx_tail": True}
 #: the neighbour files of this many commits are folded into one by the store's compaction
 FOLD_FILES = 32
 #: key standing for "camera unknown" in the camera statistics
