@@ -224,7 +224,7 @@ class Engine:
         ``backend`` names the vector backend ("faiss", or "milvus" with ``backend_options={"uri": ...}``);
         ``factory`` overrides its automatic index type (e.g. "Flat", "IVF1024,Flat").
         ``hooks`` (default: every registered one) name the index-time state kept for re-ranking;
-        ``search_params`` are stored default search parameters (nprobe, exact, refine).
+        ``search_params`` are stored default search parameters (nprobe, ef_search, exact, refine, pool).
         """
         enc = create_encoder(encoder, weights, device)
         for name in annotators:
@@ -511,7 +511,10 @@ class Engine:
         candidates and needs ``query_attributes`` ((N, WIDTH) vectors or the stored
         dicts). Hit distances are then the fused distances.
         ``attributes``: only crops whose stored attributes match every term.
-        ``search_params``: per-query nprobe / exact / refine over the index's defaults.
+        ``search_params``: per-query parameters over the index's stored defaults (``SearchParams``): the
+        first stage's ``nprobe`` (IVF), ``ef_search`` (graph beam), ``exact``, ``refine``, and ``pool``, the
+        candidates the re-ranking re-scores (default: the preset's; the rest of the top ``k`` follows in cosine
+        order).
         """
         self.store.refresh()
         pipe = resolve_pipeline(rerank)
@@ -555,7 +558,7 @@ class Engine:
             time_to=parse_time(time_to),
         )
         allowed = self._attribute_ids(rule) if rule is not None else None
-        pool = pipe.pool_size(min(k, RERANK_K))
+        pool = int(params.pool) if params.pool is not None else pipe.pool_size(min(k, RERANK_K))
         sims = np.full((n, k), -np.inf, np.float32)
         ids = np.full((n, k), -1, np.int64)
         for cam, members in groups.items():

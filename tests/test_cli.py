@@ -48,6 +48,14 @@ def test_index_query_info_remove_round_trip(run, tmp_path, tiny_weights):
 
     r = run("query", crops[2], "--index", "demo", "-k", "2")
     assert "rank" in r.output and str(crops[2].resolve()) in r.output
+    r = run("query", crops[2], "--index", "demo", "-k", "9", "--rerank", "kr", "--pool", "3", "--ef-search", "16",
+            "--json")
+    hits = json.loads(r.output)["queries"][0]["hits"]
+    cosine = json.loads(run("query", crops[2], "--index", "demo", "-k", "9", "--rerank", "none", "--json").output)
+    assert [h["id"] for h in hits][3:] == [h["id"] for h in cosine["queries"][0]["hits"]][3:]  # past the pool
+    for opt, bad in (("--pool", "0"), ("--ef-search", "5000"), ("--ef-search", "x")):
+        r = run("query", crops[2], "--index", "demo", opt, bad, code=2)
+        assert opt in r.output and "Traceback" not in r.output
 
     info = json.loads(run("info", "--index", "demo", "--json").output)
     assert info["crops"] == 9 and info["cameras"] == {"1": 5, "2": 4} and info["encoder"] == "tiny-test"
@@ -129,3 +137,22 @@ def test_weights_type_picks_the_runtime(run, tmp_path, osnet_onnx):
     txt.write_text("x")
     r = run("index", tmp_path / "g", "--index", "o2", "--weights", txt, code=1)
     assert "cannot tell the runtime" in r.output
+
+
+def test_index_stores_search_defaults_that_queries_use_and_override(run, tmp_path, tiny_weights):
+    """`index --ef-search --pool` store defaults in a new index (shown by `info`); a query re-ranks that many
+    candidates unless it asks for another pool."""
+    crops = write_crops(tmp_path / "cam1", 9, seed=3)
+    run("index", tmp_path / "cam1", "--index", "d", "--encoder", "tiny-test", "--weights", tiny_weights,
+        "--ef-search", "20", "--pool", "2")
+    assert json.loads(run("info", "--index", "d", "--json").output)["search"] == {"ef_search": 20, "pool": 2}
+
+    def ids(*opts):
+        doc = json.loads(run("query", crops[4], "--index", "d", "-k", "9", "--json", *opts).output)
+        return [h["id"] for h in doc["queries"][0]["hits"]]
+    cosine = ids("--rerank", "none")
+    assert ids("--rerank", "kr")[2:] == cosine[2:]  # the stored pool of 2
+    wide = ids("--rerank", "kr", "--pool", "9")
+    assert sorted(wide) == sorted(cosine) and wide[2:] != cosine[2:]  # the query's own pool re-ranks all 9
+    run("index", tmp_path / "cam1", "--index", "e", "--encoder", "tiny-test", "--weights", tiny_weights,
+        "--pool", "0", code=2)

@@ -86,6 +86,13 @@ def test_json_query_by_crop_and_filters(client):
     assert r.status_code == 200 and r.json()["results"][0]["hits"] == []
     r = client.post("/query", data={"crop_ids": ["7", "8"], "k": "2", "rerank": "none"})  # the form twin
     assert [res["hits"][0]["id"] for res in r.json()["results"]] == [7, 8]
+    cosine = client.post("/query", json={"crop_ids": [7], "k": 8, "rerank": "none"}).json()["results"][0]["hits"]
+    r = client.post("/query", json={"crop_ids": [7], "k": 8, "rerank": "kr", "pool": 3, "ef_search": 16,
+                                    "nprobe": 2, "exact": True})
+    assert r.status_code == 200, r.text
+    assert [h["id"] for h in r.json()["results"][0]["hits"]][3:] == [h["id"] for h in cosine][3:]
+    r = client.post("/query", data={"crop_ids": ["7"], "k": "8", "rerank": "kr", "pool": "3"})
+    assert [h["id"] for h in r.json()["results"][0]["hits"]][3:] == [h["id"] for h in cosine][3:]
     assert client.get("/crops/7").json()["id"] == 7
 
 
@@ -93,6 +100,9 @@ def test_json_query_by_crop_and_filters(client):
     ({"json": {"k": 3}}, 422, "RequestError", "give query images"),
     ({"json": {"crop_ids": [1], "k": 0}}, 422, "RequestValidationError", "k:"),
     ({"json": {"crop_ids": [1], "bogus": 1}}, 422, "RequestValidationError", "bogus"),
+    ({"json": {"crop_ids": [1], "pool": 0}}, 422, "RequestValidationError", "pool"),
+    ({"json": {"crop_ids": [1], "ef_search": 5000}}, 422, "RequestValidationError", "ef_search"),
+    ({"json": {"crop_ids": [1], "by_track": True, "pool": 50}}, 422, "RequestError", "candidate pool"),
     ({"json": {"crop_ids": [1], "rerank": "zzz"}}, 400, "UnknownNameError", "unknown re-ranking preset 'zzz'"),
     ({"json": {"crop_ids": [1], "time_from": "soon"}}, 400, "InvalidInputError", "expected ISO-8601"),
     ({"json": {"crop_ids": [99999]}}, 404, "NotFoundError", "crop 99999"),

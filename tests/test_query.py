@@ -157,6 +157,55 @@ def test_same_person_queries_give_one_pooled_list(gallery, rerank):
         assert ids[:10] == want
 
 
+def test_a_candidate_pool_set_per_query_is_what_the_re_ranking_re_scores(gallery):
+    """``pool`` re-ranks that many first-stage candidates: the list's first ``pool`` answers are the cosine top
+    ``pool`` in a re-ranked order, and the rest of the top k is cosine order from rank ``pool + 1`` on."""
+    eng, feats, *_ = gallery
+    q = _queries(6, seed=5)
+    cos = _brute(q, feats, np.ones(300, bool), 30)
+    for pool in (12, 1):
+        res = eng.query_features(q, k=30, rerank="kr", search_params={"pool": pool})
+        got = [[h.id for h in r.hits] for r in res]
+        for g, c in zip(got, cos):
+            assert sorted(g[:pool]) == sorted(c[:pool]) and g[pool:] == c[pool:]
+        if pool > 1:  # the re-ranking did act on the pool
+            assert any(g[:pool] != c[:pool] for g, c in zip(got, cos))
+    # the default pool of the same preset re-ranks past rank 12
+    wide = [[h.id for h in r.hits] for r in eng.query_features(q, k=30, rerank="kr")]
+    assert any(w[12:] != c[12:] for w, c in zip(wide, cos))
+
+
+def test_ef_search_and_pool_reach_the_first_stage_per_query_over_stored_defaults(gallery, tmp_path, tiny_weights,
+                                                                                 monkeypatch):
+    """A query's ``ef_search`` reaches the backend's search and its ``pool`` sets how many candidates are
+    searched for; an index created with them stores them as defaults that a query overrides."""
+    from reid_engine.index.store import IndexStore
+
+    eng, feats, *_ = gallery
+    asked = []
+    real = IndexStore.search
+
+    def spy(self, queries, k, where=None, params=None):
+        asked.append((k, self.search_params(params).ef_search))
+        return real(self, queries, k, where, params)
+
+    monkeypatch.setattr(IndexStore, "search", spy)
+    q = _queries(1)
+    eng.query_features(q, k=5, search_params={"ef_search": 7, "pool": 40})
+    eng.query_features(q, k=60, rerank="none", search_params={"pool": 40})
+    assert asked == [(40, 7), (60, None)]
+    stored = Engine.create(tmp_path / "stored", encoder="tiny-test", weights=tiny_weights,
+                           search_params={"ef_search": 24, "pool": 30})
+    stored.add_features(feats[:50], [CropItem(tmp_path / f"s{i}.png", {}) for i in range(50)],
+                        hashes=[f"{i:064x}" for i in range(50)])
+    asked.clear()
+    Engine.open(tmp_path / "stored").query_features(q, k=5)
+    Engine.open(tmp_path / "stored").query_features(q, k=5, search_params={"ef_search": 9, "pool": 20})
+    assert asked == [(30, 24), (20, 9)]
+    with pytest.raises(InvalidInputError, match="pool=0"):
+        eng.query_features(q, k=5, search_params={"pool": 0})
+
+
 def test_batch_independence_of_the_default(gallery):
     eng, *_ = gallery
     q = _queries(6, seed=4)

@@ -72,6 +72,15 @@ def test_query_request_rules():
         svc.QueryRequest(attributes=("wings",))
     with pytest.raises(E.InvalidInputError, match="at most"):
         svc.QueryRequest(crop_ids=tuple(range(svc.requests.QUERIES_MAX + 1)))
+    for name, bad in (("ef_search", 0), ("ef_search", svc.EF_SEARCH_MAX + 1), ("pool", True), ("pool", "50"),
+                      ("nprobe", 2.5), ("pool", svc.POOL_MAX + 1)):
+        with pytest.raises(E.InvalidInputError, match=f"{name} {bad!r}: expected an integer from 1 to"):
+            svc.QueryRequest(crop_ids=(1,), **{name: bad})
+    with pytest.raises(svc.RequestError, match="candidate pool applies to re-ranked crop queries"):
+        svc.QueryRequest(crop_ids=(1,), by_track=True, pool=50)
+    assert svc.QueryRequest(crop_ids=(1,)).search_params() is None
+    assert svc.QueryRequest(crop_ids=(1,), ef_search=64, pool=300, nprobe=8, exact=True).search_params() == {
+        "ef_search": 64, "pool": 300, "nprobe": 8, "exact": True}
     ok = svc.QueryRequest(crop_ids=(1,), rerank="none", attributes="male, backpack")
     assert ok.attributes == ("male", "backpack") and not ok.attributes_only
     assert svc.QueryRequest(attributes=("male",)).attributes_only

@@ -88,8 +88,14 @@ def _print_track_results(results: list[Any]) -> None:
               help="SQLAlchemy URL for the crop table of a new index (default: SQLite in the index folder).")
 @click.option("--backend", default="faiss", show_default=True, help="Vector backend of a new index: faiss or milvus.")
 @click.option("--backend-uri", default=None, help="Milvus: a Milvus Lite file (./x.db) or http://HOST:19530.")
-@click.option("--nprobe", default=None, type=click.IntRange(1, 65536),
+@click.option("--nprobe", default=None, type=click.IntRange(1, svc.NPROBE_MAX),
               help="Default IVF lists probed per search, stored in a new index (per query: query --nprobe).")
+@click.option("--ef-search", default=None, type=click.IntRange(1, svc.EF_SEARCH_MAX),
+              help="Default graph beam per search, stored in a new index and used as given (default: the index's, "
+                   "widened with the graph's size; per query: query --ef-search).")
+@click.option("--pool", default=None, type=click.IntRange(1, svc.POOL_MAX),
+              help="Default candidates the re-ranking re-scores per query, stored in a new index (default: the "
+                   "preset's; per query: query --pool).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Decode and encode on a Ray cluster (without ADDRESS a local one); this process commits in order.")
 @click.option("--glob", "glob_pattern", default="**/*", show_default=True, help="Which files of a folder to take.")
@@ -113,14 +119,15 @@ def _print_track_results(results: list[Any]) -> None:
 def index_cmd(
     source: Path, index_path: str, encoder: Optional[str], weights: Optional[Path], factory: Optional[str],
     db_url: Optional[str], backend: str, backend_uri: Optional[str], nprobe: Optional[int],
-    ray_address: Optional[str], glob_pattern: str, pattern: str, camera: Optional[str], role: Optional[str],
-    source_name: Optional[str], strict: bool, batch_size: int, commit_every: int, with_attributes: bool,
-    device: Optional[str], as_json: bool,
+    ef_search: Optional[int], pool: Optional[int], ray_address: Optional[str], glob_pattern: str, pattern: str,
+    camera: Optional[str], role: Optional[str], source_name: Optional[str], strict: bool, batch_size: int,
+    commit_every: int, with_attributes: bool, device: Optional[str], as_json: bool,
 ) -> None:
     """Index the person crops of SOURCE (a folder, a CSV manifest or one image), adding to the index if it exists."""
     req = svc.IndexRequest(
         source=source, index=index_path, encoder=encoder, weights=weights, factory=factory, db_url=db_url,
-        backend=backend, backend_uri=backend_uri, nprobe=nprobe, ray=ray_address, glob=glob_pattern, pattern=pattern,
+        backend=backend, backend_uri=backend_uri, nprobe=nprobe, ef_search=ef_search, pool=pool, ray=ray_address,
+        glob=glob_pattern, pattern=pattern,
         camera=camera, role=role, source_name=source_name, strict=strict,
         batch_size=batch_size, commit_every=commit_every, attributes=with_attributes, device=device,
     )
@@ -162,6 +169,12 @@ def index_cmd(
               help="The IMAGES show one person: answer with one list pooled over all of them.")
 @click.option("--nprobe", default=None, type=click.IntRange(1, 65536),
               help="IVF lists probed by this search (more: slower, closer to exact).")
+@click.option("--ef-search", default=None, type=click.IntRange(1, svc.EF_SEARCH_MAX),
+              help="Beam of this search in a graph index (more: slower, closer to exact; default: the index's, "
+                   "widened with the graph's size).")
+@click.option("--pool", default=None, type=click.IntRange(1, svc.POOL_MAX),
+              help="First-stage candidates the re-ranking re-scores per query (default: the preset's, 200 for "
+                   "the default); the rest of the top k follows in cosine order.")
 @click.option("--exact", is_flag=True, help="Exhaustive first-stage search instead of the approximate index.")
 @click.option("--save-crops", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Write the matched crops into DIR/<query>/.")
@@ -173,8 +186,8 @@ def query_cmd(
     exclude_same_camera: bool, query_camera: Optional[str], sources: tuple[str, ...], time_from: Optional[str],
     time_to: Optional[str], rerank: Optional[str], fusion: Optional[str], attr_terms: tuple[str, ...],
     attr_threshold: float, weights: Optional[Path], device: Optional[str], by_track: bool,
-    same_person: bool, nprobe: Optional[int], exact: bool, save_crops: Optional[Path], render_dir: Optional[Path],
-    as_json: bool,
+    same_person: bool, nprobe: Optional[int], ef_search: Optional[int], pool: Optional[int], exact: bool,
+    save_crops: Optional[Path], render_dir: Optional[Path], as_json: bool,
 ) -> None:
     """Find the gallery crops (or, with --tracks, the appearances) most like each query IMAGE.
 
@@ -185,7 +198,7 @@ def query_cmd(
         filters=svc.Filters.build(cameras, exclude_cameras, sources, time_from, time_to),
         exclude_same_camera=exclude_same_camera, query_camera=query_camera, rerank=rerank, fusion=fusion,
         attributes=attr_terms, attribute_threshold=attr_threshold, by_track=by_track,
-        same_person=same_person, nprobe=nprobe, exact=exact,
+        same_person=same_person, nprobe=nprobe, ef_search=ef_search, pool=pool, exact=exact,
     )
     with svc.open_engine(index_path, weights=weights, device=device) as engine:
         results = svc.run_query(engine, req)

@@ -200,7 +200,8 @@ async def query(request: Request) -> dict[str, Any]:
             images=tuple(u[1] for u in uploads), labels=tuple(u[0] for u in uploads), crop_ids=tuple(body.crop_ids),
             k=body.k, filters=_filters(body), exclude_same_camera=body.exclude_same_camera,
             query_camera=body.query_camera, rerank=body.rerank, fusion=body.fusion, attributes=tuple(body.attributes),
-            attribute_threshold=body.attribute_threshold, by_track=body.by_track,
+            attribute_threshold=body.attribute_threshold, by_track=body.by_track, nprobe=body.nprobe,
+            ef_search=body.ef_search, pool=body.pool, exact=body.exact,
         )
         encoder = h.concurrent_encoder() if svc.ops.takes_features(req) else None
         feats = encoder.encode(list(req.images)) if encoder is not None else None  # outside the engine lock

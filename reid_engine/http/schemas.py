@@ -6,7 +6,7 @@ from typing import Any, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..attributes.search import DEFAULT_THRESHOLD
-from ..service.requests import K_MAX, QUERIES_MAX
+from ..service.requests import EF_SEARCH_MAX, K_MAX, NPROBE_MAX, POOL_MAX, QUERIES_MAX
 
 TimeValue = Union[float, str]
 Name = Field(max_length=256)
@@ -37,6 +37,12 @@ class QueryBody(FilterFields):
     attributes: list[str] = Field(default_factory=list, max_length=32, description="Required attribute terms.")
     attribute_threshold: float = Field(DEFAULT_THRESHOLD, gt=0, lt=1)
     by_track: bool = Field(False, description="One hit per track of ingested footage.")
+    nprobe: Optional[int] = Field(None, ge=1, le=NPROBE_MAX, description="IVF lists probed by this search.")
+    ef_search: Optional[int] = Field(None, ge=1, le=EF_SEARCH_MAX,
+                                     description="Beam of this search in a graph index.")
+    pool: Optional[int] = Field(None, ge=1, le=POOL_MAX,
+                                description="First-stage candidates the re-ranking re-scores per query.")
+    exact: bool = Field(False, description="Exhaustive first-stage search instead of the approximate index.")
 
 
 class QueryUpload(QueryBody):

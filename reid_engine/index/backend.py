@@ -113,7 +113,9 @@ class SearchParams:
     without such a beam ignore it. ``approx_tail``: in an approximate index, also search
     the small segments not yet merged into the approximate structure approximately (a
     batch search that tolerates a missed row: the neighbour hook's); backends without
-    such a tail ignore it.
+    such a tail ignore it. ``pool``: how many first-stage candidates the re-ranking
+    re-scores per query (the engine's, not a backend's: every backend ignores it; None:
+    the preset's own, 200 for the default with up to 100 answers).
     """
 
     exact: Optional[bool] = None
@@ -122,9 +124,10 @@ class SearchParams:
     refine: Optional[int] = None
     beam_scale: Optional[float] = None
     approx_tail: Optional[bool] = None
+    pool: Optional[int] = None
 
     def __post_init__(self) -> None:
-        for name in ("nprobe", "ef_search", "refine"):
+        for name in ("nprobe", "ef_search", "refine", "pool"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
                 raise InvalidInputError(f"search parameter {name}={v!r}: expected a positive integer")
@@ -137,7 +140,8 @@ class SearchParams:
 
     def merged(self, defaults: dict[str, Any]) -> "SearchParams":
         """These parameters with the unset ones taken from ``defaults``."""
-        vals = {k: getattr(self, k) for k in ("exact", "nprobe", "ef_search", "refine", "beam_scale", "approx_tail")}
+        vals = {k: getattr(self, k)
+                for k in ("exact", "nprobe", "ef_search", "refine", "beam_scale", "approx_tail", "pool")}
         return SearchParams(**{k: (v if v is not None else defaults.get(k)) for k, v in vals.items()})
 
     def as_dict(self) -> dict[str, Any]:

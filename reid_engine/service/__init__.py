@@ -37,7 +37,10 @@ from .ops import (
     track_frame,
 )
 from .requests import (
+    EF_SEARCH_MAX,
     K_MAX,
+    NPROBE_MAX,
+    POOL_MAX,
     AddRequest,
     CropRequest,
     Filters,
@@ -49,9 +52,10 @@ from .requests import (
 )
 
 __all__ = [
-    "AddRequest", "AuthError", "CropRequest", "ERROR_MAP", "Filters", "FindRequest", "IndexRequest", "K_MAX",
-    "NoPixelsError", "NotFoundError", "Outcome", "PayloadTooLargeError", "QueryRequest", "RemoveRequest",
-    "RequestError", "TrackRequest", "UnsupportedMediaError", "WritesDisabledError", "capabilities", "crop_image",
-    "error_body", "get_crop", "get_track", "message_of", "open_engine", "outcome_of", "refresh", "run_add",
-    "run_compact", "run_find", "run_index", "run_info", "run_query", "run_remove", "track_frame",
+    "AddRequest", "AuthError", "CropRequest", "EF_SEARCH_MAX", "ERROR_MAP", "Filters", "FindRequest",
+    "IndexRequest", "K_MAX", "NPROBE_MAX", "NoPixelsError", "NotFoundError", "Outcome", "POOL_MAX",
+    "PayloadTooLargeError", "QueryRequest", "RemoveRequest", "RequestError", "TrackRequest",
+    "UnsupportedMediaError", "WritesDisabledError", "capabilities", "crop_image", "error_body", "get_crop",
+    "get_track", "message_of", "open_engine", "outcome_of", "refresh", "run_add", "run_compact", "run_find",
+    "run_index", "run_info", "run_query", "run_remove", "track_frame",
 ]

@@ -22,6 +22,10 @@ from .errors import RequestError
 K_MAX = 10_000
 #: the most query images (or crop ids) in one request
 QUERIES_MAX = 64
+#: bounds of the per-query search parameters: IVF lists probed, graph beam, candidates re-ranked
+NPROBE_MAX = 65_536
+EF_SEARCH_MAX = 4096
+POOL_MAX = 10_000
 
 QueryImage = Union[str, Path, np.ndarray]
 
@@ -65,6 +69,13 @@ def _strings(values: Any, what: str) -> tuple[str, ...]:
             if part:
                 out.append(part)
     return tuple(out)
+
+
+def _check_int(value: Any, name: str, top: int) -> None:
+    """``InvalidInputError`` unless ``value`` is None or an integer from 1 to ``top``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                              or not 1 <= int(value) <= top):
+        raise InvalidInputError(f"{name} {value!r}: expected an integer from 1 to {top}")
 
 
 def _check_k(k: Any) -> int:
@@ -137,12 +148,15 @@ class QueryRequest:
     same_person: bool = False  # all query images show one person: one pooled answer
     nprobe: Optional[int] = None  # IVF cells visited (search parameter)
     exact: bool = False  # exact search instead of the index's approximate one
+    ef_search: Optional[int] = None  # graph beam width (search parameter)
+    pool: Optional[int] = None  # first-stage candidates the re-ranking re-scores
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", _check_k(self.k))
         object.__setattr__(self, "attributes", _strings(self.attributes, "attribute"))
-        if self.nprobe is not None and (isinstance(self.nprobe, bool) or not 1 <= int(self.nprobe) <= 65536):
-            raise InvalidInputError(f"nprobe {self.nprobe!r}: expected an integer from 1 to 65536")
+        _check_int(self.nprobe, "nprobe", NPROBE_MAX)
+        _check_int(self.ef_search, "ef_search", EF_SEARCH_MAX)
+        _check_int(self.pool, "pool", POOL_MAX)
         if self.same_person and self.by_track:
             raise RequestError("same-person pooling applies to crop queries, not to by-track queries")
         if self.labels and len(self.labels) != len(self.images):
@@ -159,6 +173,8 @@ class QueryRequest:
             raise RequestError("give query images (or crop ids), or attribute terms to search by attributes alone")
         if self.by_track and (self.fusion is not None or self.attributes):
             raise RequestError("fusion and attribute terms apply to crop queries, not to by-track queries")
+        if self.by_track and self.pool is not None:
+            raise RequestError("a candidate pool applies to re-ranked crop queries, not to by-track queries")
         if self.by_track and self.rerank not in (None, "none"):
             raise RequestError("re-ranking applies to crop queries, not to by-track queries")
         if not has_query and (self.fusion is not None or self.exclude_same_camera or self.rerank is not None):
@@ -179,9 +195,9 @@ class QueryRequest:
 
     def search_params(self) -> Optional[dict[str, Any]]:
         """``Engine.query``'s per-query search parameters, or None for the index's defaults."""
-        params: dict[str, Any] = {}
-        if self.nprobe is not None:
-            params["nprobe"] = int(self.nprobe)
+        params: dict[str, Any] = {name: int(v) for name, v in
+                                  (("nprobe", self.nprobe), ("ef_search", self.ef_search), ("pool", self.pool))
+                                  if v is not None}
         if self.exact:
             params["exact"] = True
         return params or None
@@ -221,7 +237,9 @@ class IndexRequest:
     db_url: Optional[str] = None
     backend: str = "faiss"
     backend_uri: Optional[str] = None  # Milvus: a Milvus Lite file or http://host:19530
-    nprobe: Optional[int] = None  # stored default search parameter of a new index
+    nprobe: Optional[int] = None  # stored default search parameters of a new index
+    ef_search: Optional[int] = None
+    pool: Optional[int] = None
     ray: Optional[str] = None  # encode on a Ray cluster: "" = a local one, else its address
     glob: str = "**/*"
     pattern: str = "auto"
@@ -239,16 +257,19 @@ class IndexRequest:
             raise InvalidInputError("batch size and commit-every must be positive integers")
         if not str(self.index).strip():
             raise RequestError("name the index (a folder or a bare name)")
-        if self.nprobe is not None and (isinstance(self.nprobe, bool) or not 1 <= int(self.nprobe) <= 65536):
-            raise InvalidInputError(f"nprobe {self.nprobe!r}: expected an integer from 1 to 65536")
+        _check_int(self.nprobe, "nprobe", NPROBE_MAX)
+        _check_int(self.ef_search, "ef_search", EF_SEARCH_MAX)
+        _check_int(self.pool, "pool", POOL_MAX)
 
     def create_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Engine.create`` beyond the encoder."""
         opts: dict[str, Any] = {"factory": self.factory, "db_url": self.db_url, "backend": self.backend}
         if self.backend_uri:
             opts["backend_options"] = {"uri": self.backend_uri}
-        if self.nprobe is not None:
-            opts["search_params"] = {"nprobe": int(self.nprobe)}
+        stored = {name: int(v) for name, v in (("nprobe", self.nprobe), ("ef_search", self.ef_search),
+                                                ("pool", self.pool)) if v is not None}
+        if stored:
+            opts["search_params"] = stored
         return opts
 
 
