@@ -14,6 +14,7 @@ Each phase runs in its own process so that peak RSS (VmHWM) is that phase's:
     python tools/bench_scale.py --sizes 100000 --milvus --ray            # + Milvus Lite at 100k, Ray throughput
     python tools/bench_scale.py --sizes 100000 --old-checkout /tmp/old   # also the previous engine, same data
     python tools/bench_scale.py --sizes 1000000 --graph-rows 262144      # graphs as single-block adds make them
+    python tools/bench_scale.py --sizes 1000000 --search '{"pool": 100}' # timed queries and mAP with these params
 
 Beside the engine it measures, in the same run, brute-force NumPy top-k over
 the same vectors, and (with --old-checkout, a checkout of an earlier commit) the
@@ -283,11 +284,14 @@ def phase_query(args: argparse.Namespace) -> dict[str, Any]:
     first_query_s = time.perf_counter() - t0  # loads the encoder and the re-ranking state
     eng.query(qpaths[1:3], k=10)
     out: dict[str, Any] = {"open_s": round(open_s, 3), "first_query_s": round(first_query_s, 2)}
+    search = json.loads(args.search) if args.search else None
+    if search:
+        out["search"] = search
     for name, filt in (("query", {}), ("query_camera", {"cameras": ["02"]})):
         lat = []
         for p in qpaths[: args.queries]:
             t = time.perf_counter()
-            eng.query([p], k=10, **filt)
+            eng.query([p], k=10, search_params=search, **filt)
             lat.append(1000 * (time.perf_counter() - t))
         out[f"{name}_p50_ms"] = round(float(np.percentile(lat, 50)), 1)
         out[f"{name}_p99_ms"] = round(float(np.percentile(lat, 99)), 1)
@@ -303,7 +307,7 @@ def phase_query(args: argparse.Namespace) -> dict[str, Any]:
                                        4)
     # mAP of the default re-ranking on candidates vs with an exact first stage (labelled synthetic rows)
     rel = [eng.store.ids_where(_pid_clause(f"s{i}")) for i in sid]
-    for label, params in (("map_default", None), ("map_default_exact", {"exact": True})):
+    for label, params in (("map_default", search), ("map_default_exact", {**(search or {}), "exact": True})):
         res = eng.query_features(sq, k=100, search_params=params)
         ranked = np.array([[h.id for h in r.hits] + [-1] * (100 - len(r.hits)) for r in res])
         out[label] = round(_map_at(ranked, rel), 2)
@@ -363,6 +367,8 @@ def _run_phase(phase: str, args: argparse.Namespace, n: int, python: str, cwd: P
            "--weights", args.weights, "--queries", str(args.queries), "--backend", backend]
     if args.graph_rows:
         cmd += ["--graph-rows", str(args.graph_rows)]
+    if args.search:
+        cmd += ["--search", args.search]
     env = dict(os.environ, PYTHONPATH=str(cwd))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
@@ -383,10 +389,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--graph-rows", type=int, default=None,
                     help="cap every graph at this many rows (262144: the layout single-block adds make, whose "
                          "background merges grow graphs to half the default cap)")
+    ap.add_argument("--search", default=None, metavar="JSON",
+                    help='per-query search parameters of the timed queries and the candidates\' mAP, e.g. '
+                         '\'{"pool": 100, "ef_search": 64}\' (Engine.query search_params)')
     ap.add_argument("--backend", default="faiss", help=argparse.SUPPRESS)
     ap.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.search:
+        from reid_engine.index.backend import SearchParams
+
+        try:
+            SearchParams(**json.loads(args.search))
+        except (ValueError, TypeError) as exc:
+            ap.error(f"--search {args.search!r}: expected a JSON object of search parameters ({exc})")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args.weights = args.weights or str(_shared("weights/osnet/osnet_x0_25_msmt17.onnx"))
     Path(args.work).mkdir(parents=True, exist_ok=True)
