@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from .errors import InvalidInputError
 from .index import db
-from .index.backend import SearchFilter
+from .index.backend import SearchFilter, SearchParams
 from .ingest.crops import parse_time
 from .results import Hit, check_queries
 
@@ -162,10 +162,12 @@ def _track_rows(store: "IndexStore", keys: Sequence[str]) -> tuple[list[dict[str
     return rows, emb
 
 
-def _candidate_tracks(store: "IndexStore", q: np.ndarray, k: int, where: SearchFilter) -> list[str]:
-    """Tracks with a crop among the query's nearest crops that pass ``where`` (one query row)."""
+def _candidate_tracks(store: "IndexStore", q: np.ndarray, k: int, where: SearchFilter,
+                      params: Optional[SearchParams] = None) -> list[str]:
+    """Tracks with a crop among the query's nearest crops that pass ``where`` (one query row), searched with
+    ``params`` over the index's defaults."""
     pool = int(min(max(store.count, 1), max(TRACK_POOL_MIN, TRACK_POOL_PER_HIT * k)))
-    _, ids = store.search(q, pool, where=where)
+    _, ids = store.search(q, pool, where=where, params=params)
     ids = np.asarray(ids[0], np.int64)
     ids = ids[ids >= 0]
     if not len(ids):
@@ -189,8 +191,11 @@ def search_tracks(
     time_from: Union[None, str, float] = None,
     time_to: Union[None, str, float] = None,
     exclude_same_camera: bool = False,
+    search_params: Union[None, dict[str, Any], SearchParams] = None,
 ) -> list[TrackResult]:
-    """Rank the index's tracks for each query feature row; filters as in ``Engine.query``."""
+    """Rank the index's tracks for each query feature row; filters as in ``Engine.query``, and the first stage's
+    ``search_params`` (``exact``, ``nprobe``, ``ef_search``) for the crops whose tracks are ranked."""
+    params = store.search_params(search_params)  # validated before anything is searched
     q, labels, qcams = check_queries(features, store.manifest.dim, k, query_labels, query_cameras)
     n = len(q)
     if exclude_same_camera and any(c is None for c in qcams):
@@ -207,7 +212,7 @@ def search_tracks(
         where = SearchFilter(cameras=None if cameras is None else tuple(map(str, cameras)),
                              exclude_cameras=tuple(q_excl),
                              sources=None if sources is None else tuple(map(str, sources)))
-        keys = _candidate_tracks(store, q[qi : qi + 1], k, where)
+        keys = _candidate_tracks(store, q[qi : qi + 1], k, where, params)
         rows, emb = _track_rows(store, keys)
         allowed = _mask(rows, cameras, q_excl, sources, t_from, t_to)
         if not len(rows) or not allowed.any():

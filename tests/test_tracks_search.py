@@ -107,3 +107,26 @@ def test_a_small_crop_pool_still_finds_the_nearest_tracks(gallery, monkeypatch):
         ranked = [keys[i] for i in sorted(candidates, key=lambda i: (-float(emb[i] @ qq), keys[i]))]
         assert [h.track for h in r.hits] == ranked[:3]
         assert r.hits[0].track == keys[t]  # the query's own track
+
+
+def test_track_queries_take_the_first_stage_search_parameters(gallery, monkeypatch):
+    """``search_params`` reach the search for a track query's candidate crops over the index's defaults (exact
+    here gives the same tracks), and a bad one is a typed error before anything is searched."""
+    from reid_engine.errors import InvalidInputError
+
+    eng, feats, emb, keys, cams = gallery
+    seen: list = []
+    search = eng.store.search
+
+    def spy(q, k, where=None, params=None):
+        seen.append(eng.store.search_params(params))
+        return search(q, k, where=where, params=params)
+
+    monkeypatch.setattr(eng.store, "search", spy)
+    q = _unit(emb[:3])
+    plain = eng.query_tracks_features(q, 5)
+    exact = eng.query_tracks_features(q, 5, search_params={"exact": True, "ef_search": 40})
+    assert [[h.track for h in r.hits] for r in plain] == [[h.track for h in r.hits] for r in exact]
+    assert [(p.exact, p.ef_search) for p in seen] == [(None, None)] * 3 + [(True, 40)] * 3
+    with pytest.raises(InvalidInputError, match="ef_search=0"):
+        eng.query_tracks_features(q, 5, search_params={"ef_search": 0})

@@ -93,15 +93,15 @@ def run_query(engine: Engine, req: QueryRequest, features: Optional[np.ndarray] 
         crop_opts.update(attributes=list(req.attributes), attribute_threshold=req.attribute_threshold)
     if req.same_person:
         crop_opts["same_person"] = True
-    if req.search_params() is not None:
-        crop_opts["search_params"] = req.search_params()
+    search: dict[str, Any] = {"search_params": req.search_params()} if req.search_params() is not None else {}
+    crop_opts.update(search)
     results: list[AnyResult] = []
     if req.images:
         n = len(req.images)
         qcams = [req.query_camera] * n if req.query_camera is not None else None
         common = dict(query_cameras=qcams, exclude_same_camera=req.exclude_same_camera, **filters)
         if req.by_track:
-            found: list[AnyResult] = list(engine.query_tracks(list(req.images), req.k, **common))
+            found: list[AnyResult] = list(engine.query_tracks(list(req.images), req.k, **common, **search))
         elif features is not None:
             found = list(engine.query_features(np.asarray(features, np.float32), req.k, **common, **crop_opts))
         else:
@@ -117,7 +117,7 @@ def run_query(engine: Engine, req: QueryRequest, features: Optional[np.ndarray] 
         qcams = [req.query_camera if req.query_camera is not None else rows[i]["camera"] for i in ids]
         common = dict(query_labels=labels, query_cameras=qcams, exclude_same_camera=req.exclude_same_camera, **filters)
         if req.by_track:
-            results.extend(engine.query_tracks_features(feats, req.k, **common))
+            results.extend(engine.query_tracks_features(feats, req.k, **common, **search))
         else:
             if needs_attributes(req.fusion):
                 crop_opts["query_attributes"] = [(rows[i].get("extra") or {}).get(ATTRIBUTES) for i in ids]
