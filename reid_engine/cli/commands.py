@@ -32,6 +32,38 @@ weights_option = click.option(
 device_option = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available).")
 
 
+#: help of the search parameters' options: per query, and as a new index's stored defaults
+_SEARCH_HELP = {
+    False: ("IVF lists probed by this search (more: slower, closer to exact).",
+            "Beam of this search in a graph index, used as given (more: slower, closer to exact; default: the "
+            "index's, widened with the graph's size).",
+            "First-stage candidates the re-ranking re-scores for each query (default: the preset's, 200 for the "
+            "default); the rest of the top k follows in cosine order."),
+    True: ("Default IVF lists probed per search, stored in a new index (per query: query --nprobe).",
+           "Default graph beam per search, stored in a new index and used as given (default: the index's, widened "
+           "with the graph's size; per query: query --ef-search).",
+           "Default candidates the re-ranking re-scores per query, stored in a new index (default: the preset's; "
+           "per query: query --pool)."),
+}
+
+
+def search_options(stored: bool) -> Any:
+    """The first stage's search parameters (``SearchParams``) ``nprobe``, ``ef_search`` and ``pool`` as options,
+    per query or (``stored``) as a new index's defaults."""
+    nprobe, ef_search, pool = _SEARCH_HELP[stored]
+    options = [
+        click.option("--nprobe", default=None, type=click.IntRange(1, svc.NPROBE_MAX), help=nprobe),
+        click.option("--ef-search", default=None, type=click.IntRange(1, svc.EF_SEARCH_MAX), help=ef_search),
+        click.option("--pool", default=None, type=click.IntRange(1, svc.POOL_MAX), help=pool),
+    ]
+
+    def apply(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
 def _progress() -> Optional[bool]:
     return True if sys.stderr.isatty() else False
 
@@ -88,14 +120,7 @@ def _print_track_results(results: list[Any]) -> None:
               help="SQLAlchemy URL for the crop table of a new index (default: SQLite in the index folder).")
 @click.option("--backend", default="faiss", show_default=True, help="Vector backend of a new index: faiss or milvus.")
 @click.option("--backend-uri", default=None, help="Milvus: a Milvus Lite file (./x.db) or http://HOST:19530.")
-@click.option("--nprobe", default=None, type=click.IntRange(1, svc.NPROBE_MAX),
-              help="Default IVF lists probed per search, stored in a new index (per query: query --nprobe).")
-@click.option("--ef-search", default=None, type=click.IntRange(1, svc.EF_SEARCH_MAX),
-              help="Default graph beam per search, stored in a new index and used as given (default: the index's, "
-                   "widened with the graph's size; per query: query --ef-search).")
-@click.option("--pool", default=None, type=click.IntRange(1, svc.POOL_MAX),
-              help="Default candidates the re-ranking re-scores per query, stored in a new index (default: the "
-                   "preset's; per query: query --pool).")
+@search_options(stored=True)
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="Decode and encode on a Ray cluster (without ADDRESS a local one); this process commits in order.")
 @click.option("--glob", "glob_pattern", default="**/*", show_default=True, help="Which files of a folder to take.")
@@ -167,14 +192,7 @@ def index_cmd(
               help="One hit per track of ingested footage (camera, start and end time, best crop) instead of per crop.")
 @click.option("--same-person", is_flag=True,
               help="The IMAGES show one person: answer with one list pooled over all of them.")
-@click.option("--nprobe", default=None, type=click.IntRange(1, 65536),
-              help="IVF lists probed by this search (more: slower, closer to exact).")
-@click.option("--ef-search", default=None, type=click.IntRange(1, svc.EF_SEARCH_MAX),
-              help="Beam of this search in a graph index (more: slower, closer to exact; default: the index's, "
-                   "widened with the graph's size).")
-@click.option("--pool", default=None, type=click.IntRange(1, svc.POOL_MAX),
-              help="First-stage candidates the re-ranking re-scores per query (default: the preset's, 200 for "
-                   "the default); the rest of the top k follows in cosine order.")
+@search_options(stored=False)
 @click.option("--exact", is_flag=True, help="Exhaustive first-stage search instead of the approximate index.")
 @click.option("--save-crops", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Write the matched crops into DIR/<query>/.")
