@@ -124,6 +124,45 @@ def test_filters_narrow_the_results(browser, pku_server, pku):
     page.close()
 
 
+def test_candidates_and_search_beam_go_with_the_query(browser, pku_server, pku):
+    """The Ranking box's candidates (the re-ranking's pool) and search beam are sent with the query, and the
+    results follow: with 'kr' on a pool of 2 the answers past rank 2 are plain cosine's."""
+    import json
+
+    expect = sync_api.expect
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(pku_server)
+    expect(page.locator("#index-info")).to_contain_text("64 crops")
+    page.fill("#k", "8")
+    page.select_option("#rerank", "none")
+    page.set_input_files("#file", str(pku / pku_people(pku)[0] / "01_2.png"))
+    expect(page.locator(".card")).to_have_count(8)
+
+    def body_of(request) -> dict:
+        try:  # a search from an upload is multipart; one from an indexed crop is JSON
+            return json.loads(request.post_data or "{}")
+        except (ValueError, UnicodeDecodeError):
+            return {}
+
+    def search(action, rerank):
+        """The JSON search ``action`` starts (the form also searches on every change: those are skipped)."""
+        with page.expect_response(lambda r: r.url.endswith("/query")
+                                  and body_of(r.request).get("rerank") == rerank) as resp:
+            action()
+        return body_of(resp.value.request), json.loads(resp.value.text())
+
+    page.fill("#pool", "2")
+    page.fill("#ef-search", "48")
+    sent, cosine = search(lambda: page.locator(".card").first.click(), "none")  # from an indexed crop (JSON)
+    assert (sent["pool"], sent["ef_search"]) == (2, 48)
+    sent, body = search(lambda: page.select_option("#rerank", "kr"), "kr")
+    assert (sent["pool"], sent["ef_search"], sent["crop_ids"]) == (2, 48, [cosine["results"][0]["hits"][0]["id"]])
+    want = [h["id"] for h in cosine["results"][0]["hits"]]
+    got = [h["id"] for h in body["results"][0]["hits"]]
+    assert got[2:] == want[2:] and sorted(got[:2]) == sorted(want[:2])
+    page.close()
+
+
 def test_track_view_on_footage(browser, pets_index, tmp_path_factory):
     expect = sync_api.expect
     proc, url = _serve(pets_index)

@@ -76,9 +76,13 @@ function filterFields() {
   if (attrs.length) f.attributes = attrs;
   f.k = Math.max(1, Math.min(500, parseInt($("k").value || "24", 10)));
   f.by_track = $("by-track").checked;
+  const beam = parseInt($("ef-search").value, 10);
+  if (beam > 0) f.ef_search = Math.min(4096, beam);
   if (!f.by_track) {
     f.rerank = $("rerank").value || null;
     if ($("fusion").value) f.fusion = $("fusion").value;
+    const pool = parseInt($("pool").value, 10);
+    if (pool > 0) f.pool = Math.min(10000, pool);
   } else {
     delete f.attributes;
   }
