@@ -198,9 +198,12 @@ def test_ef_search_and_pool_reach_the_first_stage_per_query_over_stored_defaults
                            search_params={"ef_search": 24, "pool": 30})
     stored.add_features(feats[:50], [CropItem(tmp_path / f"s{i}.png", {}) for i in range(50)],
                         hashes=[f"{i:064x}" for i in range(50)])
+    stored.close()
     asked.clear()
-    Engine.open(tmp_path / "stored").query_features(q, k=5)
-    Engine.open(tmp_path / "stored").query_features(q, k=5, search_params={"ef_search": 9, "pool": 20})
+    reopened = Engine.open(tmp_path / "stored")
+    reopened.query_features(q, k=5)
+    reopened.query_features(q, k=5, search_params={"ef_search": 9, "pool": 20})
+    reopened.close()
     assert asked == [(30, 24), (20, 9)]
     with pytest.raises(InvalidInputError, match="pool=0"):
         eng.query_features(q, k=5, search_params={"pool": 0})
