@@ -93,7 +93,8 @@ def run_query(engine: Engine, req: QueryRequest, features: Optional[np.ndarray] 
         crop_opts.update(attributes=list(req.attributes), attribute_threshold=req.attribute_threshold)
     if req.same_person:
         crop_opts["same_person"] = True
-    search: dict[str, Any] = {"search_params": req.search_params()} if req.search_params() is not None else {}
+    params = req.search_params()
+    search: dict[str, Any] = {"search_params": params} if params is not None else {}
     crop_opts.update(search)
     results: list[AnyResult] = []
     if req.images:

@@ -71,11 +71,22 @@ def _strings(values: Any, what: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _check_int(value: Any, name: str, top: int) -> None:
-    """``InvalidInputError`` unless ``value`` is None or an integer from 1 to ``top``."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                              or not 1 <= int(value) <= top):
-        raise InvalidInputError(f"{name} {value!r}: expected an integer from 1 to {top}")
+#: the integer search parameters a request may set, with their upper bounds
+_SEARCH_INTS = (("nprobe", NPROBE_MAX), ("ef_search", EF_SEARCH_MAX), ("pool", POOL_MAX))
+
+
+def _search_ints(req: Any) -> dict[str, int]:
+    """The integer search parameters ``req`` sets (its ``nprobe``, ``ef_search``, ``pool``), or
+    ``InvalidInputError`` naming one that is not an integer from 1 to its bound."""
+    out: dict[str, int] = {}
+    for name, top in _SEARCH_INTS:
+        value = getattr(req, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= top:
+            raise InvalidInputError(f"{name} {value!r}: expected an integer from 1 to {top}")
+        out[name] = int(value)
+    return out
 
 
 def _check_k(k: Any) -> int:
@@ -154,9 +165,7 @@ class QueryRequest:
     def __post_init__(self) -> None:
         object.__setattr__(self, "k", _check_k(self.k))
         object.__setattr__(self, "attributes", _strings(self.attributes, "attribute"))
-        _check_int(self.nprobe, "nprobe", NPROBE_MAX)
-        _check_int(self.ef_search, "ef_search", EF_SEARCH_MAX)
-        _check_int(self.pool, "pool", POOL_MAX)
+        _search_ints(self)
         if self.same_person and self.by_track:
             raise RequestError("same-person pooling applies to crop queries, not to by-track queries")
         if self.labels and len(self.labels) != len(self.images):
@@ -195,9 +204,7 @@ class QueryRequest:
 
     def search_params(self) -> Optional[dict[str, Any]]:
         """``Engine.query``'s per-query search parameters, or None for the index's defaults."""
-        params: dict[str, Any] = {name: int(v) for name, v in
-                                  (("nprobe", self.nprobe), ("ef_search", self.ef_search), ("pool", self.pool))
-                                  if v is not None}
+        params: dict[str, Any] = dict(_search_ints(self))
         if self.exact:
             params["exact"] = True
         return params or None
@@ -257,17 +264,14 @@ class IndexRequest:
             raise InvalidInputError("batch size and commit-every must be positive integers")
         if not str(self.index).strip():
             raise RequestError("name the index (a folder or a bare name)")
-        _check_int(self.nprobe, "nprobe", NPROBE_MAX)
-        _check_int(self.ef_search, "ef_search", EF_SEARCH_MAX)
-        _check_int(self.pool, "pool", POOL_MAX)
+        _search_ints(self)
 
     def create_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Engine.create`` beyond the encoder."""
         opts: dict[str, Any] = {"factory": self.factory, "db_url": self.db_url, "backend": self.backend}
         if self.backend_uri:
             opts["backend_options"] = {"uri": self.backend_uri}
-        stored = {name: int(v) for name, v in (("nprobe", self.nprobe), ("ef_search", self.ef_search),
-                                                ("pool", self.pool)) if v is not None}
+        stored = _search_ints(self)
         if stored:
             opts["search_params"] = stored
         return opts
