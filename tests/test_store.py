@@ -291,3 +291,19 @@ def test_stored_paths_resolve_like_pathlib_with_folder_and_file_links(tmp_path):
                 assert _resolved(p, folders) == str(Path(p).resolve()), p
     finally:
         os.chdir(cwd)
+
+
+def test_bytes_on_disk_count_a_file_with_two_names_once(tmp_path):
+    """folder_bytes (``stats()["bytes_on_disk"]``): the bytes of each file once, however many hard links name it
+    (a grown graph shares its vectors file with the graph it grew from until that one is retired)."""
+    import os
+
+    (tmp_path / "a.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "b.bin").write_bytes(b"y" * 24)
+    (tmp_path / "sub").mkdir()
+    assert store_mod.folder_bytes(tmp_path) == 1024
+    os.link(tmp_path / "a.bin", tmp_path / "a2.bin")
+    assert store_mod.folder_bytes(tmp_path) == 1024
+    with open(tmp_path / "a2.bin", "ab") as f:  # appended through the other name: one file, grown
+        f.write(b"z" * 76)
+    assert store_mod.folder_bytes(tmp_path) == 1100

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -45,6 +46,22 @@ SqlHook = Callable[[Connection, list[int], Sequence[dict[str, Any]], np.ndarray]
 
 def _after_vectors_written() -> None:
     """Hook between writing the new files and the SQL commit (tests simulate crashes here)."""
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files in ``folder``, each file once however many names it has (a grown graph's vectors file
+    is a hard link of the one it grew from until that is retired)."""
+    seen: set[tuple[int, int]] = set()
+    size = 0
+    for p in folder.iterdir():
+        try:
+            st = p.stat()
+        except FileNotFoundError:  # retired meanwhile
+            continue
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            size += st.st_size
+    return size
 
 
 def _hooks_registry() -> Any:
@@ -649,7 +666,7 @@ class IndexStore:
             n_pids = len(db.distinct_values(conn, "pid"))
             n_tracks = len(db.distinct_values(conn, "track"))
             n_sources = len(db.distinct_values(conn, "source"))
-        size = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        size = folder_bytes(self.folder)
         return {
             "path": str(self.folder),
             "crops": self.count,
