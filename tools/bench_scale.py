@@ -62,7 +62,8 @@ def _peak_rss_mb() -> float:
 
 
 def _shared(rel: str) -> Path:
-    sys.path.insert(0, str(ROOT))
+    if str(ROOT) not in sys.path:  # last: a phase run with PYTHONPATH (an old checkout) keeps importing that code
+        sys.path.append(str(ROOT))
     from reid_engine.assets import shared_path
 
     return shared_path(rel)
