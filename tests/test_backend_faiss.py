@@ -388,11 +388,21 @@ def test_a_grown_graph_that_is_never_committed_leaves_the_previous_state_intact(
     assert g.compact(force=False) is not None  # the first graph
     g.add_random(rng, 70, 1000)
     committed = dict(g.state)
-    files_before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    files_before = {p.name: p.read_bytes() for p in folder.iterdir()}
     grown = b.compact(g.gen + 1, force=False)  # written, never committed (the process dies here)
     assert grown is not None and len([s for s in grown["segments"] if s.get("graph")]) == 1
     assert {p.name for p in folder.iterdir()} > set(files_before)
-    assert all(folder.joinpath(n).stat().st_mtime_ns == t for n, t in files_before.items())  # nothing rewritten
+    (base,) = [s["name"] for s in committed["segments"] if s.get("graph")]
+    (new,) = [s["name"] for s in grown["segments"] if s.get("graph")]
+    # nothing the committed state reads was rewritten: every file keeps its bytes, except that a projected graph's
+    # vectors file is shared with the grown graph (a hard link), which appended its rows after them
+    for n, data in files_before.items():
+        now = folder.joinpath(n).read_bytes()
+        if dims and n == f"{base}.vec.npy":
+            assert len(now) == len(data) + 70 * DIM * 4 and now[:len(data)] == data
+            assert os.path.samefile(folder / n, folder / f"{new}.vec.npy")
+        else:
+            assert now == data, n
     reopened = FaissBackend(folder, DIM, opts)
     reopened.load(committed)
     wide = SearchParams(ef_search=4096)
@@ -405,6 +415,84 @@ def test_a_grown_graph_that_is_never_committed_leaves_the_previous_state_intact(
     reopened.load(again)
     assert [s["kind"] for s in reopened.describe()["segments"]] == ["graph"]
     assert_same(reopened.search(q, 10, params=wide), g.reference(q, 10))
+    np.testing.assert_allclose(reopened.reconstruct(g.ids), g.x, atol=1e-6)
+    if dims:  # the base's file holds the first merge's rows past its own: this merge copied its rows instead
+        (again_name,) = [s["name"] for s in again["segments"]]
+        assert not os.path.samefile(folder / f"{base}.vec.npy", folder / f"{again_name}.vec.npy")
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_a_grown_projected_graph_appends_its_rows_to_its_bases_vectors_file(folder, locked):
+    """A projected graph grown at a merge writes only its new rows: its .vec.npy is a hard link of its base's with
+    the rows appended. A reader of the previous state keeps its vectors and answers; the base's name can be retired
+    while the grown one stays readable; the next merge appends again. While another merge holds the file
+    (``flock``), a merge copies the rows into a file of its own instead, with the same vectors."""
+    import fcntl
+
+    rng = np.random.default_rng(13)
+    opts = {"exact_threshold": 100, "flat_limit": 60, "graph_rows": 1000, "graph_dims": 16}
+    b = FaissBackend(folder, DIM, opts)
+    g = Gallery(b)
+    g.add_random(rng, 120, 1)
+    assert g.compact(force=False) is not None  # the first graph: a file of its own
+    q = unit(rng, 5)
+    wide = SearchParams(ef_search=4096)
+    for step in range(2):
+        g.add_random(rng, 70, 1000 + 100 * step)
+        before = json.loads(json.dumps(g.state))
+        (base,) = [s["name"] for s in before["segments"] if s.get("graph")]
+        reader = FaissBackend(folder, DIM, opts)  # a reader of the last committed state
+        reader.load(before)
+        old_ids = np.asarray(next(x for x in reader._view.segments if x.name == base).ids)
+        old_vec = reader.reconstruct(old_ids)
+        ref_before = g.reference(q, 10)
+        held = open(folder / f"{base}.vec.npy", "rb") if locked else None
+        if held is not None:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        try:
+            g.compact(force=False)
+        finally:
+            if held is not None:
+                held.close()
+        (grown,) = [s for s in g.state["segments"] if s.get("graph")]
+        shared = os.path.samefile(folder / f"{base}.vec.npy", folder / f"{grown['name']}.vec.npy")
+        assert shared is not locked
+        size = (folder / f"{grown['name']}.vec.npy").stat().st_size
+        assert size - grown["rows"] * DIM * 4 == 128  # the header (its row count is the first writer's)
+        np.testing.assert_array_equal(reader.reconstruct(old_ids), old_vec)  # the reader's bytes are untouched
+        assert_same(reader.search(q, 10, params=wide), ref_before)
+        reader.close()
+        b.cleanup(g.state, grace_seconds=0)  # the base's names go; the shared file lives on under the new name
+        assert not (folder / f"{base}.vec.npy").exists()
+        reopened = FaissBackend(folder, DIM, opts)
+        reopened.load(g.state)
+        np.testing.assert_allclose(reopened.reconstruct(g.ids), g.x, atol=1e-6)
+        assert_same(reopened.search(q, 10, params=wide), g.reference(q, 10))
+        reopened.close()
+
+
+def test_a_segments_vectors_file_must_hold_its_rows(folder):
+    """The state's row count says how many rows a segment maps: a vectors file with fewer rows, or whose header
+    counts more rows than the state, is a corrupt index."""
+    from reid_engine.errors import IndexCorruptError
+
+    rng = np.random.default_rng(14)
+    g = Gallery(FaissBackend(folder, DIM, {}))
+    g.add_random(rng, 40, 1)
+    (seg,) = g.state["segments"]
+    path = folder / f"{seg['name']}.vec.npy"
+    data = path.read_bytes()
+    path.write_bytes(data[:-DIM * 4])
+    with pytest.raises(IndexCorruptError, match=r"holds 39 rows, expected 40"):
+        FaissBackend(folder, DIM, {}).load(g.state)
+    path.write_bytes(data + data[-DIM * 4:])  # one row more than the state names: read as 40 rows
+    b = FaissBackend(folder, DIM, {})
+    b.load(g.state)
+    np.testing.assert_allclose(b.reconstruct(g.ids), g.x, atol=1e-6)
+    fewer = json.loads(json.dumps(g.state))
+    fewer["segments"][0]["rows"] = 39
+    with pytest.raises(IndexCorruptError):
+        FaissBackend(folder, DIM, {}).load(fewer)
 
 
 def test_graph_projection_keeps_the_leading_directions_of_the_rows():

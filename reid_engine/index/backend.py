@@ -16,8 +16,9 @@ commit point of an index:
 
 ``cleanup(state)`` (only called by the writer that holds the index's write
 lock) removes what no committed state refers to: leftovers of crashed writers.
-Readers of older states keep working while a writer commits: files are
-immutable once written and removed only after a grace period.
+Readers of older states keep working while a writer commits: no byte a
+state reads ever changes once written (files are immutable, or only appended
+past what every state reads), and files are removed only after a grace period.
 
 Every backend passes ``tests/backend_conformance.py``.
 """

@@ -13,7 +13,11 @@ On disk (all files immutable once renamed into place, names carry the generation
   memory once (state entry ``"vectors": "graph"``; older graph segments keep a ``.vec.npy``).
   A projected graph segment (state entry ``"proj": d``) keeps its vectors in ``.vec.npy`` and
   ``.proj.npy`` float32 (d, D): orthonormal rows; its graph holds the rows projected onto them
-  (d < D), and a search re-scores the graph's candidates with the full vectors.
+  (d < D), and a search re-scores the graph's candidates with the full vectors. A graph grown from
+  another one usually shares its ``.vec.npy`` (a hard link to the same file, with the new rows
+  appended): the one exception to immutability, and it never changes a byte any state can read,
+  since rows are only appended past the rows of every state that names the file (``_append_rows``).
+  So the state's row count, not the ``.npy`` header, says how many rows a segment has.
 - ``tomb-<gen>-<token>.npy`` int64 (2, T): removed ids and the generation that removed them
   (a removal hides the id in segments written before it, so a re-added id lives again).
 - ``quant-<gen>-<token>.npy`` float32 (nlist, D): the trained coarse quantizer.
@@ -55,6 +59,11 @@ from typing import Any, Iterator, Optional, Sequence
 
 import faiss
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux: grown graphs copy their rows instead of appending
+    fcntl = None  # type: ignore[assignment]
 
 from ..errors import IndexCorruptError, InvalidInputError
 from .backend import FIELDS, Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, register_backend
@@ -391,7 +400,8 @@ class _SegmentData:
     ts: np.ndarray
     vectors: Any  # callable (i0, i1) -> float32 block
     lists: Optional[np.ndarray] = None  # CSR offsets (nlist + 1,) for an IVF segment
-    #: (a segment's .vec.npy, n): the first n rows are that file's first n rows (copied by the kernel)
+    #: (a segment's .vec.npy, n): the first n rows are that file's first n rows (appended to when no other merge
+    #: has, else copied by the kernel)
     prefix: Optional[tuple[Path, int]] = None
 
 
@@ -411,7 +421,7 @@ class _Segment:
             meta = json.loads((folder / f"{name}.json").read_text())
             # plain ndarray views of the maps: indexing a np.memmap costs ~0.25 ms a call
             self.vec = np.broadcast_to(np.float32(0), (rows, dim)) if vectors_in_graph else \
-                np.asarray(np.load(folder / f"{name}.vec.npy", mmap_mode="r"))
+                _map_vectors(folder / f"{name}{_VEC_SUFFIX}", rows, dim)
             ids = np.asarray(np.load(folder / f"{name}.ids.npy", mmap_mode="r"))
             aux = np.asarray(np.load(folder / f"{name}.aux.npy", mmap_mode="r"))
             ts = np.asarray(np.load(folder / f"{name}.ts.npy", mmap_mode="r"))
@@ -672,6 +682,74 @@ def _graph_vectors(graph: Any, rows: int, dim: int) -> np.ndarray:
     return _graph_codes(graph).view(np.float32).reshape(rows, dim)
 
 
+def _npy_header(f: Any, what: str, dim: int) -> tuple[int, int]:
+    """Check the .npy header at the start of the open file ``f`` (float32 rows of ``dim``): (the data's offset,
+    the rows the header says)."""
+    try:
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                 else np.lib.format.read_array_header_2_0(f))
+    except ValueError as exc:
+        raise IndexCorruptError(f"vector file {what} cannot be read ({exc})") from None
+    if dtype != np.dtype("<f4") or fortran or len(shape) != 2 or shape[1] != dim:
+        raise IndexCorruptError(f"vector file {what}: {dtype} {shape}, expected float32 rows of {dim}")
+    return int(f.tell()), int(shape[0])
+
+
+def _map_vectors(path: Path, rows: int, dim: int) -> np.ndarray:
+    """The first ``rows`` rows of the float32 .npy file ``path``, memory-mapped read-only, as a plain ndarray
+    view (indexing a np.memmap costs ~0.25 ms a call). The file may hold more rows than its header says and more
+    than ``rows`` (a grown graph's file, shared with the graphs it grew from and into: ``_append_rows``)."""
+    with open(path, "rb") as f:
+        offset, first = _npy_header(f, path.name, dim)
+        size = os.fstat(f.fileno()).st_size
+    # the header counts the rows of the first segment that wrote the file, which every later one extends
+    if first > rows:
+        raise IndexCorruptError(f"vector file {path.name}: its header says {first} rows, expected at most {rows}")
+    if size < offset + rows * dim * 4:
+        raise IndexCorruptError(f"vector file {path.name} holds {(size - offset) // (4 * dim)} rows, expected {rows}")
+    if rows == 0:
+        return np.zeros((0, dim), np.float32)
+    return np.asarray(np.memmap(path, np.float32, "r", offset, (rows, dim)))
+
+
+def _append_rows(dst: Path, src: Path, rows: int, dim: int, write: Any) -> bool:
+    """Make ``dst`` a hard link of the .npy file ``src``, whose first ``rows`` rows are a grown graph's first rows,
+    and append the others (``write(f)``), durably: the merge then writes only its new rows instead of copying the
+    graph's (2 KB a row). Only when ``src`` holds exactly ``rows`` rows, under an exclusive ``flock`` on it: rows
+    already appended (by a merge not committed, or built by another process meanwhile) leave the file to that
+    merge, and the caller copies instead (False; also where hard links or locks are not to be had). Bytes that
+    any state names are never written: every state that names the file names at most its first rows, and the
+    rows of a merge that is never committed stay as unread bytes past them."""
+    if fcntl is None:  # pragma: no cover - not on Linux
+        return False
+    try:
+        f = open(src, "r+b")
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another merge is appending to it
+            return False
+        try:
+            offset, _ = _npy_header(f, src.name, dim)
+            if os.fstat(f.fileno()).st_size != offset + rows * dim * 4:
+                return False
+            os.link(src, dst)
+        except (OSError, IndexCorruptError):
+            return False
+        try:
+            f.seek(0, os.SEEK_END)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            dst.unlink(missing_ok=True)
+            raise
+    return True
+
+
 def _copy_rows(f: Any, src: Path, nbytes: int) -> None:
     """Append the first ``nbytes`` of the array data of the .npy file ``src`` to the open file ``f``: copied
     inside the kernel (``os.copy_file_range``) where it can be, so the rows pass through no mapping of this
@@ -724,18 +802,24 @@ def _write_segment(folder: Path, name: str, data: _SegmentData, dim: int, vector
         "lists": None if data.lists is None else [int(v) for v in data.lists],
     }
 
-    def write_vectors(f) -> None:
+    def write_rows(f: Any, start: int) -> None:
+        for i0 in range(start, n, _BLOCK):
+            block = np.ascontiguousarray(data.vectors(i0, min(n, i0 + _BLOCK)), np.float32)
+            f.write(block.data.cast("B"))
+
+    def write_vectors(f: Any) -> None:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
         start = 0
         if data.prefix is not None:
             start = data.prefix[1]
             _copy_rows(f, data.prefix[0], start * dim * 4)
-        for i0 in range(start, n, _BLOCK):
-            block = np.ascontiguousarray(data.vectors(i0, min(n, i0 + _BLOCK)), np.float32)
-            f.write(block.data.cast("B"))
+        write_rows(f, start)
 
     if vectors:
-        _write_durable(folder / f"{name}{_VEC_SUFFIX}", write_vectors)
+        path = folder / f"{name}{_VEC_SUFFIX}"
+        prefix = data.prefix
+        if prefix is None or not _append_rows(path, prefix[0], prefix[1], dim, lambda f: write_rows(f, prefix[1])):
+            _write_durable(path, write_vectors)
     _save_npy(folder / f"{name}.ids.npy", np.stack([data.ids, data.ids[kord]]).astype(np.int64))
     _save_npy(folder / f"{name}.aux.npy", aux)
     _save_npy(folder / f"{name}.ts.npy", np.stack([data.ts, data.ts[tso]]).astype(np.float64))
