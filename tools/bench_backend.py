@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from reid_engine.index.backend import Changes, SearchFilter, SearchParams, get_backend
+from reid_engine.index.store import folder_bytes
 
 CAMERAS = 8
 
@@ -106,16 +107,12 @@ def recall(got: np.ndarray, ref: np.ndarray) -> float:
     return hits / max(1, int((ref >= 0).sum()))
 
 
-def numpy_topk_ms(folder: Path, state: dict, q: np.ndarray, k: int) -> float:
-    """p50 of brute-force top-k with NumPy over the memory-mapped segments (single queries)."""
-    segs = [np.load(folder / f"{s['name']}.vec.npy", mmap_mode="r") for s in state["segments"]]
+def numpy_topk_ms(x: np.ndarray, q: np.ndarray, k: int) -> float:
+    """p50 of brute-force top-k with NumPy over the same vectors held as one matrix (single queries)."""
 
     def one(i: int) -> None:
-        best = []
-        for x in segs:
-            s = x @ q[i]
-            best.append(s[np.argpartition(-s, k)[:k]] if len(s) > k else s)
-        np.sort(np.concatenate(best))[-k:]
+        s = x @ q[i]
+        np.sort(s[np.argpartition(-s, k)[:k]] if len(s) > k else s)
 
     return float(np.median(timed(one, len(q))) * 1e3)
 
@@ -134,7 +131,7 @@ def run(args) -> dict:
         w.commit(Changes(add_ids=ids, add_vectors=x, add_fields=f))
     build_s = time.perf_counter() - t0
     rss_build = peak_rss_mb()
-    disk = sum(p.stat().st_size for p in folder.iterdir())
+    disk = folder_bytes(folder)
 
     t = time.perf_counter()
     reader = cls(folder, args.dim, opts)
@@ -163,8 +160,16 @@ def run(args) -> dict:
     exact = b.search(q, k, params=SearchParams(exact=True))[1]
     exact_batch_s = time.perf_counter() - t
     exact_f = b.search(q, k, where=cam, params=SearchParams(exact=True))[1]
-    rss_index = peak_rss_mb()  # before the NumPy baseline maps the segments a second time
-    np_ms = numpy_topk_ms(folder, w.state, q[: args.numpy_queries], k)
+    rss_index = peak_rss_mb()  # before the NumPy baseline holds the vectors a second time
+    # the committed vectors again, generated in the same blocks as they were added
+    blocks = [(i0, min(args.n, i0 + args.chunk)) for i0 in range(0, args.n, args.chunk)]
+    blocks += [(args.n + r * 4096, args.n + (r + 1) * 4096) for r in range(args.adds)]
+    every = np.concatenate([data.chunk(i0, i1)[1] for i0, i1 in blocks])
+    some = np.linspace(1, len(every), 50).astype(np.int64)  # ids are rows + 1
+    if not np.allclose(b.reconstruct(some), every[some - 1], atol=1e-5):
+        raise SystemExit("the regenerated vectors are not the committed ones")
+    np_ms = numpy_topk_ms(every, q[: args.numpy_queries], k)
+    del every
     d = b.describe()
     out = {
         "backend": args.backend, "n": args.n, "dim": args.dim, "chunk": args.chunk,
