@@ -580,13 +580,13 @@ def test_copied_rows_are_the_source_files_first_rows(tmp_path, monkeypatch, kern
     np.save(tmp_path / "src.npy", x)
     with open(tmp_path / "out.bin", "wb") as f:
         f.write(b"head")
-        fb._copy_rows(f, tmp_path / "src.npy", 200 * 24 * 4)
+        fb._copy_rows(f, tmp_path / "src.npy", 200, 24)
         f.write(b"tail")
     got = (tmp_path / "out.bin").read_bytes()
     assert got[:4] == b"head" and got[-4:] == b"tail"
     np.testing.assert_array_equal(np.frombuffer(got[4:-4], np.float32).reshape(200, 24), x[:200])
     with open(tmp_path / "bad.bin", "wb") as f, pytest.raises(IndexCorruptError, match="src.npy"):
-        fb._copy_rows(f, tmp_path / "src.npy", 301 * 24 * 4)
+        fb._copy_rows(f, tmp_path / "src.npy", 301, 24)
 
 
 def test_rescoring_a_batch_equals_brute_force_with_or_without_dropping_pages(tmp_path, monkeypatch):

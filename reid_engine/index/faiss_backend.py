@@ -750,17 +750,14 @@ def _append_rows(dst: Path, src: Path, rows: int, dim: int, write: Any) -> bool:
     return True
 
 
-def _copy_rows(f: Any, src: Path, nbytes: int) -> None:
-    """Append the first ``nbytes`` of the array data of the .npy file ``src`` to the open file ``f``: copied
-    inside the kernel (``os.copy_file_range``) where it can be, so the rows pass through no mapping of this
-    process; else read and written in blocks."""
+def _copy_rows(f: Any, src: Path, rows: int, dim: int) -> None:
+    """Append the first ``rows`` rows of the float32 .npy file ``src`` to the open file ``f``: copied inside the
+    kernel (``os.copy_file_range``) where it can be, so the rows pass through no mapping of this process; else
+    read and written in blocks."""
     f.flush()
     with open(src, "rb") as g:
-        if np.lib.format.read_magic(g) == (1, 0):
-            np.lib.format.read_array_header_1_0(g)
-        else:
-            np.lib.format.read_array_header_2_0(g)
-        offset, left = g.tell(), nbytes
+        offset, _ = _npy_header(g, src.name, dim)
+        left = rows * dim * 4
         copy = getattr(os, "copy_file_range", None)
         while left > 0 and copy is not None:
             try:
@@ -775,7 +772,7 @@ def _copy_rows(f: Any, src: Path, nbytes: int) -> None:
         while left > 0:
             chunk = g.read(min(left, 1 << 24))
             if not chunk:
-                raise IndexCorruptError(f"vector segment file {src.name} is shorter than its header says")
+                raise IndexCorruptError(f"vector segment file {src.name} holds fewer than {rows} rows")
             f.write(chunk)
             left -= len(chunk)
 
@@ -812,7 +809,7 @@ def _write_segment(folder: Path, name: str, data: _SegmentData, dim: int, vector
         start = 0
         if data.prefix is not None:
             start = data.prefix[1]
-            _copy_rows(f, data.prefix[0], start * dim * 4)
+            _copy_rows(f, data.prefix[0], start, dim)
         write_rows(f, start)
 
     if vectors:
