@@ -5,8 +5,10 @@ grayscale, alpha, 16-bit and palette images are converted on read.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +84,27 @@ class PreprocessSpec:
         )
 
 
+def special_file_kind(path: Union[str, Path]) -> Optional[str]:
+    """What ``path`` is when it exists but is neither a regular file nor a folder ("a FIFO", ...); else None.
+
+    Reading such a file can block forever (a FIFO) or never end (``/dev/zero``).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None  # missing or unreadable: the caller's open() says why
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None
+
+
 def file_sha256(path: Union[str, Path]) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes; OSError for a FIFO or device (whose reading could block or never end)."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise OSError(errno.EINVAL, f"is {kind}, expected a regular file", str(path))
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -249,6 +270,9 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
 def read_image(path: Union[str, Path]) -> np.ndarray:
     """Read an image file to uint8 BGR; raises ImageReadError naming the file."""
     p = Path(path)
+    kind = special_file_kind(p)
+    if kind is not None:
+        raise ImageReadError(f"{p}: is {kind}, expected an image file")
     try:
         data = p.read_bytes()
     except FileNotFoundError:
@@ -293,4 +317,10 @@ def list_images(folder: Union[str, Path], pattern: str = "**/*") -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise InvalidInputError(f"{root}: no such folder")
-    return sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        found = list(root.glob(pattern))
+    except (ValueError, NotImplementedError) as exc:  # '' or an absolute pattern
+        raise InvalidInputError(
+            f"glob {pattern!r}: expected a pattern relative to {root} such as '**/*.png' ({exc})"
+        ) from None
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

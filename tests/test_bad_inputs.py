@@ -16,6 +16,7 @@ import os
 import resource
 import shutil
 import sqlite3
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -343,6 +344,110 @@ def test_bad_folder_sources(
     else:
         src = tmp_path / "nowhere"
     assert_cli_error(cli("index", src, "--index", world.index, *args), 1, *needles)
+
+
+# -- special files (FIFOs, devices) and bad globs --------------------------------------------------------
+@contextmanager
+def fifo_unblocker(fifo: Path) -> Iterator[None]:
+    """Keeps opening and closing ``fifo`` for writing while a reader waits on it, so that a reader that
+    (wrongly) opens the FIFO gets end-of-file instead of hanging the test."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(0.05):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # no reader yet
+                pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+
+
+@needs_fifo
+def test_fifo_as_query_image_is_refused_not_read(world: World, tmp_path: Path, unchanged: None) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with fifo_unblocker(fifo):
+        assert_cli_error(cli("query", fifo, "--index", world.index), 1, str(fifo), "FIFO", "expected an image file")
+        with Engine.open(world.index) as eng:
+            assert_raises(ImageReadError, lambda: eng.query([str(fifo)], k=2), str(fifo), "FIFO")
+
+
+def test_character_device_as_query_image_is_refused_not_read(world: World, unchanged: None) -> None:
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero")
+    with memory_cap():  # reading /dev/zero never ends: without the check this fails with MemoryError
+        res = cli("query", "/dev/zero", "--index", world.index)
+    assert_cli_error(res, 1, "/dev/zero", "character device")
+
+
+@needs_fifo
+def test_fifo_listed_in_a_manifest_is_skipped_and_counted(world: World, tmp_path: Path, unchanged: None) -> None:
+    fifo = tmp_path / "m" / "pipe.png"
+    csv_path = _write(tmp_path / "m" / "list.csv", b"file\npipe.png\n")
+    os.mkfifo(fifo)
+    with fifo_unblocker(fifo):
+        doc = json.loads(assert_cli_ok(cli("index", csv_path, "--index", world.index, "--json")))
+        assert doc["added"] == 0 and len(doc["failed"]) == 1
+        assert "pipe.png" in doc["failed"][0]["reason"] and "FIFO" in doc["failed"][0]["reason"]
+        assert_cli_error(cli("index", csv_path, "--index", world.index, "--strict"), 1, "pipe.png", "FIFO")
+        assert_cli_error(cli("index", fifo, "--index", world.index), 1, str(fifo), "FIFO", "expected a folder")
+
+
+@needs_fifo
+def test_fifo_listed_in_an_eval_protocol_is_an_error(world: World, tmp_path: Path) -> None:
+    csv_path = _csv_world(tmp_path, EVAL_GOOD)
+    from reid_engine.eval.cache import hash_files
+
+    fifo = tmp_path / "m" / "pipe.png"
+    os.mkfifo(fifo)
+    with fifo_unblocker(fifo):
+        assert_raises(ImageReadError, lambda: hash_files([csv_path.parent / "img0.png", fifo]), str(fifo), "FIFO")
+
+
+@pytest.mark.parametrize("glob", ["", "/etc/*"])
+def test_glob_that_pathlib_refuses(glob: str, world: World, unchanged: None) -> None:
+    assert_cli_error(cli("index", world.gallery, "--index", world.index, "--glob", glob), 1, repr(glob), "relative")
+    assert_raises(InvalidInputError, lambda: scan_source(world.gallery, glob=glob), repr(glob))
+
+
+# -- output folders that cannot be written ---------------------------------------------------------------
+@pytest.mark.parametrize("option", ["--save-crops", "--render"])
+def test_query_output_folder_below_a_file(option: str, world: World, tmp_path: Path, unchanged: None) -> None:
+    blocker = _write(tmp_path / "plain.txt", b"a file, not a folder")
+    out = blocker / "hits"
+    line = assert_cli_error(cli("query", world.query, "--index", world.index, "-k", "2", option, out), 1, str(out))
+    assert "cannot write" in line and "writable folder" in line
+    assert blocker.read_bytes() == b"a file, not a folder"
+
+
+def test_eval_report_and_cache_folders_below_a_file(world: World, tmp_path: Path) -> None:
+    csv_path = _csv_world(tmp_path, EVAL_GOOD)
+    blocker = _write(tmp_path / "plain.txt", b"a file, not a folder")
+    base = ("eval", csv_path, "--encoder", "tiny-test", "--weights", world.weights)
+    line = assert_cli_error(cli(*base, "--no-cache", "--report", blocker / "report"), 1, str(blocker / "report"))
+    assert "report folder" in line
+    line = assert_cli_error(cli(*base, "--cache-dir", blocker / "cache"), 1, str(blocker / "cache"))
+    assert "--no-cache" in line
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (a file system where mkdir fails)")
+def test_new_index_where_no_folder_can_be_made(world: World) -> None:
+    target = Path("/proc/reid-engine-no-such/idx")
+    res = cli("index", world.gallery, "--index", target, "--encoder", "tiny-test", "--weights", world.weights)
+    assert_cli_error(res, 1, str(target), "cannot create an index folder")
+    assert_raises(
+        InvalidInputError, lambda: Engine.create(target, encoder="tiny-test", weights=world.weights), str(target)
+    )
 
 
 # -- CSV manifests ------------------------------------------------------------------------------------

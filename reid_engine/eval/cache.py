@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import ImageReadError, InvalidInputError
 from ..images import file_sha256
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,17 @@ class EmbeddingCache:
         self.weights_sha256 = weights_sha256
         self.folder = Path(cache_dir).expanduser()
         self.path = self.folder / f"{_safe(encoder_name)}-{weights_sha256[:16]}.sqlite"
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._create_tables(encoder_name, weights_sha256)
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise InvalidInputError(
+                f"{self.path}: cannot use the embedding cache ({reason}); pass a writable --cache-dir or --no-cache"
+            ) from None
+
+    def _create_tables(self, encoder_name: str, weights_sha256: str) -> None:
+        """Create the cache's tables (once) and check that the file belongs to this encoder."""
         with closing(self._connect()) as con, con:
             con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             con.execute(
@@ -102,8 +112,14 @@ class EmbeddingCache:
 
 
 def hash_files(paths: Sequence[PathLike]) -> list[str]:
-    """sha256 of each file's bytes, in order."""
-    return [file_sha256(p) for p in paths]
+    """sha256 of each file's bytes, in order; ImageReadError names a file that cannot be read."""
+    hashes = []
+    for p in paths:
+        try:
+            hashes.append(file_sha256(p))
+        except OSError as exc:
+            raise ImageReadError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    return hashes
 
 
 def cached_embeddings(

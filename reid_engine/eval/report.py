@@ -11,6 +11,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from .datasets import Split
 from .metrics import EvalResult
 
@@ -88,13 +89,28 @@ def build_report(
     return _plain(doc)
 
 
+def report_folder(path: Union[str, Path]) -> Path:
+    """Create the report folder ``path`` (and its parents); InvalidInputError naming it when that fails."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"{folder}: cannot create the report folder ({exc.strerror or exc}); expected a writable folder"
+        ) from None
+    return folder
+
+
 def write_json_report(report: Mapping[str, Any], path: Union[str, Path]) -> Path:
     """Write the report as indented JSON (through a temporary file and a rename)."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    report_folder(out.parent)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(_plain(report), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    try:
+        tmp.write_text(json.dumps(_plain(report), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise InvalidInputError(f"{out}: cannot write the report ({exc.strerror or exc})") from None
     return out
 
 

@@ -26,7 +26,7 @@ from ..errors import InvalidInputError
 from .cache import EmbeddingCache, cached_embeddings, default_cache_dir, hash_files
 from .datasets import Split
 from .metrics import EvalResult, evaluate_ranked
-from .report import build_report, format_sweep_table, write_json_report
+from .report import build_report, format_sweep_table, report_folder, write_json_report
 from .visualize import write_ranked_lists_html
 
 log = logging.getLogger(__name__)
@@ -355,6 +355,8 @@ def evaluate_dataset(
     """
     if visualize and report_dir is None:
         raise InvalidInputError("visualize needs a report folder for the page and its thumbnails")
+    if report_dir is not None:
+        report_folder(report_dir)  # an unwritable folder fails now, not after the whole run
     attrs = _fusion_needs_attributes([fusion])
     factory = engine_factory or default_engine_factory(encoder, weights, device, _annotators_for(attrs))
     t_all = time.perf_counter()

@@ -146,6 +146,8 @@ class IndexStore:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise InvalidInputError(f"{folder}: cannot create an index folder there (a file is in the way)") from None
+        except OSError as exc:  # a read-only file system, no permission, no space
+            raise InvalidInputError(f"{folder}: cannot create an index folder there ({exc.strerror or exc})") from None
         sql = db.connect(cls.resolve_db_url(folder, manifest.db_url), wal=True)
         store = cls(folder, manifest, sql, be)
         with sql.begin() as conn:

@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..images import IMAGE_SUFFIXES, file_sha256, list_images
+from ..images import IMAGE_SUFFIXES, file_sha256, list_images, special_file_kind
 
 #: named file-name patterns; groups among pid, camera, frame, track, timestamp
 PATTERNS: dict[str, str] = {
@@ -219,6 +219,9 @@ def scan_source(
     src = Path(source)
     if not src.exists():
         raise InvalidInputError(f"{src}: no such folder or file")
+    kind = special_file_kind(src)
+    if kind is not None:
+        raise InvalidInputError(f"{src}: is {kind}; expected a folder, a CSV manifest or an image file")
     if src.is_file() and src.suffix.lower() == ".csv":
         items = _read_csv(src, role)
     elif src.is_file():

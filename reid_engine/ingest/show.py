@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from ..errors import InvalidInputError
 from ..images import IMAGE_SUFFIXES, read_image
 from .select import cut
 from .video import FrameReader
@@ -41,6 +42,23 @@ def _frame_of(hit: Any, reader: FrameReader) -> Optional[np.ndarray]:
     return reader.read(source, int(hit.frame))
 
 
+def _write(dest: Path, img: Optional[np.ndarray] = None, copy_of: Optional[Path] = None) -> Path:
+    """Write ``img`` (or copy ``copy_of``) to ``dest``, creating its folder; InvalidInputError names the
+    folder or file that cannot be written."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if copy_of is not None:
+            shutil.copyfile(copy_of, dest)
+        elif img is not None:  # encoded here, written by Python: any file name OpenCV cannot open works
+            ok, buf = cv2.imencode(dest.suffix, img)
+            if not ok:
+                raise OSError(0, f"OpenCV cannot encode a {dest.suffix} image")
+            dest.write_bytes(buf.tobytes())
+    except OSError as exc:
+        raise InvalidInputError(f"{dest}: cannot write ({exc.strerror or exc}); expected a writable folder") from None
+    return dest
+
+
 def _xyxy(box: Sequence[float]) -> np.ndarray:
     x, y, w, h = (float(v) for v in box)
     return np.array([x, y, x + w, y + h], np.float32)
@@ -60,20 +78,14 @@ def save_crops(results: Sequence[Any], folder: Union[str, Path]) -> list[Path]:
             for hit in res.hits:
                 crop_file = Path(hit.path)
                 if crop_file.suffix.lower() in IMAGE_SUFFIXES and crop_file.is_file():
-                    qdir.mkdir(parents=True, exist_ok=True)
-                    dest = qdir / _name(hit, crop_file.suffix.lower())
-                    shutil.copyfile(crop_file, dest)
-                    out.append(dest)
+                    out.append(_write(qdir / _name(hit, crop_file.suffix.lower()), copy_of=crop_file))
                     continue
                 frame = _frame_of(hit, reader)
                 crop = None if frame is None else cut(frame, _xyxy(hit.box))
                 if crop is None:
                     log.warning("%s: no crop to write for hit %d (%s)", res.query, hit.rank, hit.path)
                     continue
-                qdir.mkdir(parents=True, exist_ok=True)
-                dest = qdir / _name(hit, ".jpg")
-                cv2.imwrite(str(dest), crop)
-                out.append(dest)
+                out.append(_write(qdir / _name(hit, ".jpg"), crop))
     return out
 
 
@@ -112,8 +124,5 @@ def render_hits(results: Sequence[Any], folder: Union[str, Path]) -> list[Path]:
                 tx = max(0, min(x1, img.shape[1] - tw - 3))  # keep the label inside the frame
                 cv2.rectangle(img, (tx, ty - th - 2), (tx + tw + 2, ty + base - 1), (0, 0, 255), -1)
                 cv2.putText(img, text, (tx + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-                qdir.mkdir(parents=True, exist_ok=True)
-                dest = qdir / _name(hit, ".jpg")
-                cv2.imwrite(str(dest), img)
-                out.append(dest)
+                out.append(_write(qdir / _name(hit, ".jpg"), img))
     return out
