@@ -67,6 +67,7 @@ except ImportError:  # pragma: no cover - not on Linux: grown graphs copy their 
 
 from ..errors import IndexCorruptError, InvalidInputError
 from .backend import FIELDS, Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, register_backend
+from .ids import positions as id_positions
 from .topk import copies, search_with_copies, top_k_rows
 
 log = logging.getLogger(__name__)
@@ -475,14 +476,10 @@ class _Segment:
 
     def find(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id in this segment, -1 when absent (ignores tombstones)."""
-        ids = np.asarray(ids, np.int64)
-        if self.rows == 0 or ids.size == 0:
-            return np.full(ids.shape, -1, np.int64)
-        j = np.searchsorted(self.kid, ids)
-        jc = np.minimum(j, self.rows - 1)
-        hit = (j < self.rows) & (np.asarray(self.kid[jc]) == ids)
-        out = np.full(ids.shape, -1, np.int64)
-        out[hit] = self.kpos[jc[hit]]
+        j = id_positions(self.kid, ids)
+        out = np.full(j.shape, -1, np.int64)
+        hit = j >= 0
+        out[hit] = self.kpos[j[hit]]
         return out
 
     def projected(self, proj: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import IndexCorruptError
+from ..index.ids import positions as id_positions
 from ..index.topk import knn_rows, top_k_rows
 from .base import GalleryView, IndexHook, register_hook
 
@@ -184,12 +185,7 @@ class NeighbourTable:
 
     def positions(self, ids: IdsLike) -> np.ndarray:
         """Row of each id in the table, -1 when absent."""
-        ids = np.asarray(ids, np.int64)
-        if self._n == 0:
-            return np.full(ids.shape, -1, np.int64)
-        table_ids = self._rows.ids[:self._n]
-        pos = np.clip(np.searchsorted(table_ids, ids), 0, self._n - 1)
-        return np.where(table_ids[pos] == ids, pos, -1)
+        return id_positions(self._rows.ids[:self._n], ids)
 
     def _rows_at(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The lists of table rows ``pos`` (all valid), overlay first."""
