@@ -907,6 +907,36 @@ def test_a_graph_copied_for_growing_is_the_file_byte_for_byte_and_grows_in_place
     assert np.array_equal(copy.search(x[:50], 5)[1], plain.search(x[:50], 5)[1])
 
 
+def test_a_graph_read_through_before_mapping_is_the_graph_faiss_reads(tmp_path):
+    """Opening reads a graph file through before FAISS maps it (cold page caches): the index is the one
+    ``faiss.read_index`` gives, still mapped, and a damaged or missing file still fails in FAISS."""
+    import faiss
+    from reid_engine.index import faiss_backend as fb
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1500, 24)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = fb._new_graph(24, 16, "sq8", x[:1000])
+    index.add(x)
+    path = tmp_path / "g.hnsw"
+    faiss.write_index(index, str(path))
+    old_block = fb.PREREAD_BLOCK
+    fb.PREREAD_BLOCK = 4096  # many blocks
+    try:
+        got = fb._read_mapped_graph(path)
+    finally:
+        fb.PREREAD_BLOCK = old_block
+    assert not got.hnsw.neighbors.is_owned  # the links are a view of the mapping
+    want = faiss.read_index(str(path))
+    for a, b in zip(got.search(x[:40], 7), want.search(x[:40], 7)):
+        np.testing.assert_array_equal(a, b)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(RuntimeError):
+        fb._read_mapped_graph(path)
+    with pytest.raises(RuntimeError):
+        fb._read_mapped_graph(tmp_path / "missing.hnsw")
+
+
 def test_growing_graphs_under_random_adds_removals_and_merges_equal_brute_force(folder):
     """Random commits (adds, removals, re-adds of removed ids) with merges after each, a small graph cap so that
     graphs grow, seal and are rebuilt: a wide-beam search always equals brute force over the live rows."""

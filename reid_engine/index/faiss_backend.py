@@ -450,7 +450,7 @@ class _Segment:
         if graph:
             path = folder / f"{name}{_GRAPH_SUFFIX}"
             try:  # the graph's vector storage is memory-mapped, so opening costs little
-                self.graph = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+                self.graph = _read_mapped_graph(path)
             except RuntimeError as exc:
                 raise IndexCorruptError(f"vector segment {name}: graph {path.name} cannot be read "
                                         f"({str(exc).splitlines()[0]})") from None
@@ -586,6 +586,29 @@ def _copy_mapped(dst: np.ndarray, src: np.ndarray) -> None:
     for i0 in range(0, src.size, step):
         dst[i0:i0 + step] = src[i0:i0 + step]
         _drop_mapped(src[i0:i0 + step])
+
+
+#: blocks in which a graph file is read through before FAISS maps it (``_read_mapped_graph``)
+PREREAD_BLOCK = 1 << 23
+
+
+def _read_mapped_graph(path: Path) -> Any:
+    """The HNSW index in ``path`` with its codes and links memory-mapped (``IO_FLAG_MMAP_IFC``).
+
+    FAISS maps the file with ``MADV_RANDOM`` and then touches every page of the links while it reads them, so on a
+    cold page cache each 4 KB page is its own disk read: 1.8 s for a 512k-row graph (139 of its 229 MB). The file
+    is first read through in large sequential blocks (0.34 s cold; 0.02 s when the pages are cached already), which
+    also leaves the codes cached for the first query (docs/storage.md, "Opening on a cold page cache")."""
+    block = memoryview(bytearray(PREREAD_BLOCK))
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            while fh.readinto(block):
+                pass
+    except OSError:
+        pass  # FAISS names what is wrong with the file below
+    return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
 
 
 def _graph_copy(path: Path, capacity_rows: int, m: int) -> Any:
