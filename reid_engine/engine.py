@@ -22,7 +22,7 @@ from .attributes.store import GalleryAttributes, update_gallery_attributes
 from .encoders import Encoder, create_encoder, get_spec
 from .encoders.registry import default_weights_path
 from .errors import EncoderMismatchError, ImageReadError, InvalidInputError, WeightsError
-from .images import ImageLike, file_sha256
+from .images import ImageLike, file_sha256, why_not_a_file
 from .index import db
 from .index.backend import SearchFilter, SearchParams
 from .index.store import IndexStore, SqlHook
@@ -255,7 +255,7 @@ class Engine:
         if weights is not None:
             wpath = Path(weights).expanduser()
             if not wpath.is_file():
-                raise WeightsError(f"{wpath}: no such weights file")
+                raise WeightsError(f"{wpath}: {why_not_a_file(wpath)}, expected a weights file")
             asked["weights_sha256"] = file_sha256(wpath)
         diffs = _describe_mismatch(built, asked)
         if diffs:

@@ -100,6 +100,15 @@ def special_file_kind(path: Union[str, Path]) -> Optional[str]:
     return None
 
 
+def why_not_a_file(path: Union[str, Path]) -> str:
+    """Why ``path`` cannot be read as a regular file, for a message: "no such file", "is a folder", "is a FIFO"."""
+    p = Path(path)
+    kind = special_file_kind(p)
+    if kind is not None:
+        return f"is {kind}"
+    return "is a folder" if p.is_dir() else "no such file"
+
+
 def file_sha256(path: Union[str, Path]) -> str:
     """Hex sha256 of a file's bytes; OSError for a FIFO or device (whose reading could block or never end)."""
     kind = special_file_kind(path)

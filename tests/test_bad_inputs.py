@@ -35,6 +35,7 @@ from reid_engine.errors import (
     IndexCorruptError,
     InvalidInputError,
     ReidEngineError,
+    WeightsError,
 )
 from reid_engine.eval.datasets import read_dataset
 from reid_engine.images import image_size
@@ -412,6 +413,23 @@ def test_fifo_listed_in_an_eval_protocol_is_an_error(world: World, tmp_path: Pat
     os.mkfifo(fifo)
     with fifo_unblocker(fifo):
         assert_raises(ImageReadError, lambda: hash_files([csv_path.parent / "img0.png", fifo]), str(fifo), "FIFO")
+
+
+@needs_fifo
+def test_weights_and_videos_that_are_not_files_say_what_they_are(world: World, tmp_path: Path, unchanged: None) -> None:
+    """A FIFO given as weights or as a video, or a folder given to the library as weights, is named as such (it
+    used to read "no such file"; the CLI refuses a folder as weights before the library sees it)."""
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    with fifo_unblocker(fifo):
+        assert_cli_error(cli("query", world.query, "--index", world.index, "--weights", fifo), 1, str(fifo),
+                         "is a FIFO", "expected a weights file")
+        assert_cli_error(cli("ingest", fifo, "--index", world.index), 1, str(fifo), "is a FIFO",
+                         "expected a video file")
+    folder = tmp_path / "weights.onnx"
+    folder.mkdir()
+    assert_raises(WeightsError, lambda: Engine.open(world.index, weights=folder), str(folder), "is a folder",
+                  "expected a weights file")
 
 
 @pytest.mark.parametrize("glob", ["", "/etc/*"])
@@ -1122,7 +1140,7 @@ def test_bad_ingest_arguments(
 @pytest.mark.parametrize(
     "video, needles",
     [
-        ("missing", ("no such video file",)),
+        ("missing", ("no such file", "expected a video file")),
         ("text", ("OpenCV cannot open",)),
         ("empty", ("empty.avi",)),
     ],

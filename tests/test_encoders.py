@@ -90,7 +90,7 @@ def test_issue_encoders_are_registered_with_their_preprocessing():
 def test_torch_encoders_never_fall_back_to_downloading():
     with pytest.raises(WeightsError, match="no default weights"):
         create_encoder("osnet_x0_25")
-    with pytest.raises(WeightsError, match="no such weights file"):
+    with pytest.raises(WeightsError, match="no such file, expected a weights file"):
         create_encoder("osnet_x0_25", "/nonexistent/osnet.pth")
 
 

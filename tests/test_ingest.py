@@ -277,7 +277,7 @@ def test_cli_ingest_info_and_query_with_tracks_crops_and_render(
 def test_cli_ingest_reports_a_missing_video_in_one_line(tmp_path: Path, tiny_weights: Path) -> None:
     res = CliRunner().invoke(main, ["ingest", str(tmp_path / "nope.avi"), "--index", str(tmp_path / "idx"),
                                     "--encoder", "tiny-test", "--weights", str(tiny_weights)])
-    assert res.exit_code == 1 and "no such video file" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "no such file, expected a video file" in res.output and "Traceback" not in res.output
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 from ..assets import shared_path
 from ..errors import InvalidInputError, UnknownEncoderError, WeightsError
-from ..images import file_sha256
+from ..images import file_sha256, why_not_a_file
 from .base import Encoder, EncoderSpec, resolve_device
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def create_encoder(
             raise WeightsError(f"encoder {name!r} has no default weights: pass a weights file")
     wpath = Path(weights).expanduser()
     if not wpath.is_file():
-        raise WeightsError(f"{wpath}: no such weights file for encoder {name!r}")
+        raise WeightsError(f"{wpath}: {why_not_a_file(wpath)}, expected a weights file for encoder {name!r}")
     if spec.weights_suffixes and not any(str(wpath).lower().endswith(s) for s in spec.weights_suffixes):
         raise WeightsError(
             f"{wpath}: encoder {name!r} expects a {' or '.join(spec.weights_suffixes)} file"

@@ -20,7 +20,7 @@ import numpy as np
 from ..assets import shared_path
 from ..encoders.base import default_threads
 from ..errors import InvalidInputError, UnknownNameError, WeightsError
-from ..images import file_sha256
+from ..images import file_sha256, why_not_a_file
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def create_detector(
         weights = shared_path(rel)
     wpath = Path(weights).expanduser()
     if not wpath.is_file():
-        raise WeightsError(f"{wpath}: no such weights file for detector {name!r}")
+        raise WeightsError(f"{wpath}: {why_not_a_file(wpath)}, expected a weights file for detector {name!r}")
     if not 0.0 <= threshold <= 1.0:
         raise InvalidInputError(f"detection threshold {threshold}: expected a number in [0, 1]")
     return _DETECTORS[name](weights=wpath.resolve(), threshold=threshold, **options)

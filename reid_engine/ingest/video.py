@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..images import why_not_a_file
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class VideoInfo:
 
 def _open(source: str) -> cv2.VideoCapture:
     if not is_stream(source) and not Path(source).is_file():
-        raise InvalidInputError(f"{source}: no such video file")
+        raise InvalidInputError(f"{source}: {why_not_a_file(source)}, expected a video file or a stream URL")
     cap = cv2.VideoCapture(source)
     if not cap.isOpened():
         raise InvalidInputError(f"{source}: OpenCV cannot open this video (unsupported format or unreachable stream)")
