@@ -101,7 +101,7 @@ def test_onnx_detector_runs_a_users_ssd_model(tmp_path: Path) -> None:
 def test_detector_registry_names_and_weights_errors(tmp_path: Path) -> None:
     with pytest.raises(UnknownNameError, match="openvino-ssd"):
         create_detector("yolo-nonexistent")
-    with pytest.raises(WeightsError, match="no such weights"):
+    with pytest.raises(WeightsError, match="no such file, expected a weights file for detector"):
         create_detector("openvino-ssd", tmp_path / "missing.xml")
     with pytest.raises(WeightsError, match="cannot tell"):
         create_detector(weights=tmp_path / "model.pt")
