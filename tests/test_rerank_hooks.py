@@ -85,6 +85,43 @@ def test_neighbour_files_reload_to_the_same_table() -> None:
     assert np.array_equal(again.nb_ids, gal.state("neighbours").nb_ids)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_neighbour_files_applied_in_one_pass_equal_applying_them_one_by_one(seed: int) -> None:
+    """Loading several neighbour files at once (``_apply_many``) gives the table that applying each file in turn
+    gives: new rows, lists replaced by later files (the latest wins), removed rows and removed list entries."""
+    from reid_engine.rerank import hooks
+
+    rng = np.random.default_rng(seed)
+    width = 6
+
+    def lists(n: int, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nb = np.stack([rng.choice(pool, width, replace=False) for _ in range(n)]).astype(np.int64)
+        sims = -np.sort(-rng.random((n, width)), axis=1).astype(np.float32)
+        return nb, sims
+
+    live = np.arange(1, 301, dtype=np.int64)
+    base = hooks.NeighbourTable(live, *lists(len(live), live))
+    parts = []
+    next_id = 301
+    for _ in range(6):
+        gone = rng.choice(live, 7, replace=False) if rng.random() < 0.7 else np.zeros(0, np.int64)
+        live = np.setdiff1d(live, gone)
+        new = np.arange(next_id, next_id + 20, dtype=np.int64)
+        next_id += 20
+        live = np.concatenate([live, new])
+        changed = np.concatenate([rng.choice(live[:-20], 30, replace=False), new])
+        nb, sims = lists(len(changed), live)
+        parts.append((gone.astype(np.int64), changed, nb, sims))
+    want = base
+    for part in parts:
+        want = want.apply(*part)
+    got = hooks._apply_many(base, parts)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_array_equal(got.nb_ids, want.nb_ids)
+    np.testing.assert_array_equal(got.nb_sims, want.nb_sims)
+    assert not np.isin(got.nb_ids, np.concatenate([p[0] for p in parts])).any()
+
+
 def test_removal_drops_ids_and_compaction_refills() -> None:
     rng = np.random.default_rng(2)
     x = _unit(rng, 120)
