@@ -16,6 +16,7 @@ import os
 import resource
 import shutil
 import sqlite3
+import subprocess
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ from click.testing import CliRunner, Result
 from reid_engine import Engine
 from reid_engine.cli import main
 from reid_engine.errors import (
+    DatabaseUnavailableError,
     ImageReadError,
     ImageTooLargeError,
     IndexCorruptError,
@@ -432,6 +434,24 @@ def test_weights_and_videos_that_are_not_files_say_what_they_are(world: World, t
                   "expected a weights file")
 
 
+@pytest.mark.parametrize("device", ["gpu", "cuda7", "cuda:x", "CPU"])
+def test_device_that_is_no_device(device: str, world: World, unchanged: None) -> None:
+    res = cli("query", world.query, "--index", world.index, "--device", device)
+    assert_cli_error(res, 1, repr(device), "expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
+
+
+def test_cuda_device_without_an_nvidia_driver(world: World, unchanged: None) -> None:
+    """An explicit CUDA device where no driver is loaded is refused (it was used as the CPU without a word)."""
+    from reid_engine.encoders import base
+
+    if base._nvidia_driver():
+        pytest.skip("an NVIDIA driver is loaded here")
+    res = cli("query", world.query, "--index", world.index, "--device", "cuda:7")
+    assert_cli_error(res, 1, "'cuda:7'", "no NVIDIA driver")
+    with Engine.open(world.index, device="cuda") as eng:
+        assert_raises(InvalidInputError, lambda: eng.query([str(world.query)]), "'cuda'", "no NVIDIA driver")
+
+
 @pytest.mark.parametrize("glob", ["", "/etc/*"])
 def test_glob_that_pathlib_refuses(glob: str, world: World, unchanged: None) -> None:
     assert_cli_error(cli("index", world.gallery, "--index", world.index, "--glob", glob), 1, repr(glob), "relative")
@@ -743,7 +763,7 @@ def test_query_with_a_huge_k_is_clipped_to_the_gallery(world: World, unchanged: 
         (("--db-url", "nosuchdialect://x/y"), 1, ("nosuchdialect", "unknown database")),
         (("--db-url", "not a url"), 1, ("not a url",)),
         (("--db-url", "postgresql+psycopg://u:secret@127.0.0.1:1/x"), 1, ("127.0.0.1:1", "cannot use the database")),
-        (("--db-url", "sqlite:////nonexistent-dir/zz/crops.db"), 1, ("nonexistent-dir", "cannot use the database")),
+        (("--db-url", "sqlite:////nonexistent-dir/zz/crops.db"), 1, ("no folder /nonexistent-dir/zz", "cannot use the database")),
         (("--encoder", "no-such-encoder"), 1, ("no-such-encoder",)),
     ],
 )
@@ -1032,6 +1052,45 @@ def test_damaged_database_in_library(case: str, world: World, tmp_path: Path) ->
     damage, needles, exc_type = DB_DAMAGE[case]
     damage(idx)
     assert_raises(exc_type, lambda: Engine.open(idx), *needles)
+
+
+@contextmanager
+def _read_only_folder(folder: Path) -> Iterator[None]:
+    """``folder`` where no file can be made: mode 0555, or for root (who writes through modes) the immutable flag."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("as root, a read-only folder needs chattr +i, which this file system or process refuses")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_index_in_a_folder_sqlite_cannot_write_to(world: World, tmp_path: Path) -> None:
+    """SQLite must make its -wal and -shm files even to read: the error says the folder is not writable."""
+    idx = world.copy(tmp_path / "idx")
+    _checkpoint_wal(idx)  # no -wal / -shm left beside crops.db
+    with _read_only_folder(idx):
+        for args in (("info",), ("query", world.query)):
+            assert_cli_error(cli(*args, "--index", idx), 1, str(idx), "not writable", "crops.db")
+        assert_raises(DatabaseUnavailableError, lambda: Engine.open(idx), str(idx), "not writable")
+    assert world.snapshot(idx) == world.baseline
+
+
+def test_a_database_file_opened_read_only_is_named(tmp_path: Path) -> None:
+    """A read-only SQLite database (here a read-only URI) is named as such, not as 'cannot use the database'."""
+    path = tmp_path / "crops.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE t (x)")
+    con.close()
+    url = f"sqlite:///file:{path}?mode=ro&uri=true"
+    assert_raises(DatabaseUnavailableError, lambda: db.connect(url, wal=True), "crops.db is read-only")
 
 
 # -- videos -----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from abc import ABC, abstractmethod
 from collections import deque
@@ -53,17 +54,24 @@ class EncodeResult:
     failures: list[tuple[int, str]]  # (position, one-line reason)
 
 
-#: present when an NVIDIA driver is loaded (CUDA needs it)
-_NVIDIA_DEVICES = ("/dev/nvidiactl", "/proc/driver/nvidia")
+#: present when an NVIDIA driver is loaded (CUDA needs it); /dev/dxg: the GPU of WSL 2
+_NVIDIA_DEVICES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg")
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+
+
+def _nvidia_driver() -> bool:
+    return any(os.path.exists(p) for p in _NVIDIA_DEVICES)
 
 
 def resolve_device(device: Optional[str]) -> str:
-    """Resolve ``None``/"auto" to "cuda" when a CUDA device is usable, else "cpu"."""
+    """Resolve ``None``/"auto" to "cuda" when a CUDA device is usable, else "cpu"; check a named device."""
     if device not in (None, "auto"):
-        if device not in ("cpu",) and not str(device).startswith("cuda"):
+        if not _DEVICE.fullmatch(str(device)):
             raise InvalidInputError(f"device {device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
+        if device != "cpu" and not _nvidia_driver():
+            raise InvalidInputError(f"device {device!r}: no NVIDIA driver is loaded here; use 'cpu' or 'auto'")
         return str(device)
-    if "torch" not in sys.modules and not any(os.path.exists(p) for p in _NVIDIA_DEVICES):
+    if "torch" not in sys.modules and not _nvidia_driver():
         return "cpu"  # no NVIDIA driver: no CUDA, and no need to load torch (hundreds of MB) to learn that
     try:
         import torch

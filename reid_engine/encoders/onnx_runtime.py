@@ -48,7 +48,7 @@ class OnnxEncoder(Encoder):
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         elif device != "cpu":
-            log.info("%s: ONNX Runtime has no CUDA provider here; running on the CPU", weights.name)
+            log.warning("%s: ONNX Runtime has no CUDA provider here; running on the CPU", weights.name)
             self.device = "cpu"
         n_threads = int(threads or default_threads())
         if streams is None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -140,11 +142,34 @@ def connect(url: str, wal: bool = False, create: bool = True) -> Engine:
         reason = short_error(exc)
         if eng.dialect.name == "sqlite" and ("not a database" in reason or "malformed" in reason):
             raise IndexCorruptError(f"{shown}: not a readable SQLite database ({reason})") from None
+        if eng.dialect.name == "sqlite" and ("readonly" in reason or "unable to open" in reason):
+            why = _sqlite_cannot_write(eng.url.database, file_read_only="readonly" in reason)
+            if why:
+                raise DatabaseUnavailableError(f"{shown}: {why}") from None
         raise DatabaseUnavailableError(f"{shown}: cannot use the database ({reason})") from None
     except sa.exc.SQLAlchemyError as exc:
         eng.dispose()
         raise DatabaseUnavailableError(f"{shown}: cannot use the database ({short_error(exc)})") from None
     return eng
+
+
+def _sqlite_cannot_write(database: Optional[str], file_read_only: bool) -> Optional[str]:
+    """Why SQLite could not write, naming the folder or the file and what to do; None when neither explains it."""
+    if database and database.startswith("file:"):  # a URI filename: file:PATH?mode=ro...
+        database = database[len("file:") :].split("?", 1)[0]
+    if not database:
+        return None
+    path = Path(database)
+    if not path.parent.is_dir():
+        return f"cannot use the database: no folder {path.parent} to hold {path.name}"
+    if not os.access(path.parent, os.W_OK):
+        return (
+            f"the folder {path.parent} is not writable, and SQLite writes its -wal and -shm files beside "
+            f"{path.name} even to read it; make the folder writable or use a writable copy of the index"
+        )
+    if file_read_only:
+        return f"{path.name} is read-only; expected a database file this process may write"
+    return None
 
 
 def _shown_url(url: str) -> str:
