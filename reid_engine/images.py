@@ -226,9 +226,12 @@ def _tiff_size(data: bytes) -> Optional[tuple[int, int]]:
         return None
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def image_size(data: bytes) -> Optional[tuple[int, int]]:
     """(width, height) announced by an encoded image's header, without decoding; None when unknown."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+    if data[:8] == PNG_SIGNATURE and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
     if data[:2] == b"\xff\xd8":
         return _jpeg_size(data)
@@ -263,6 +266,11 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     size = image_size(data)
     if size is not None:
         check_image_size(size[0], size[1], name)
+        if min(size) <= 0:  # refused here: libpng would print its own lines to stderr first
+            raise ImageReadError(f"{name}: not a readable image (its header announces {size[0]}x{size[1]} pixels)")
+    if data.startswith(PNG_SIGNATURE) and data.rfind(b"IEND") < 0:
+        # refused before libpng, which would print a line of its own to stderr and then fail
+        raise ImageReadError(f"{name}: not a readable image (a truncated PNG: no IEND chunk)")
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)

@@ -40,7 +40,7 @@ from reid_engine.errors import (
     WeightsError,
 )
 from reid_engine.eval.datasets import read_dataset
-from reid_engine.images import image_size
+from reid_engine.images import decode_image, image_size
 from reid_engine.index import db
 from reid_engine.ingest.crops import CropItem, scan_source
 from reid_engine.ingest.pipeline import ingest_video
@@ -182,6 +182,17 @@ def test_bad_image_as_query_is_one_line_error(case: str, world: World, tmp_path:
     name, make, needles = BAD_IMAGES[case]
     img = _write(tmp_path / name, make())
     assert_cli_error(cli("query", img, "--index", world.index), 1, str(img), *needles)
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_bad_image_decoding_prints_nothing_of_its_own(case: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """The decoders' C libraries write to file descriptor 2 directly (libpng: "PNG input buffer is incomplete"):
+    the one-line error must be all the user sees, so such files are refused before they reach the decoder."""
+    name, make, needles = BAD_IMAGES[case]
+    capfd.readouterr()
+    with pytest.raises(ReidEngineError):
+        decode_image(make(), name)
+    assert capfd.readouterr().err == ""
 
 
 @pytest.mark.parametrize("case", IMAGE_CASES)
