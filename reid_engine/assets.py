@@ -8,15 +8,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Union
+
+from .errors import InvalidInputError
 
 ENV_VAR = "REID_ENGINE_SHARED"
+
+
+def expand_user(path: Union[str, "os.PathLike[str]"]) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; an unknown user is an InvalidInputError."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        user = str(path).split("/", 1)[0]
+        raise InvalidInputError(f"{path}: no user {user[1:]!r} to expand {user!r} for; expected a path") from None
 
 
 def shared_dir() -> Path:
     """Return the shared assets folder (it may not exist)."""
     env = os.environ.get(ENV_VAR)
     if env:
-        return Path(env).expanduser().resolve()
+        return expand_user(env).resolve()
     candidates = [
         Path.cwd() / ".." / "shared",
         Path(__file__).resolve().parents[1] / ".." / "shared",

@@ -13,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .annotators import Annotator, create_annotator
+from .assets import expand_user
 from .attributes import ANNOTATOR_NAME as ATTRIBUTES
 from .attributes import AttributeModel, AttributeQuery, AttributesNotIndexedError, FusionConfig
 from .attributes import fusion as attr_fusion
@@ -56,7 +57,7 @@ def resolve_index_path(name_or_path: PathLike) -> Path:
     text = str(name_or_path)
     if not text.strip() or "\x00" in text:
         raise InvalidInputError(f"index path {text!r}: expected a folder path or an index name")
-    p = Path(text).expanduser()
+    p = expand_user(text)
     if p.is_absolute() or len(p.parts) > 1 or text.startswith(".") or p.exists():
         return p
     return indexes_home() / p
@@ -95,6 +96,16 @@ def _resolved(path: Any, folders: dict[str, str]) -> str:
         folder = folders[head] = os.path.realpath(head or ".")
     full = os.path.join(folder, name)
     return os.path.realpath(full) if os.path.islink(full) else full
+
+
+def _crop_hash(item: CropItem) -> str:
+    """The crop's identity (``CropItem.sha256``); a file that cannot be read is an ImageReadError naming it."""
+    try:
+        return item.sha256()
+    except FileNotFoundError:
+        raise ImageReadError(f"{item.path}: no such crop file to hash; pass hashes= for crops with no file") from None
+    except OSError as exc:
+        raise ImageReadError(f"{item.path}: cannot read the crop file to hash it ({exc.strerror or exc})") from None
 
 
 def _row_from_meta(item: CropItem, sha: str, folders: Optional[dict[str, str]] = None) -> dict[str, Any]:
@@ -232,7 +243,7 @@ class Engine:
         from . import rerank as _presets  # noqa: F401  (registers the presets and their hooks)
 
         if search_params:
-            SearchParams(**search_params)  # validates
+            SearchParams.from_dict(search_params)  # validates
         store = IndexStore.create(
             resolve_index_path(path), enc.describe(), enc.dim, factory, db_url, annotators,
             backend=backend, backend_options=backend_options,
@@ -253,7 +264,7 @@ class Engine:
         built = store.manifest.encoder
         asked: dict[str, Any] = {"name": encoder}
         if weights is not None:
-            wpath = Path(weights).expanduser()
+            wpath = expand_user(weights)
             if not wpath.is_file():
                 raise WeightsError(f"{wpath}: {why_not_a_file(wpath)}, expected a weights file")
             asked["weights_sha256"] = file_sha256(wpath)
@@ -313,7 +324,8 @@ class Engine:
         built = self.store.manifest.encoder
         name = built["name"]
         if weights is None:
-            candidates = [Path(built.get("weights_path", ""))]
+            recorded = built.get("weights_path")
+            candidates = [Path(recorded)] if isinstance(recorded, str) and recorded else []
             default = default_weights_path(get_spec(name))
             if default is not None:
                 candidates.append(default)
@@ -410,10 +422,38 @@ class Engine:
     def add_features(
         self, features: np.ndarray, items: Sequence[CropItem], hashes: Optional[Sequence[str]] = None
     ) -> list[int]:
-        """Index precomputed features (from this index's encoder) for the given crops (committed in blocks of 4,096)."""
+        """Index precomputed features (from this index's encoder) for the given crops (committed in blocks of 4,096).
+
+        A crop already in the index, or twice in the call (same ``hashes`` entry, or same file), is refused
+        before anything is written."""
+        try:
+            features = np.asarray(features, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"features of type {type(features).__name__}: expected an (N, dim) array of numbers"
+                                    ) from None
+        if features.ndim != 2:
+            raise InvalidInputError(f"features of shape {features.shape}: expected (N, {self.store.manifest.dim})")
+        items = list(items)
         if len(features) != len(items):
             raise InvalidInputError(f"{len(features)} feature rows for {len(items)} crops")
-        hashes = list(hashes) if hashes is not None else [it.sha256() for it in items]
+        for i, it in enumerate(items):
+            if not isinstance(it, CropItem):
+                raise InvalidInputError(f"items[{i}] of type {type(it).__name__}: expected a CropItem")
+        hashes = list(hashes) if hashes is not None else [_crop_hash(it) for it in items]
+        if len(hashes) != len(items):
+            raise InvalidInputError(f"{len(hashes)} hashes for {len(items)} crops")
+        for i, h in enumerate(hashes):
+            if not isinstance(h, str) or not h.strip():
+                raise InvalidInputError(f"hashes[{i}] {h!r}: expected a non-empty string identifying the crop")
+        seen: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            if h in seen:
+                raise InvalidInputError(f"{items[i].path}: the same crop as items[{seen[h]}] (hash {h[:16]})")
+            seen[h] = i
+        known = self.store.rows_by_hash(hashes)
+        if known:
+            h = next(h for h in hashes if h in known)
+            raise InvalidInputError(f"{items[seen[h]].path}: already indexed (crop {known[h]['id']})")
         folders: dict[str, str] = {}
         rows = [_row_from_meta(it, h, folders) for it, h in zip(items, hashes)]
         return self.store.add(l2_normalize(features), rows)
@@ -448,6 +488,8 @@ class Engine:
         """
         if isinstance(images, (str, Path, np.ndarray)):
             images = [images]
+        if len(images) == 0:  # no query: no answers (as query_tracks)
+            return []
         labels = [str(im) if not isinstance(im, np.ndarray) else f"<array {i}>" for i, im in enumerate(images)]
         if query_cameras is None:  # an indexed query crop brings its camera (filters, camera normalization)
             query_cameras = self._cameras_of_indexed(images)
@@ -516,6 +558,8 @@ class Engine:
         candidates the re-ranking re-scores (default: the preset's; the rest of the top ``k`` follows in cosine
         order).
         """
+        if isinstance(features, np.ndarray) and features.ndim == 2 and len(features) == 0:
+            return []  # no query: no answers
         self.store.refresh()
         pipe = resolve_pipeline(rerank)
         fcfg = attr_fusion.resolve_fusion(fusion)

@@ -596,6 +596,8 @@ def test_csv_later_row_with_empty_pid(world: World, tmp_path: Path) -> None:
         ("bad_timestamp", "file,timestamp\nimg0.png,yesterday\n", (), ("list.csv:2", "'yesterday'")),
         ("nan_timestamp", "file,timestamp\nimg0.png,nan\n", (), ("list.csv:2", "'nan'")),
         ("inf_timestamp", "file,timestamp\nimg0.png,inf\n", (), ("list.csv:2", "'inf'")),
+        ("timestamp_past_year_9999", "file,timestamp\nimg0.png,1e20\n", (), ("list.csv:2", "'1e20'", "years 1 and 9999")),
+        ("timestamp_before_year_1", "file,timestamp\nimg0.png,-1e12\n", (), ("list.csv:2", "'-1e12'", "years 1")),
         ("empty_csv", "", (), ("'file'", "[]")),
         ("header_only", "file,pid\n", (), ("no images found",)),
     ],
@@ -915,6 +917,79 @@ def test_bad_library_add_items(items: Any, needles: tuple, world: World, tmp_pat
         assert_raises(InvalidInputError, lambda: eng.add(items), *needles)
 
 
+def _unit_rows(n: int, dim: int, seed: int = 5) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    "case, error, needles",
+    [
+        ("features_none", InvalidInputError, ("features of shape ()",)),
+        ("features_text", InvalidInputError, ("features", "array of numbers")),
+        ("item_none", InvalidInputError, ("items[0]", "NoneType", "CropItem")),
+        ("hash_none", InvalidInputError, ("hashes[0] None",)),
+        ("hash_count", InvalidInputError, ("2 hashes for 1 crops",)),
+        ("same_crop_twice", InvalidInputError, ("b.png", "items[0]")),
+        ("already_indexed", InvalidInputError, (QUERY_NAME, "already indexed")),
+        ("no_file_to_hash", ImageReadError, ("missing.png", "hashes=")),
+    ],
+)
+def test_bad_library_add_features(
+    case: str, error: type, needles: tuple, world: World, tmp_path: Path, unchanged: None
+) -> None:
+    """Typed errors before anything is written (they were TypeError, AttributeError, IntegrityError...)."""
+    with Engine.open(world.index) as eng:
+        dim = eng.store.manifest.dim
+        one, two = _unit_rows(1, dim), _unit_rows(2, dim)
+        img = _write(tmp_path / "new.png", real_png(83))
+        call: Callable[[], Any] = {
+            "features_none": lambda: eng.add_features(None, [CropItem(img, {})]),  # type: ignore[arg-type]
+            "features_text": lambda: eng.add_features(np.array([["a"] * dim]), [CropItem(img, {})]),
+            "item_none": lambda: eng.add_features(one, [None]),  # type: ignore[list-item]
+            "hash_none": lambda: eng.add_features(one, [CropItem(img, {})], hashes=[None]),  # type: ignore[list-item]
+            "hash_count": lambda: eng.add_features(one, [CropItem(img, {})], hashes=["a", "b"]),
+            "same_crop_twice": lambda: eng.add_features(
+                two, [CropItem(Path("a.png"), {}), CropItem(Path("b.png"), {})], hashes=["h1", "h1"]),
+            "already_indexed": lambda: eng.add_features(one, [CropItem(world.query, {})]),
+            "no_file_to_hash": lambda: eng.add_features(one, [CropItem(tmp_path / "missing.png", {})]),
+        }[case]
+        assert_raises(error, call, *needles)
+
+
+def test_a_feature_block_with_one_indexed_crop_adds_none(world: World, tmp_path: Path) -> None:
+    """The duplicate is found before the first block commits: nothing of the call is added."""
+    idx = world.copy(tmp_path / "idx")
+    with Engine.open(idx) as eng:
+        n = eng.stats()["crops"]
+        rows = _unit_rows(5000, eng.store.manifest.dim)  # two commit blocks; the indexed crop in the second
+        items = [CropItem(Path(f"f{i}.png"), {}) for i in range(4999)] + [CropItem(world.query, {})]
+        hashes = [f"feat{i:06d}" for i in range(4999)] + [CropItem(world.query, {}).sha256()]
+        assert_raises(InvalidInputError, lambda: eng.add_features(rows, items, hashes=hashes), "already indexed")
+        assert eng.stats()["crops"] == n
+
+
+@pytest.mark.parametrize(
+    "call, needles",
+    [
+        (lambda eng, q, w: eng.query_features(q, search_params={"bogus": 1}), ("'bogus'", "ef_search")),
+        (lambda eng, q, w: eng.query_features(q, search_params=[1, 2]), ("[1, 2]", "mapping")),
+        (lambda eng, q, w: eng.query_features(q, search_params={"exact": 1}), ("exact=1", "true or false")),
+        (lambda eng, q, w: eng.query([str(w.query)], batch_size="4"), ("batch_size '4'",)),
+    ],
+)
+def test_bad_library_query_arguments(call: Callable, needles: tuple, world: World, unchanged: None) -> None:
+    with Engine.open(world.index) as eng:
+        q = _unit_rows(1, eng.store.manifest.dim)
+        assert_raises(InvalidInputError, lambda: call(eng, q, world), *needles)
+
+
+def test_no_query_is_no_answers(world: World) -> None:
+    with Engine.open(world.index) as eng:
+        assert eng.query([]) == []
+        assert eng.query_features(np.zeros((0, eng.store.manifest.dim), np.float32)) == []
+
+
 def test_commit_every_one_adds_everything(world: World, tmp_path: Path) -> None:
     src = tmp_path / "src"
     write_crops(src, 3, seed=91)
@@ -970,6 +1045,14 @@ MANIFEST_DAMAGE: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
         ("'backend_options'",),
     ),
     "generation_text": (lambda i: _edit_manifest(i, lambda d: d.update(generation="x")), ("'generation'",)),
+    "backend_option_text": (
+        lambda i: _edit_manifest(i, lambda d: d.update(backend_options={**d["backend_options"], "flat_limit": "x"})),
+        ("flat_limit='x'", "positive integer"),
+    ),
+    "backend_option_nan": (
+        lambda i: _edit_manifest(i, lambda d: d.update(backend_options={**d["backend_options"], "nlist_factor": "nan"})),
+        ("nlist_factor='nan'", "positive number"),
+    ),
     "not_json": (lambda i: (i / "manifest.json").write_text("{not json"), ("unreadable manifest",)),
     "empty_file": (lambda i: (i / "manifest.json").write_bytes(b""), ("unreadable manifest",)),
     "binary": (lambda i: (i / "manifest.json").write_bytes(b"\xff\xfe\x00garbage"), ("unreadable manifest",)),
@@ -989,6 +1072,15 @@ def test_damaged_manifest(case: str, command: str, world: World, tmp_path: Path)
     assert "manifest.json" in line or str(idx) in line or "pymysql" in line or "nosuch" in line
     if before is not None:
         assert (idx / "manifest.json").read_bytes() == before  # opening never rewrites what it cannot read
+
+
+@pytest.mark.parametrize("recorded", [None, 5, ""])
+def test_manifest_weights_path_that_is_not_a_path(recorded: Any, world: World, tmp_path: Path) -> None:
+    """The encoder's recorded weights path edited to null or a number: a query asks for --weights (was TypeError)."""
+    idx = world.copy(tmp_path / "idx")
+    _edit_manifest(idx, lambda d: d["encoder"].update(weights_path=recorded))
+    assert_cli_error(cli("query", world.query, "--index", idx), 1, str(idx), "pass --weights")
+    assert_cli_ok(cli("query", world.query, "--index", idx, "--weights", world.weights))
 
 
 def test_damaged_manifest_in_library_raises_typed_errors(world: World, tmp_path: Path) -> None:
@@ -1188,6 +1280,11 @@ def test_truncated_video_file_does_not_crash(videos: dict[str, Path], world: Wor
         ({"checkpoint_seconds": 0}, ("checkpoint_seconds 0",)),
         ({"checkpoint_seconds": "60"}, ("checkpoint_seconds '60'",)),
         ({"fps": -1.0}, ("fps -1.0",)),
+        ({"fps": float("nan")}, ("fps nan", "frame rate")),
+        ({"fps": float("inf")}, ("fps inf", "frame rate")),
+        ({"fps": 1e-300}, ("fps 1e-300", "frame rate")),
+        ({"every": 2**40}, ("every 1099511627776",)),
+        ({"start_time": 1e20}, ("1e+20", "years 1 and 9999")),
         ({"start_time": "nan"}, ("'nan'",)),
         ({"start_time": "last tuesday"}, ("'last tuesday'",)),
     ],
@@ -1234,6 +1331,10 @@ def test_bad_video_files_through_the_cli(
         (("--start-frame", "-1"), 2, ("--start-frame",)),
         (("--start-time", "nan"), 1, ("'nan'",)),
         (("--start-time", "not a time"), 1, ("'not a time'",)),
+        (("--start-time", "1e20"), 1, ("'1e20'", "years 1 and 9999")),
+        (("--fps", "nan"), 1, ("fps nan", "frame rate")),
+        (("--fps", "1e308"), 1, ("fps 1e+308", "frame rate")),
+        (("--every", "99999999999999999999"), 1, ("every 99999999999999999999",)),
     ],
 )
 def test_bad_ingest_options(
@@ -1242,6 +1343,133 @@ def test_bad_ingest_options(
     assert_cli_error(
         cli("ingest", videos["full"], "--index", world.index, "--detector", "no-such", *args), code, *needles
     )
+
+
+def test_rows_with_times_outside_the_calendar_are_still_listed(world: World, tmp_path: Path) -> None:
+    """Rows written before times were range-checked: info and a text query list them (they raised before)."""
+    idx = world.copy(tmp_path / "idx")
+    _checkpoint_wal(idx)
+    con = sqlite3.connect(idx / "crops.db")
+    con.execute("UPDATE crops SET timestamp = 1e20 WHERE id = (SELECT MIN(id) FROM crops)")
+    con.execute("UPDATE crops SET timestamp = -1e12 WHERE id = (SELECT MAX(id) FROM crops)")
+    con.commit()
+    con.close()
+    assert "1e+20" in assert_cli_ok(cli("info", "--index", idx))
+    out = assert_cli_ok(cli("query", world.query, "--index", idx, "-k", "6", "--rerank", "none"))
+    assert "1e+20" in out and "-1e+12" in out
+
+
+NO_USER = "~reid-engine-no-such-user"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("info", "--index", f"{NO_USER}/idx"),
+        ("query", "QUERY", "--index", "INDEX", "--weights", f"{NO_USER}/w.onnx"),
+        ("ingest", f"{NO_USER}/v.avi", "--index", "INDEX"),
+    ],
+)
+def test_a_path_for_a_user_that_does_not_exist(args: tuple, world: World, unchanged: None) -> None:
+    """``~name/...`` with no user ``name``: one line naming the path (pathlib raised RuntimeError)."""
+    swap = {"QUERY": world.query, "INDEX": world.index, "WEIGHTS": world.weights}
+    res = cli(*[swap.get(a, a) for a in args])
+    assert_cli_error(res, 1, NO_USER, "no user")
+
+
+def test_a_path_for_a_user_that_does_not_exist_in_the_library_and_environment(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert_raises(InvalidInputError, lambda: Engine.open(f"{NO_USER}/idx"), NO_USER, "no user")
+    lines = ["file,pid,camid,role"] + [
+        f"{p},{p.name[:4]},{p.name[6]},{'query' if p.name[6] == '1' else 'gallery'}"
+        for p in sorted(world.gallery.glob("*.png"))
+    ]
+    protocol = _write(tmp_path / "protocol.csv", ("\n".join(lines) + "\n").encode())
+    monkeypatch.setenv("REID_ENGINE_CACHE", f"{NO_USER}/cache")
+    res = cli("eval", protocol, "--encoder", "tiny-test", "--weights", world.weights)
+    assert_cli_error(res, 1, NO_USER, "no user")
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (("--max-upload-mb", "nan"), ("--max-upload-mb nan",)),
+        (("--host", "no such host!!"), ("--host 'no such host!!'", "resolves")),
+        (("--device", "cuda:9"), ("'cuda:9'",)),
+        (("--port", "BUSY"), ("cannot listen on 127.0.0.1:", "in use")),
+    ],
+)
+def test_serve_refuses_before_it_starts(
+    args: tuple, needles: tuple, world: World, monkeypatch: pytest.MonkeyPatch, unchanged: None
+) -> None:
+    """Bad settings end in one line before the server starts (uvicorn printed its own log and exited 3;
+    a device or upload size it could not use failed at the first request)."""
+    import socket
+
+    import uvicorn
+
+    from reid_engine.encoders import base
+
+    if "cuda:9" in args and base._nvidia_driver():
+        pytest.skip("an NVIDIA driver is loaded here")
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server was started"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = tuple(str(busy.getsockname()[1]) if a == "BUSY" else a for a in args)
+        assert_cli_error(cli("serve", "--index", world.index, *args), 1, *needles)
+
+
+@pytest.mark.parametrize("detector", ["onnx-ssd", "openvino-ssd"])
+def test_detector_weights_that_are_not_a_detector(
+    detector: str, shared: Path, osnet_onnx: Path, videos: dict[str, Path], world: World, unchanged: None
+) -> None:
+    """A real model whose output is not SSD detections (here a ReID encoder) is refused when the detector is
+    built, naming the file and the shape (it was a reshape ValueError at the first frame)."""
+    weights = osnet_onnx if detector == "onnx-ssd" else (
+        shared / "weights" / "intel" / "person-reidentification-retail-0277" / "FP16"
+        / "person-reidentification-retail-0277.xml")
+    if not weights.is_file():
+        pytest.skip(f"no {weights}")
+    res = cli("ingest", videos["short"], "--index", world.index, "--detector", detector,
+              "--detector-weights", weights, "--start-time", "2024-01-01")
+    assert_cli_error(res, 1, weights.name, "model output of shape", "SSD detections")
+
+
+@pytest.mark.parametrize("where", ["encoder", "detector", "attribute_model"])
+def test_text_named_as_an_openvino_model_is_refused_before_openvino_reads_it(
+    where: str, osnet_onnx: Path, videos: dict[str, Path], world: World, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """OpenVINO offers a file it cannot place to every front end, and the TensorFlow one printed absl and
+    protobuf errors to stderr before the one-line error; such files are refused first."""
+    text = _write(tmp_path / "model.xml", b"root:x:0:0\n")
+    _write(tmp_path / "model.bin", bytes(64))  # an IR's pair is there: only the .xml is wrong
+    capfd.readouterr()
+    if where == "encoder":
+        res = cli("index", world.gallery, "--index", tmp_path / "new", "--weights", text)
+        needles: tuple[str, ...] = (str(text), "not an OpenVINO IR")
+    elif where == "detector":
+        res = cli("ingest", videos["short"], "--index", world.index, "--detector", "openvino-ssd",
+                  "--detector-weights", text, "--start-time", "2024-01-01")
+        needles = (str(text), "not an OpenVINO IR")
+    else:
+        passwd = _write(tmp_path / "passwd", b"root:x:0:0\n")
+        monkeypatch.setenv("REID_ENGINE_ATTRIBUTE_MODEL", str(passwd))
+        res = cli("index", world.gallery, "--index", tmp_path / "new", "--weights", osnet_onnx, "--attributes")
+        needles = (str(passwd), "expected an OpenVINO IR")
+    assert_cli_error(res, 1, *needles)
+    assert "text_format" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("address", ["garbage://x", "no port", "http://head:10001"])
+def test_ray_address_that_is_no_address(address: str, world: World, tmp_path: Path, unchanged: None) -> None:
+    """Refused before Ray is started (Ray printed two tracebacks of its own)."""
+    src = tmp_path / "src"
+    write_crops(src, 2, seed=17)
+    res = cli("index", src, "--index", world.index, "--ray", address)
+    assert_cli_error(res, 1, repr(address), "ray://HOST:PORT")
 
 
 # Cases for the storage owner to add once the segment format lands (vector / neighbour files):

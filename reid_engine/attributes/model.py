@@ -20,7 +20,8 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
-from ..assets import shared_path
+from ..assets import expand_user, shared_path
+from ..encoders.openvino_runtime import check_model_file
 from ..errors import WeightsError
 from ..images import ImageLike, load_image
 from .groups import BINARY, SLICES, WIDTH, vector_to_note
@@ -49,7 +50,7 @@ class AttributeInput:
 def default_model_path() -> Path:
     """``$REID_ENGINE_ATTRIBUTE_MODEL`` if set, else the shared Open Model Zoo copy."""
     env = os.environ.get(MODEL_ENV)
-    return Path(env).expanduser() if env else shared_path(*DEFAULT_MODEL)
+    return expand_user(env) if env else shared_path(*DEFAULT_MODEL)
 
 
 def _sha256(path: Path) -> str:
@@ -91,6 +92,7 @@ class AttributeModel:
             )
         # the .bin holds the weights: its hash names the model in caches
         self.weights_sha256 = _sha256(self.weights.with_suffix(".bin") if is_ir else self.weights)
+        check_model_file(self.weights)
         core = ov.Core()
         try:
             model = core.read_model(str(self.weights))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,7 +72,10 @@ def _progress() -> Optional[bool]:
 def _fmt_time(ts: Optional[float]) -> str:
     if ts is None:
         return "-"
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # a row written before times were range-checked
+        return f"{ts:g}"
 
 
 def _print_results(results: list[QueryResult]) -> None:
@@ -362,8 +366,14 @@ def serve_cmd(
     """Serve the HTTP API (OpenAPI at /docs) and the web page for one index."""
     import uvicorn
 
-    from ..http import ServeConfig, create_app
+    from ..encoders import resolve_device
+    from ..errors import InvalidInputError
+    from ..http import ServeConfig, check_listen, create_app
 
+    if not math.isfinite(max_upload_mb):
+        raise InvalidInputError(f"--max-upload-mb {max_upload_mb}: expected a number from 0.01 to 1024")
+    resolve_device(device)  # a device that cannot be used is refused now, not at the first query
+    check_listen(host, port)
     config = ServeConfig(
         index=index_path, token=token or None, cors_origins=tuple(cors_origins),
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, weights=weights, device=device,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -41,11 +42,15 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 #: CPUs of the local cluster started when no address is given
 LOCAL_CPUS = 2
+#: what ray.init takes as a cluster's address: a Ray Client URL, a head node's HOST:PORT, or "auto"
+_RAY_ADDRESS = re.compile(r"auto|(ray://)?[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}")
 
 
 # -- cluster ---------------------------------------------------------------------------------------
 def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> Any:
     """The ``ray`` module, connected to ``address`` (e.g. ``ray://head:10001`` or ``auto``) or a local cluster."""
+    if address and not _RAY_ADDRESS.fullmatch(address):
+        raise InvalidInputError(f"Ray address {address!r}: expected ray://HOST:PORT, HOST:PORT or auto")
     try:
         import ray
     except ImportError:
@@ -53,7 +58,11 @@ def connect(address: Optional[str] = None, num_cpus: Optional[int] = None) -> An
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if address:
-            ray.init(address=address, **kwargs)
+            try:
+                ray.init(address=address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise InvalidInputError(f"Ray address {address!r}: cannot connect ({first})") from None
         else:
             ray.init(num_cpus=num_cpus or LOCAL_CPUS, **kwargs)
         log.info("Ray cluster: %s", ray.cluster_resources())

@@ -310,8 +310,8 @@ class Encoder(ABC):
     def _run(
         self, images: Sequence[ImageLike], batch_size: int, show_progress: Optional[bool], strict: bool
     ) -> EncodeResult:
-        if batch_size < 1:
-            raise InvalidInputError(f"batch_size {batch_size}: expected a positive integer")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise InvalidInputError(f"batch_size {batch_size!r}: expected a positive integer")
         if isinstance(images, (str, Path, np.ndarray)) and not (
             isinstance(images, np.ndarray) and images.ndim == 4
         ):

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..assets import expand_user
 from ..errors import InvalidInputError, WeightsError
 from .fold import trace_layers
 from .torch_runtime import torch_threads
@@ -221,7 +222,7 @@ def convert_onnx_weights(
     """
     from .torch_runtime import MAX_ABS_DIFF, MIN_COSINE
 
-    out = Path(out).expanduser()
+    out = expand_user(out)
     if out.exists() and not overwrite:
         raise InvalidInputError(f"{out}: already exists (pass overwrite=True / --force to replace it)")
     if not out.parent.is_dir():

@@ -20,6 +20,23 @@ from .runtimes import candidate_runtimes
 
 log = logging.getLogger(__name__)
 
+def check_model_file(path: Path) -> None:
+    """Refuse, before OpenVINO reads it, a file that is neither an IR (.xml with a ``<net>`` root) nor an .onnx file:
+    OpenVINO offers other files to every front end, and some print their parser errors to stderr."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return
+    if suffix != ".xml":
+        raise WeightsError(f"{path}: expected an OpenVINO IR (.xml beside its .bin) or an .onnx file")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if b"<net" not in head:
+        raise WeightsError(f"{path}: not an OpenVINO IR (no <net> element), expected a model .xml")
+
+
 class OpenVinoEncoder(Encoder):
     """Runs a ReID model with OpenVINO on the CPU; input size read from the model."""
 
@@ -52,6 +69,7 @@ class OpenVinoEncoder(Encoder):
                     raise WeightsError(
                         f"{weights}: the OpenVINO weights file {weights.with_suffix('.bin').name} is missing"
                     )
+                check_model_file(weights)
                 ov_model = core.read_model(str(weights))
         except WeightsError:
             raise

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Optional, Union
 
-from ..assets import shared_path
+from ..assets import expand_user, shared_path
 from ..errors import InvalidInputError, UnknownEncoderError, WeightsError
 from ..images import file_sha256, why_not_a_file
 from .base import Encoder, EncoderSpec, resolve_device
@@ -89,7 +89,7 @@ def create_encoder(
         weights = default_weights_path(spec)
         if weights is None:
             raise WeightsError(f"encoder {name!r} has no default weights: pass a weights file")
-    wpath = Path(weights).expanduser()
+    wpath = expand_user(weights)
     if not wpath.is_file():
         raise WeightsError(f"{wpath}: {why_not_a_file(wpath)}, expected a weights file for encoder {name!r}")
     if spec.weights_suffixes and not any(str(wpath).lower().endswith(s) for s in spec.weights_suffixes):

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ..assets import expand_user
 from ..errors import ImageReadError, InvalidInputError
 from ..images import file_sha256
 
@@ -30,7 +31,7 @@ def default_cache_dir() -> Path:
     """``$REID_ENGINE_CACHE`` if set, else ``~/.cache/reid-engine/embeddings``."""
     env = os.environ.get(ENV_CACHE_DIR)
     if env:
-        return Path(env).expanduser()
+        return expand_user(env)
     return Path.home() / ".cache" / "reid-engine" / "embeddings"
 
 
@@ -46,7 +47,7 @@ class EmbeddingCache:
             raise InvalidInputError(f"weights sha256 {weights_sha256!r}: expected 64 lowercase hex digits")
         self.encoder_name = encoder_name
         self.weights_sha256 = weights_sha256
-        self.folder = Path(cache_dir).expanduser()
+        self.folder = expand_user(cache_dir)
         self.path = self.folder / f"{_safe(encoder_name)}-{weights_sha256[:16]}.sqlite"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

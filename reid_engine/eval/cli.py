@@ -14,7 +14,7 @@ from typing import Optional
 import click
 
 from ..errors import ReidEngineError
-from .cache import default_cache_dir
+from .cache import ENV_CACHE_DIR
 from .datasets import list_formats, read_dataset
 from .report import format_sweep_table, format_table
 from .runner import evaluate_dataset, sweep
@@ -62,7 +62,7 @@ def _default_report_dir(name: str) -> Path:
               help="HTML page of the N worst and N best queries (default folder: reid-eval/<dataset>).")
 @click.option("--sweep", "do_sweep", is_flag=True, help="Score a grid of re-ranking presets x fusion modes.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help=f"Embedding cache folder (default: {default_cache_dir()}).")
+              help=f"Embedding cache folder (default: ${ENV_CACHE_DIR}, else ~/.cache/reid-engine/embeddings).")
 @click.option("--no-cache", is_flag=True, help="Encode everything; read and write no cache.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Encoder batch size.")
 def eval_command(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
+from ..assets import expand_user
 from ..errors import InvalidInputError, UnknownNameError
 from ..images import IMAGE_SUFFIXES
 
@@ -118,7 +119,7 @@ def get_format(name: str) -> DatasetFormat:
 
 def detect_format(path: PathLike) -> str:
     """Name of the registered format whose layout ``path`` has."""
-    p = Path(path).expanduser()
+    p = expand_user(path)
     if not p.exists():
         raise InvalidInputError(f"{p}: no such dataset file or folder")
     for fmt in _FORMATS.values():
@@ -156,7 +157,7 @@ def read_dataset(
     picks a reader's protocol (e.g. CUHK03 "detected", LTCC "standard");
     ``query_cameras``/``gallery_cameras`` split layouts that have no roles.
     """
-    p = _resolve_root(Path(path).expanduser())
+    p = _resolve_root(expand_user(path))
     if not p.exists():
         raise InvalidInputError(f"{p}: no such dataset file or folder")
     fmt = get_format(format) if format else get_format(detect_format(p))
@@ -621,7 +622,7 @@ def _read_csv(path: Path, opts: ReadOptions) -> Split:
                     f"{source}:{i}: role {role!r}: expected query, gallery or one of {', '.join(_ROLES_SKIPPED)}"
                 )
         file_text = cell(row, "file", i)
-        img = Path(file_text).expanduser()
+        img = expand_user(file_text)
         if not img.is_absolute():
             img = source.parent / img
         pid_text, cam_text = cell(row, "pid", i), cell(row, "camid", i)

@@ -3,5 +3,6 @@ from __future__ import annotations
 
 from .app import create_app, static_dir
 from .deps import ServeConfig
+from .listen import check_listen
 
-__all__ = ["ServeConfig", "create_app", "static_dir"]
+__all__ = ["ServeConfig", "check_listen", "create_app", "static_dir"]

@@ -24,8 +24,10 @@ Every backend passes ``tests/backend_conformance.py``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence, Union
@@ -136,8 +138,23 @@ class SearchParams:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))
                               or not math.isfinite(float(v)) or float(v) <= 0):
             raise InvalidInputError(f"search parameter beam_scale={v!r}: expected a positive number")
-        if self.approx_tail is not None and not isinstance(self.approx_tail, (bool, np.bool_)):
-            raise InvalidInputError(f"search parameter approx_tail={self.approx_tail!r}: expected true or false")
+        for name in ("exact", "approx_tail"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, (bool, np.bool_)):
+                raise InvalidInputError(f"search parameter {name}={v!r}: expected true or false")
+
+    @classmethod
+    def from_dict(cls, params: Any) -> "SearchParams":
+        """Parameters from a mapping of their names (None or an empty mapping: all defaults)."""
+        if params is None:
+            return cls()
+        if not isinstance(params, Mapping):
+            raise InvalidInputError(f"search parameters {params!r}: expected a mapping of names to values")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in params if k not in names)
+        if unknown:
+            raise InvalidInputError(f"search parameter {unknown[0]!r}: unknown; expected one of {', '.join(names)}")
+        return cls(**params)
 
     def merged(self, defaults: dict[str, Any]) -> "SearchParams":
         """These parameters with the unset ones taken from ``defaults``."""

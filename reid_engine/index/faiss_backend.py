@@ -268,6 +268,22 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / n
 
 
+def _int_option(options: dict[str, Any], key: str, default: int) -> int:
+    """A positive integer backend option (the default when absent); anything else is an InvalidInputError."""
+    v = options.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise InvalidInputError(f"faiss backend option {key}={v!r}: expected a positive integer")
+    return int(v)
+
+
+def _float_option(options: dict[str, Any], key: str, default: float) -> float:
+    """A positive finite number backend option (the default when absent)."""
+    v = options.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v) or v <= 0:
+        raise InvalidInputError(f"faiss backend option {key}={v!r}: expected a positive number")
+    return float(v)
+
+
 def parse_factory(factory: Optional[str]) -> tuple[str, Optional[int]]:
     """("auto"|"flat"|"hnsw"|"ivf", graph M or fixed nlist or None) for a factory string.
 
@@ -1029,13 +1045,13 @@ class FaissBackend(VectorBackend):
         self.graph_m: Optional[int] = size if self.mode in ("auto", "hnsw") else None
         self.fixed_nlist: Optional[int] = size if self.mode == "ivf" else None
         o = self.options
-        self.exact_threshold = int(o.get("exact_threshold", EXACT_THRESHOLD))
-        self.flat_limit = int(o.get("flat_limit", 32768))
-        self.merge_factor = int(o.get("merge_factor", 8))
-        self.graph_rows = int(o.get("graph_rows", GRAPH_ROWS))
+        self.exact_threshold = _int_option(o, "exact_threshold", EXACT_THRESHOLD)
+        self.flat_limit = _int_option(o, "flat_limit", 32768)
+        self.merge_factor = _int_option(o, "merge_factor", 8)
+        self.graph_rows = _int_option(o, "graph_rows", GRAPH_ROWS)
         #: the largest graph a background merge grows (it starts a new graph past it)
-        self.background_graph_rows = int(o.get("background_graph_rows",
-                                               max(1, self.graph_rows // BACKGROUND_GROWTH_DIVISOR)))
+        self.background_graph_rows = _int_option(o, "background_graph_rows",
+                                                 max(1, self.graph_rows // BACKGROUND_GROWTH_DIVISOR))
         #: the dimension new graphs project their rows to (None: chosen per graph by graph_projection; the
         #: vectors' own dimension or more: never projected)
         gd = o.get("graph_dims")
@@ -1047,13 +1063,9 @@ class FaissBackend(VectorBackend):
         if self.graph_codes not in _GRAPH_CODE_KINDS:
             raise InvalidInputError(f"faiss backend option graph_codes={self.graph_codes!r}: expected one of "
                                     f"{', '.join(map(repr, _GRAPH_CODE_KINDS))}")
-        self.retrain_growth = float(o.get("retrain_growth", 4.0))
-        self.nlist_factor = float(o.get("nlist_factor", 4.0))
-        self.train_points = int(o.get("train_points_per_list", 32))
-        for k in ("exact_threshold", "flat_limit", "merge_factor", "train_points_per_list", "graph_rows",
-                  "background_graph_rows"):
-            if k in o and int(o[k]) < 1:
-                raise InvalidInputError(f"faiss backend option {k}={o[k]!r}: expected a positive integer")
+        self.retrain_growth = _float_option(o, "retrain_growth", 4.0)
+        self.nlist_factor = _float_option(o, "nlist_factor", 4.0)
+        self.train_points = _int_option(o, "train_points_per_list", 32)
         if "nprobe" in o and o["nprobe"] is not None:
             SearchParams(nprobe=o["nprobe"])  # validates
         self._view = _View(state=self.empty_state())

@@ -30,6 +30,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient  # ImportError here: backend._load_builtin skips this backend
 from pymilvus.exceptions import MilvusException
 
+from ..assets import expand_user
 from ..errors import (
     DatabaseUnavailableError,
     IndexCorruptError,
@@ -182,7 +183,7 @@ class MilvusBackend(VectorBackend):
         text = str(self.options["uri"])
         if "://" in text:
             return text
-        p = Path(text).expanduser()
+        p = expand_user(text)
         return str(p if p.is_absolute() else (self.folder / p).resolve())
 
     @property

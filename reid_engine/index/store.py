@@ -172,7 +172,12 @@ class IndexStore:
             raise IndexNotFoundError(f"{folder}: no such index folder")
         manifest = read_manifest(folder)
         sql = db.connect(cls.resolve_db_url(folder, manifest.db_url), create=False)
-        backend = get_backend(manifest.backend)(folder, manifest.dim, manifest.backend_options)
+        backend_cls = get_backend(manifest.backend)
+        try:
+            backend = backend_cls(folder, manifest.dim, manifest.backend_options)
+        except InvalidInputError as exc:  # an option the manifest holds, edited or damaged
+            sql.dispose()
+            raise IndexCorruptError(f"{folder / MANIFEST_NAME}: {exc}") from None
         store = cls(folder, manifest, sql, backend)
         gen, state, n_rows = store._read_committed(with_count=True)
         store._load(gen, state)
@@ -574,7 +579,7 @@ class IndexStore:
 
     def search_params(self, params: Optional[SearchParams | dict[str, Any]] = None) -> SearchParams:
         """Per-query parameters over the manifest's defaults."""
-        p = params if isinstance(params, SearchParams) else SearchParams(**(params or {}))
+        p = params if isinstance(params, SearchParams) else SearchParams.from_dict(params)
         return p.merged(self.manifest.search)
 
     def search(

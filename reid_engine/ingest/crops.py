@@ -82,19 +82,25 @@ def parse_time(value: Union[str, float, int, datetime, None]) -> Optional[float]
     return dt.timestamp()
 
 
+#: epoch seconds of 0001-01-01 and 9999-12-31T23:59:59 UTC: the times a datetime can show
+TIME_MIN, TIME_MAX = -62135596800.0, 253402300799.0
+
+
 def _finite_time(value: Any, shown: Any = None) -> float:
     try:
         x = float(value)
     except OverflowError:
         x = math.inf
+    what = shown if shown is not None else value
     if not math.isfinite(x):
-        what = shown if shown is not None else value
         raise InvalidInputError(f"time {what!r}: expected a finite number of epoch seconds")
+    if not TIME_MIN <= x <= TIME_MAX:  # a time no calendar shows would break every listing of the row
+        raise InvalidInputError(f"time {what!r}: expected epoch seconds between years 1 and 9999")
     return x
 
 
 #: frames are stored as 32-bit integers
-_FRAME_LIMIT = 2**31 - 1
+FRAME_LIMIT = 2**31 - 1
 
 
 def _frame_number(text: str, where: str) -> int:
@@ -102,8 +108,8 @@ def _frame_number(text: str, where: str) -> int:
         value = int(float(text)) if not text.strip().lstrip("+-").isdigit() else int(text)
     except (ValueError, OverflowError):
         raise InvalidInputError(f"{where}: frame {text!r} is not a number") from None
-    if abs(value) > _FRAME_LIMIT:
-        raise InvalidInputError(f"{where}: frame {text!r} is out of range (at most {_FRAME_LIMIT})")
+    if abs(value) > FRAME_LIMIT:
+        raise InvalidInputError(f"{where}: frame {text!r} is out of range (at most {FRAME_LIMIT})")
     return value
 
 

@@ -17,8 +17,9 @@ from typing import Any, Callable, Optional, Protocol, Union
 import cv2
 import numpy as np
 
-from ..assets import shared_path
+from ..assets import expand_user, shared_path
 from ..encoders.base import default_threads
+from ..encoders.openvino_runtime import check_model_file
 from ..errors import InvalidInputError, UnknownNameError, WeightsError
 from ..images import file_sha256, why_not_a_file
 
@@ -97,7 +98,7 @@ def create_detector(
         if rel is None:
             raise WeightsError(f"detector {name!r} has no default weights: pass a weights file")
         weights = shared_path(rel)
-    wpath = Path(weights).expanduser()
+    wpath = expand_user(weights)
     if not wpath.is_file():
         raise WeightsError(f"{wpath}: {why_not_a_file(wpath)}, expected a weights file for detector {name!r}")
     if not 0.0 <= threshold <= 1.0:
@@ -150,7 +151,14 @@ class _SsdDetector:
         if frame is None or frame.ndim != 3 or frame.shape[2] != 3:
             raise InvalidInputError(f"expected a BGR frame (H, W, 3), got {getattr(frame, 'shape', None)}")
         out = self._run(self._input(frame))
+        self._check_output(list(out.shape))
         return decode_ssd(out, frame.shape[1], frame.shape[0], self.threshold, self.label)
+
+    def _check_output(self, shape: list[Any]) -> None:
+        """An SSD DetectionOutput ends in rows of 7 (image, label, score, box); a dynamic length passes."""
+        last = shape[-1] if shape else None
+        if len(shape) < 2 or (isinstance(last, int) and last != 7):
+            raise WeightsError(f"{self.weights}: model output of shape {shape}, expected SSD detections [1, 1, N, 7]")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "weights_sha256": self.weights_sha256, "threshold": self.threshold}
@@ -173,6 +181,7 @@ class OpenVinoSsdDetector(_SsdDetector):
 
         if not weights.with_suffix(".bin").is_file():
             raise WeightsError(f"{weights}: the OpenVINO weights file {weights.with_suffix('.bin').name} is missing")
+        check_model_file(weights)
         core = ov.Core()
         try:
             model = core.read_model(str(weights))
@@ -180,6 +189,7 @@ class OpenVinoSsdDetector(_SsdDetector):
             raise WeightsError(f"{weights}: not a readable OpenVINO IR model ({str(exc).splitlines()[0]})") from None
         shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]
         self.height, self.width = _input_hw(shape, weights)
+        self._check_output([d.get_length() if d.is_static else None for d in model.outputs[0].get_partial_shape()])
         config = {"INFERENCE_NUM_THREADS": threads or default_threads(), "PERFORMANCE_HINT": "LATENCY"}
         self.request = core.compile_model(model, "CPU", config).create_infer_request()
 
@@ -205,6 +215,7 @@ class OnnxSsdDetector(_SsdDetector):
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.height, self.width = _input_hw(list(inp.shape), weights)
+        self._check_output(list(self.session.get_outputs()[0].shape))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: x})[0])

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from ..index import db
-from .crops import CropItem, parse_time
+from .crops import FRAME_LIMIT, CropItem, parse_time
 from .detect import DEFAULT_THRESHOLD, Detections, Detector, create_detector
 from .select import BestCrops, Candidate, cut, quality
 from .track import TrackedBox, create_tracker
@@ -378,8 +378,8 @@ def ingest_video(
     ``checkpoint_seconds`` of work, so an interruption loses at most that much.
     """
     t0 = time.perf_counter()
-    if every < 1:
-        raise InvalidInputError(f"every {every}: expected a positive integer")
+    if not 1 <= every <= FRAME_LIMIT:
+        raise InvalidInputError(f"every {every}: expected a positive integer up to {FRAME_LIMIT}")
     if start_frame < 0 or (end_frame is not None and end_frame <= start_frame):
         raise InvalidInputError(f"frame range {start_frame}..{end_frame}: expected 0 <= start < end")
     if max_frames is not None and max_frames < 1:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Iterator, Optional, Union
 import cv2
 import numpy as np
 
+from ..assets import expand_user
 from ..errors import InvalidInputError
 from ..images import why_not_a_file
 
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 #: how far ahead a wanted frame may be before ``FrameReader`` seeks instead of reading on
 _READ_AHEAD = 300
+#: frame rates a --fps may give: one frame in 1,000 s (time lapse) to 10,000 frames/s (high-speed cameras)
+MIN_FPS, MAX_FPS = 0.001, 10000.0
 #: bytes hashed at each end of a video file for its fingerprint
 _FINGERPRINT_BYTES = 1 << 20
 
@@ -30,7 +34,7 @@ def is_stream(source: Union[str, Path]) -> bool:
 
 def source_key(source: Union[str, Path]) -> str:
     """How a footage source is named in the index: a URL as given, a file by its absolute path."""
-    return str(source) if is_stream(source) else str(Path(source).expanduser().resolve())
+    return str(source) if is_stream(source) else str(expand_user(source).resolve())
 
 
 def fingerprint(source: Union[str, Path]) -> Optional[dict[str, Any]]:
@@ -98,8 +102,8 @@ def probe(source: Union[str, Path], fps: Optional[float] = None) -> VideoInfo:
         if not (0.0 < container_fps < 1000.0):
             raise InvalidInputError(f"{source}: the video does not state its frame rate; pass --fps")
         fps = container_fps
-    elif fps <= 0:
-        raise InvalidInputError(f"fps {fps}: expected a positive number")
+    elif not (isinstance(fps, (int, float)) and math.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS):
+        raise InvalidInputError(f"fps {fps!r}: expected a frame rate from {MIN_FPS} to {MAX_FPS:g} frames/s")
     frame_count = int(count) if 0 < count < 1e9 and not is_stream(key) else None
     return VideoInfo(key, float(fps), frame_count, width, height, is_stream(key))
 
