@@ -1472,6 +1472,20 @@ def test_ray_address_that_is_no_address(address: str, world: World, tmp_path: Pa
     assert_cli_error(res, 1, repr(address), "ray://HOST:PORT")
 
 
+@pytest.mark.parametrize("value", ["abc", "nan", "-1", "10s"])
+def test_lock_timeout_setting_that_is_no_number_of_seconds(
+    value: str, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer names the setting (it fell back to 10 s without a word); readers never read it."""
+    idx = world.copy(tmp_path / "idx")
+    src = tmp_path / "src"
+    write_crops(src, 2, seed=23)
+    monkeypatch.setenv("REID_ENGINE_LOCK_TIMEOUT", value)
+    assert_cli_error(cli("index", src, "--index", idx), 1, f"REID_ENGINE_LOCK_TIMEOUT={value!r}", "seconds")
+    assert_cli_ok(cli("info", "--index", idx))
+    assert world.snapshot(idx) == world.baseline
+
+
 # Cases for the storage owner to add once the segment format lands (vector / neighbour files):
 def _segment(idx: Path, suffix: str) -> Path:
     """The (first) committed segment file of the index with this suffix."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import socket
 import time
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 import sqlalchemy as sa
 
-from ..errors import IndexBusyError
+from ..errors import IndexBusyError, InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,17 @@ _POLL = 0.05
 
 
 def default_timeout() -> float:
+    """Seconds to wait for the lock: ``REID_ENGINE_LOCK_TIMEOUT`` when set (>= 0, or inf), else DEFAULT_TIMEOUT."""
     text = os.environ.get("REID_ENGINE_LOCK_TIMEOUT")
-    try:
-        return float(text) if text else DEFAULT_TIMEOUT
-    except ValueError:
+    if text is None or not text.strip():
         return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:  # NaN too; inf waits as long as it takes
+        raise InvalidInputError(f"REID_ENGINE_LOCK_TIMEOUT={text!r}: expected seconds to wait, a number >= 0 or inf")
+    return value
 
 
 def _holder() -> str:
@@ -47,7 +54,7 @@ class WriteLock:
     def __init__(self, folder: Path, sql: sa.engine.Engine, timeout: Optional[float] = None):
         self.folder = Path(folder)
         self.sql = sql
-        self.timeout = default_timeout() if timeout is None else float(timeout)
+        self.timeout: Optional[float] = None if timeout is None else float(timeout)  # None: read at acquire
         self._depth = 0
         self._fh: Optional[Any] = None
         self._conn: Optional[sa.engine.Connection] = None
@@ -103,7 +110,9 @@ class WriteLock:
         if self._depth:
             self._depth += 1
             return
-        wait = self.timeout if timeout is None else float(timeout)
+        wait = float(timeout) if timeout is not None else self.timeout
+        if wait is None:
+            wait = default_timeout()
         deadline = time.monotonic() + wait
         while not self._try():
             if time.monotonic() >= deadline:
