@@ -424,13 +424,16 @@ class Engine:
     ) -> list[int]:
         """Index precomputed features (from this index's encoder) for the given crops (committed in blocks of 4,096).
 
-        A crop already in the index, or twice in the call (same ``hashes`` entry, or same file), is refused
-        before anything is written."""
+        A crop twice in the call (same ``hashes`` entry, or same file) is refused before anything is written; a
+        crop already in the index is refused by its block's commit (InvalidInputError naming it): the blocks
+        before it stay committed, as after any interrupted add."""
+        given = features
         try:
-            features = np.asarray(features, dtype=np.float32)
+            features = np.asarray(features)  # its own dtype: l2_normalize works in it, as it always did
         except (TypeError, ValueError):
-            raise InvalidInputError(f"features of type {type(features).__name__}: expected an (N, dim) array of numbers"
-                                    ) from None
+            features = np.asarray(None)
+        if features.dtype.kind not in "fiu":
+            raise InvalidInputError(f"features of type {type(given).__name__}: expected an (N, dim) array of numbers")
         if features.ndim != 2:
             raise InvalidInputError(f"features of shape {features.shape}: expected (N, {self.store.manifest.dim})")
         items = list(items)
@@ -450,10 +453,6 @@ class Engine:
             if h in seen:
                 raise InvalidInputError(f"{items[i].path}: the same crop as items[{seen[h]}] (hash {h[:16]})")
             seen[h] = i
-        known = self.store.rows_by_hash(hashes)
-        if known:
-            h = next(h for h in hashes if h in known)
-            raise InvalidInputError(f"{items[seen[h]].path}: already indexed (crop {known[h]['id']})")
         folders: dict[str, str] = {}
         rows = [_row_from_meta(it, h, folders) for it, h in zip(items, hashes)]
         return self.store.add(l2_normalize(features), rows)

@@ -925,7 +925,8 @@ def _unit_rows(n: int, dim: int, seed: int = 5) -> np.ndarray:
 @pytest.mark.parametrize(
     "case, error, needles",
     [
-        ("features_none", InvalidInputError, ("features of shape ()",)),
+        ("features_none", InvalidInputError, ("features of type NoneType", "array of numbers")),
+        ("features_one_row", InvalidInputError, ("features of shape (",)),
         ("features_text", InvalidInputError, ("features", "array of numbers")),
         ("item_none", InvalidInputError, ("items[0]", "NoneType", "CropItem")),
         ("hash_none", InvalidInputError, ("hashes[0] None",)),
@@ -946,6 +947,7 @@ def test_bad_library_add_features(
         call: Callable[[], Any] = {
             "features_none": lambda: eng.add_features(None, [CropItem(img, {})]),  # type: ignore[arg-type]
             "features_text": lambda: eng.add_features(np.array([["a"] * dim]), [CropItem(img, {})]),
+            "features_one_row": lambda: eng.add_features(one[0], [CropItem(img, {})]),
             "item_none": lambda: eng.add_features(one, [None]),  # type: ignore[list-item]
             "hash_none": lambda: eng.add_features(one, [CropItem(img, {})], hashes=[None]),  # type: ignore[list-item]
             "hash_count": lambda: eng.add_features(one, [CropItem(img, {})], hashes=["a", "b"]),
@@ -957,16 +959,22 @@ def test_bad_library_add_features(
         assert_raises(error, call, *needles)
 
 
-def test_a_feature_block_with_one_indexed_crop_adds_none(world: World, tmp_path: Path) -> None:
-    """The duplicate is found before the first block commits: nothing of the call is added."""
+def test_an_indexed_crop_stops_the_feature_add_at_its_block(world: World, tmp_path: Path) -> None:
+    """The database's unique rule finds it at its block's commit (no lookup on the way of every add): a typed
+    error naming the crop; the block before it stays committed, nothing of its own block is added."""
     idx = world.copy(tmp_path / "idx")
     with Engine.open(idx) as eng:
         n = eng.stats()["crops"]
         rows = _unit_rows(5000, eng.store.manifest.dim)  # two commit blocks; the indexed crop in the second
         items = [CropItem(Path(f"f{i}.png"), {}) for i in range(4999)] + [CropItem(world.query, {})]
         hashes = [f"feat{i:06d}" for i in range(4999)] + [CropItem(world.query, {}).sha256()]
-        assert_raises(InvalidInputError, lambda: eng.add_features(rows, items, hashes=hashes), "already indexed")
-        assert eng.stats()["crops"] == n
+        assert_raises(InvalidInputError, lambda: eng.add_features(rows, items, hashes=hashes),
+                      QUERY_NAME, "already indexed", "nothing of its block")
+        assert eng.stats()["crops"] == n + 4096
+        first, second = eng.query_features(rows[[0, 4096]], k=1, rerank="none")
+        assert first.hits[0].distance < 1e-5 and first.hits[0].path.endswith("f0.png")  # the first block's row
+        assert second.hits[0].distance > 1e-3  # the second block's rows are not in the index
+    assert world.snapshot(world.index) == world.baseline
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,10 @@ def _hooks_registry() -> Any:
     return rerank_base
 
 
+class _RowsRefused(Exception):
+    """The database refused a commit's rows (a unique or not-null rule): raised out of the void transaction."""
+
+
 class IndexStore:
     """One index folder: vectors (through a backend), rows and hook state, always consistent."""
 
@@ -544,12 +548,24 @@ class IndexStore:
             )
 
             def sql_work(conn: Connection) -> None:
-                db.insert_rows(conn, full)
+                try:
+                    db.insert_rows(conn, full)
+                except sa.exc.IntegrityError as exc:  # the transaction is void: named after its rollback
+                    raise _RowsRefused(db.short_error(exc)) from None
                 db.set_meta(conn, "next_id", str(ids[-1] + 1))
                 if sql_hook is not None:
                     sql_hook(conn, ids, rows, feats)
 
-            self._commit(changes, sql_work)
+            try:
+                self._commit(changes, sql_work)
+            except _RowsRefused as refused:
+                known = self.rows_by_hash([r["sha256"] for r in rows])
+                first = next((r for r in rows if r["sha256"] in known), None)
+                if first is not None:
+                    raise InvalidInputError(
+                        f"{first['path']}: already indexed (crop {known[first['sha256']]['id']}); "
+                        "nothing of its block of the call was added") from None
+                raise InvalidInputError(f"the crops' rows break a rule of the database ({refused})") from None
         return ids
 
     def remove(self, where: Optional[sa.ColumnElement[bool]]) -> int:
