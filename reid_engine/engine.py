@@ -102,10 +102,9 @@ def _crop_hash(item: CropItem) -> str:
     """The crop's identity (``CropItem.sha256``); a file that cannot be read is an ImageReadError naming it."""
     try:
         return item.sha256()
-    except FileNotFoundError:
-        raise ImageReadError(f"{item.path}: no such crop file to hash; pass hashes= for crops with no file") from None
-    except OSError as exc:
-        raise ImageReadError(f"{item.path}: cannot read the crop file to hash it ({exc.strerror or exc})") from None
+    except OSError as exc:  # the wording of ``add``'s hashing step
+        raise ImageReadError(f"{item.path}: cannot read ({exc.strerror or exc}); pass hashes= for crops with no file"
+                             ) from None
 
 
 def _row_from_meta(item: CropItem, sha: str, folders: Optional[dict[str, str]] = None) -> dict[str, Any]:
@@ -427,13 +426,14 @@ class Engine:
         A crop twice in the call (same ``hashes`` entry, or same file) is refused before anything is written; a
         crop already in the index is refused by its block's commit (InvalidInputError naming it): the blocks
         before it stay committed, as after any interrupted add."""
-        given = features
         try:
-            features = np.asarray(features)  # its own dtype: l2_normalize works in it, as it always did
+            array: Optional[np.ndarray] = np.asarray(features)  # its own dtype: l2_normalize works in it
         except (TypeError, ValueError):
-            features = np.asarray(None)
-        if features.dtype.kind not in "fiu":
-            raise InvalidInputError(f"features of type {type(given).__name__}: expected an (N, dim) array of numbers")
+            array = None
+        if array is None or array.dtype.kind not in "fiu":
+            raise InvalidInputError(f"features of type {type(features).__name__}: expected an (N, dim) array of "
+                                    "numbers")
+        features = array
         if features.ndim != 2:
             raise InvalidInputError(f"features of shape {features.shape}: expected (N, {self.store.manifest.dim})")
         items = list(items)
@@ -445,11 +445,10 @@ class Engine:
         hashes = list(hashes) if hashes is not None else [_crop_hash(it) for it in items]
         if len(hashes) != len(items):
             raise InvalidInputError(f"{len(hashes)} hashes for {len(items)} crops")
+        seen: dict[str, int] = {}
         for i, h in enumerate(hashes):
             if not isinstance(h, str) or not h.strip():
                 raise InvalidInputError(f"hashes[{i}] {h!r}: expected a non-empty string identifying the crop")
-        seen: dict[str, int] = {}
-        for i, h in enumerate(hashes):
             if h in seen:
                 raise InvalidInputError(f"{items[i].path}: the same crop as items[{seen[h]}] (hash {h[:16]})")
             seen[h] = i

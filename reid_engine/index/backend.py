@@ -103,6 +103,11 @@ class SearchFilter:
         return keep
 
 
+def is_positive_int(v: Any) -> bool:
+    """``v`` is an integer >= 1 (Python or NumPy; not a bool)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and bool(v >= 1)
+
+
 @dataclass(frozen=True)
 class SearchParams:
     """Per-search knobs; None means the index's stored default.
@@ -132,7 +137,7 @@ class SearchParams:
     def __post_init__(self) -> None:
         for name in ("nprobe", "ef_search", "refine", "pool"):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            if v is not None and not is_positive_int(v):
                 raise InvalidInputError(f"search parameter {name}={v!r}: expected a positive integer")
         v = self.beam_scale
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))

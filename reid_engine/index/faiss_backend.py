@@ -66,7 +66,8 @@ except ImportError:  # pragma: no cover - not on Linux: grown graphs copy their 
     fcntl = None  # type: ignore[assignment]
 
 from ..errors import IndexCorruptError, InvalidInputError
-from .backend import FIELDS, Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, register_backend
+from .backend import (FIELDS, Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, is_positive_int,
+                      register_backend)
 from .ids import positions as id_positions
 from .topk import copies, search_with_copies, top_k_rows
 
@@ -271,7 +272,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 def _int_option(options: dict[str, Any], key: str, default: int) -> int:
     """A positive integer backend option (the default when absent); anything else is an InvalidInputError."""
     v = options.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+    if not is_positive_int(v):
         raise InvalidInputError(f"faiss backend option {key}={v!r}: expected a positive integer")
     return int(v)
 
@@ -1055,7 +1056,7 @@ class FaissBackend(VectorBackend):
         #: the dimension new graphs project their rows to (None: chosen per graph by graph_projection; the
         #: vectors' own dimension or more: never projected)
         gd = o.get("graph_dims")
-        if gd not in (None, "auto") and (isinstance(gd, bool) or not isinstance(gd, (int, np.integer)) or gd < 1):
+        if gd not in (None, "auto") and not is_positive_int(gd):
             raise InvalidInputError(f"faiss backend option graph_dims={gd!r}: expected \"auto\" or a positive integer")
         self.graph_dims: Optional[int] = None if gd in (None, "auto") else int(gd)
         #: how new projected graphs keep their rows (GRAPH_CODES)
