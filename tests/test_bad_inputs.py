@@ -701,6 +701,91 @@ def test_empty_index_path_builds_nothing_in_the_current_folder(
     assert list(cwd.iterdir()) == []
 
 
+def _path_option_cases(world: World) -> list[tuple[str, ...]]:
+    """Commands whose path argument or option is given as an empty string (each would have meant the current
+    folder: ``Path("")`` is ``Path(".")``)."""
+    idx, w, q = str(world.index), str(world.weights), str(world.query)
+    new = ("--index", "new_idx", "--encoder", "tiny-test", "--weights", w)
+    return [
+        ("index", "", *new),
+        ("index", str(world.gallery), "--index", "new_idx", "--encoder", "tiny-test", "--weights", ""),
+        ("query", "", "--index", idx),
+        ("query", q, "--index", idx, "--save-crops", ""),
+        ("query", q, "--index", idx, "--render", " "),
+        ("eval", str(world.gallery), "--encoder", "tiny-test", "--weights", w, "--report", ""),
+        ("eval", str(world.gallery), "--encoder", "tiny-test", "--weights", w, "--cache-dir", ""),
+        ("eval", "", "--encoder", "tiny-test", "--weights", w),
+        ("ingest", str(world.gallery), *new, "--detector-weights", ""),
+    ]
+
+
+def test_empty_paths_are_refused_and_nothing_lands_in_the_current_folder(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unchanged: None
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for args in _path_option_cases(world):
+        line = assert_cli_error(cli(*args), 2, "expected a path, not an empty value")
+        assert "''" in line or "' '" in line, line
+    assert list(cwd.iterdir()) == []
+
+
+def test_a_path_option_expands_the_home_folder(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unchanged: None
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    res = cli("query", world.query, "--index", world.index, "-k", "2", "--rerank", "none", "--save-crops", "~/hits")
+    assert_cli_ok(res)
+    assert len(list((home / "hits").rglob("*.png"))) == 2
+    assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (("--camera", ""), ("camera ''", "empty")),
+        (("--camera", "c1,"), ("camera 'c1,'", "empty")),
+        (("--exclude-camera", " "), ("camera ' '",)),
+        (("--source", ""), ("source ''",)),
+        (("--attr", ""), ("attribute ''",)),
+        (("--time-from", ""), ("time_from ''", "ISO-8601")),
+        (("--time-to", "  "), ("time_to '", "ISO-8601")),
+        (("--query-camera", ""), ("query camera ''",)),
+    ],
+)
+def test_empty_filter_values_are_refused_not_dropped(args: tuple, needles: tuple, world: World, unchanged: None) -> None:
+    """An empty name or time would have widened the search to every camera, source or time without a word."""
+    assert_cli_error(cli("query", world.query, "--index", world.index, *args), 1, *needles)
+
+
+def test_remove_with_an_empty_camera_removes_nothing(world: World, unchanged: None) -> None:
+    """``--camera ''`` beside ``--id`` used to be dropped, so the id was removed whatever its camera."""
+    first_id = world.baseline[1][0][0]
+    assert_cli_error(cli("remove", "--index", world.index, "--id", first_id, "--camera", ""), 1, "camera ''")
+
+
+@pytest.mark.parametrize("option", ["--camera", "--role", "--source-name"])
+def test_index_with_an_empty_name_option_builds_nothing(option: str, world: World, tmp_path: Path) -> None:
+    target = tmp_path / "new_idx"
+    res = cli("index", world.gallery, "--index", target, "--encoder", "tiny-test", "--weights", world.weights, option, "")
+    assert_cli_error(res, 1, "''", "empty")
+    assert not (target / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--rerank", ""), ("--rerank", "none,"), ("--fusion", " "), ("--query-camera", ""),
+                      ("--gallery-camera", ",")]
+)
+def test_eval_empty_names_are_usage_errors(option: str, value: str, world: World, tmp_path: Path) -> None:
+    csv_path = _csv_world(tmp_path, EVAL_GOOD)
+    res = cli("eval", csv_path, "--encoder", "tiny-test", "--weights", world.weights, "--no-cache", option, value)
+    assert_cli_error(res, 2, option, "empty")
+
+
 @pytest.mark.parametrize("command", ["index", "query", "info", "remove"])
 @pytest.mark.parametrize("where", ["file", "below_file"])
 def test_index_path_at_or_below_a_regular_file(command: str, where: str, world: World, tmp_path: Path) -> None:
@@ -1371,18 +1456,18 @@ NO_USER = "~reid-engine-no-such-user"
 
 
 @pytest.mark.parametrize(
-    "args",
+    "args, code",
     [
-        ("info", "--index", f"{NO_USER}/idx"),
-        ("query", "QUERY", "--index", "INDEX", "--weights", f"{NO_USER}/w.onnx"),
-        ("ingest", f"{NO_USER}/v.avi", "--index", "INDEX"),
+        (("info", "--index", f"{NO_USER}/idx"), 1),
+        (("query", "QUERY", "--index", "INDEX", "--weights", f"{NO_USER}/w.onnx"), 2),  # a path option: usage
+        (("ingest", f"{NO_USER}/v.avi", "--index", "INDEX"), 1),
     ],
 )
-def test_a_path_for_a_user_that_does_not_exist(args: tuple, world: World, unchanged: None) -> None:
+def test_a_path_for_a_user_that_does_not_exist(args: tuple, code: int, world: World, unchanged: None) -> None:
     """``~name/...`` with no user ``name``: one line naming the path (pathlib raised RuntimeError)."""
     swap = {"QUERY": world.query, "INDEX": world.index, "WEIGHTS": world.weights}
     res = cli(*[swap.get(a, a) for a in args])
-    assert_cli_error(res, 1, NO_USER, "no user")
+    assert_cli_error(res, code, NO_USER, "no user")
 
 
 def test_a_path_for_a_user_that_does_not_exist_in_the_library_and_environment(

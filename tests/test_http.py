@@ -105,6 +105,8 @@ def test_json_query_by_crop_and_filters(client):
     ({"json": {"crop_ids": [1], "by_track": True, "pool": 50}}, 422, "RequestError", "candidate pool"),
     ({"json": {"crop_ids": [1], "rerank": "zzz"}}, 400, "UnknownNameError", "unknown re-ranking preset 'zzz'"),
     ({"json": {"crop_ids": [1], "time_from": "soon"}}, 400, "InvalidInputError", "expected ISO-8601"),
+    ({"json": {"crop_ids": [1], "cameras": [""]}}, 400, "InvalidInputError", "camera ''"),
+    ({"json": {"crop_ids": [1], "time_to": ""}}, 400, "InvalidInputError", "time_to ''"),
     ({"json": {"crop_ids": [99999]}}, 404, "NotFoundError", "crop 99999"),
     ({"json": {"crop_ids": [1], "fusion": "attributes"}}, 409, "AttributesNotIndexedError", "built without them"),
     ({"content": b"[1]", "headers": {"content-type": "application/json"}}, 422, "RequestError", "JSON object"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -122,6 +123,42 @@ def test_filters_narrow_the_results(browser, pku_server, pku):
     page.locator('input[name="camera"][value="02"]').uncheck()  # no camera left: nothing may match
     expect(page.locator("#status")).to_contain_text("0 results")
     page.close()
+
+
+def test_crops_with_no_camera_follow_the_none_box(browser, pku, osnet_onnx, tmp_path_factory):
+    """Crops indexed without a camera show as '(none)'; that box keeps or drops exactly them (its value is
+    empty, which no camera filter may name)."""
+    from reid_engine import Engine
+    from reid_engine.ingest.crops import CropItem
+
+    expect = sync_api.expect
+    people = pku_people(pku)[:3]
+    items = [CropItem(f, {"pid": p, "camera": "02"}) for p in people for f in sorted((pku / p).glob("02_*.png"))]
+    items += [CropItem(f, {"pid": p}) for p in people for f in sorted((pku / p).glob("01_*.png"))[:2]]
+    folder = tmp_path_factory.mktemp("mixed_cameras") / "idx"
+    with Engine.create(folder, weights=osnet_onnx) as engine:
+        engine.add(items, show_progress=False)
+    n_none = 2 * len(people)
+    proc, url = _serve(folder)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        expect(page.locator("#index-info")).to_contain_text(f"{len(items)} crops")
+        page.fill("#k", "50")
+        page.set_input_files("#file", str(pku / people[0] / "01_1.png"))
+        expect(page.locator(".card")).to_have_count(len(items))
+        page.locator('input[name="camera"][value="02"]').uncheck()  # only the crops with no camera
+        expect(page.locator("#status")).to_have_text(re.compile(rf"^{n_none} results "))
+        metas = page.locator(".card .meta").all_inner_texts()
+        assert len(metas) == n_none and all("camera -" in t and "camera 02" not in t for t in metas), metas
+        page.locator('input[name="camera"][value="02"]').check()
+        page.locator('input[name="camera"][value=""]').uncheck()  # every crop but those
+        expect(page.locator("#status")).to_have_text(re.compile(rf"^{len(items) - n_none} results "))
+        assert all("camera 02" in t for t in page.locator(".card .meta").all_inner_texts())
+        page.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_candidates_and_search_beam_go_with_the_query(browser, pku_server, pku):

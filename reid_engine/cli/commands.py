@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import click
 
+from ..clitypes import PathParam
 from ..encoders import DEFAULT_ENCODER, list_encoders
 from ..encoders.registry import default_weights_path
 from ..attributes import FUSION_MODES, vocabulary_help
@@ -27,7 +28,7 @@ encoder_option = click.option(
     "--encoder", default=None, metavar="NAME", help="Registered encoder (see `reid-engine encoders`)."
 )
 weights_option = click.option(
-    "--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--weights", type=PathParam(dir_okay=False, path_type=Path), default=None,
     help="Weights file; when --encoder is not given its type picks the model (.onnx, .xml, torchreid .pth/.pth.tar).",
 )
 device_option = click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available).")
@@ -113,7 +114,7 @@ def _print_track_results(results: list[Any]) -> None:
 
 
 @main.command("index")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", type=PathParam(path_type=Path))
 @index_option
 @encoder_option
 @weights_option
@@ -170,7 +171,7 @@ def index_cmd(
 
 
 @main.command("query")
-@click.argument("images", nargs=-1, required=False, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=False, type=PathParam(path_type=Path))
 @index_option
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, svc.K_MAX), help="Hits per query.")
 @click.option("--camera", "cameras", multiple=True, help="Only gallery crops from this camera (repeatable).")
@@ -198,9 +199,9 @@ def index_cmd(
               help="The IMAGES show one person: answer with one list pooled over all of them.")
 @search_options(stored=False)
 @click.option("--exact", is_flag=True, help="Exhaustive first-stage search instead of the approximate index.")
-@click.option("--save-crops", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+@click.option("--save-crops", type=PathParam(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Write the matched crops into DIR/<query>/.")
-@click.option("--render", "render_dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+@click.option("--render", "render_dir", type=PathParam(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Draw the matched boxes on their source frames into DIR/<query>/.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: per query, its hits with metadata.")
 def query_cmd(

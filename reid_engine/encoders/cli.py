@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ..clitypes import PathParam
 from ..errors import ReidEngineError
 from .builtin import OSNET_ARCHS
 
@@ -24,8 +25,8 @@ class _LibraryErrors(click.Command):
 
 
 @click.command("convert-weights", cls=_LibraryErrors)
-@click.argument("onnx_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.argument("onnx_file", type=PathParam(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=PathParam(dir_okay=False, path_type=Path),
               help="Where to write the torchreid checkpoint (.pth).")
 @click.option("--arch", default="osnet_x0_25", show_default=True, type=click.Choice(sorted(OSNET_ARCHS)),
               help="torchreid architecture the ONNX file was exported from.")

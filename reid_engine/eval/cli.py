@@ -13,6 +13,7 @@ from typing import Optional
 
 import click
 
+from ..clitypes import PathParam
 from ..errors import ReidEngineError
 from .cache import ENV_CACHE_DIR
 from .datasets import list_formats, read_dataset
@@ -20,9 +21,16 @@ from .report import format_sweep_table, format_table
 from .runner import evaluate_dataset, sweep
 
 
-def _names(values: tuple[str, ...]) -> list[str]:
-    """Repeated and/or comma-separated option values, in order."""
-    return [v.strip() for text in values for v in text.split(",") if v.strip()]
+def _names(values: tuple[str, ...], option: str) -> list[str]:
+    """Repeated and/or comma-separated option values, in order; an empty one is a usage error naming ``option``."""
+    out: list[str] = []
+    for text in values:
+        parts = [v.strip() for v in text.split(",")]
+        if not all(parts):
+            raise click.BadParameter(f"{text!r}: expected a name (or comma-separated names), not an empty one",
+                                     param_hint=option)
+        out.extend(parts)
+    return out
 
 
 def _default_report_dir(name: str) -> Path:
@@ -30,7 +38,7 @@ def _default_report_dir(name: str) -> Path:
 
 
 @click.command("eval")
-@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
+@click.argument("dataset", type=PathParam(exists=True, path_type=Path))
 @click.option("--format", "fmt", default=None, metavar="NAME",
               help="Dataset layout: " + ", ".join(f.name for f in list_formats()) + " (default: detected).")
 @click.option("--protocol", default=None, metavar="NAME",
@@ -40,7 +48,7 @@ def _default_report_dir(name: str) -> Path:
 @click.option("--gallery-camera", "gallery_cameras", multiple=True, metavar="CAM",
               help="Gallery camera(s) (default: every camera that is not a query camera).")
 @click.option("--encoder", default=None, metavar="NAME", help="Registered encoder (see `reid-engine encoders`).")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--weights", type=PathParam(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Weights file; its type picks the runtime when --encoder is not given.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available).")
 @click.option("--rerank", "reranks", multiple=True, metavar="PRESET",
@@ -56,12 +64,12 @@ def _default_report_dir(name: str) -> Path:
               help="Show the index the query crops as context (never results) so that its per-camera "
                    "statistics know the query cameras, as an index of every camera's footage would.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (metrics in percent, settings).")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--report", "report_dir", type=PathParam(file_okay=False, path_type=Path), default=None,
               help="Write report.json (and the --visualize page) into this folder.")
 @click.option("--visualize", type=click.IntRange(min=0), default=0, metavar="N",
               help="HTML page of the N worst and N best queries (default folder: reid-eval/<dataset>).")
 @click.option("--sweep", "do_sweep", is_flag=True, help="Score a grid of re-ranking presets x fusion modes.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--cache-dir", type=PathParam(file_okay=False, path_type=Path), default=None,
               help=f"Embedding cache folder (default: ${ENV_CACHE_DIR}, else ~/.cache/reid-engine/embeddings).")
 @click.option("--no-cache", is_flag=True, help="Encode everything; read and write no cache.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Encoder batch size.")
@@ -93,12 +101,12 @@ def eval_command(
             dataset,
             fmt,
             protocol=protocol,
-            query_cameras=_names(query_cameras) or None,
-            gallery_cameras=_names(gallery_cameras) or None,
+            query_cameras=_names(query_cameras, "--query-camera") or None,
+            gallery_cameras=_names(gallery_cameras, "--gallery-camera") or None,
         )
         cache = False if no_cache else cache_dir
-        rerank_names = _names(reranks)
-        fusion_names = _names(fusions)
+        rerank_names = _names(reranks, "--rerank")
+        fusion_names = _names(fusions, "--fusion")
         if do_sweep:
             rows = sweep(
                 split,

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import click
 
+from ..clitypes import PathParam
 from ..engine import Engine
 from .detect import DEFAULT_DETECTOR, DEFAULT_THRESHOLD, list_detectors
 from .track import DEFAULT_TRACKER, list_trackers
@@ -23,7 +24,7 @@ from .track import DEFAULT_TRACKER, list_trackers
 @click.option("--index", "index_path", required=True, metavar="PATH",
               help="Index folder, or a bare name under indexes/; created when missing.")
 @click.option("--encoder", default=None, metavar="NAME", help="Encoder for a new index (see `reid-engine encoders`).")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--weights", type=PathParam(dir_okay=False, path_type=Path), default=None,
               help="Encoder weights (for a new index, or to check an existing one).")
 @click.option("--start-time", default=None, metavar="ISO-8601",
               help="When frame 0 was shot; crop timestamps are start + frame / fps.")
@@ -35,7 +36,7 @@ from .track import DEFAULT_TRACKER, list_trackers
 @click.option("--max-frames", default=None, type=click.IntRange(1),
               help="Process at most this many frames in this run.")
 @click.option("--detector", default=None, help=f"Detector: {', '.join(list_detectors())} (default {DEFAULT_DETECTOR}).")
-@click.option("--detector-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--detector-weights", type=PathParam(dir_okay=False, path_type=Path), default=None,
               help="Detector weights (.xml OpenVINO IR or .onnx with SSD output [1,1,N,7]).")
 @click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, type=click.FloatRange(0, 1),
               help="Detection confidence threshold.")

@@ -55,7 +55,11 @@ def preset_names() -> list[str]:
 
 
 def _strings(values: Any, what: str) -> tuple[str, ...]:
-    """A tuple of non-empty strings from None, a string (comma-separated) or an iterable of strings."""
+    """A tuple of names from None, a string (comma-separated) or an iterable of strings.
+
+    An empty name (``--camera ''``, ``"a,"``) is an ``InvalidInputError`` naming ``what``:
+    dropping it would quietly widen a filter, or narrow a removal's criteria.
+    """
     if values is None:
         return ()
     if isinstance(values, str):
@@ -64,11 +68,17 @@ def _strings(values: Any, what: str) -> tuple[str, ...]:
     for v in values:
         if v is None:
             continue
-        for part in str(v).split(","):
-            part = part.strip()
-            if part:
-                out.append(part)
+        parts = [part.strip() for part in str(v).split(",")]
+        if not all(parts):
+            raise InvalidInputError(f"{what} {str(v)!r}: expected a name (or comma-separated names), not an empty one")
+        out.extend(parts)
     return tuple(out)
+
+
+def _check_name(value: Any, what: str) -> None:
+    """Raise ``InvalidInputError`` when an optional name (a camera, a pid) is given but empty."""
+    if value is not None and not str(value).strip():
+        raise InvalidInputError(f"{what} {value!r}: expected a name, not an empty one (leave it out for none)")
 
 
 #: the integer search parameters a request may set, with their upper bounds
@@ -95,6 +105,13 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
+def _filter_time(value: Union[None, str, float], what: str) -> Optional[float]:
+    """A filter's bound in epoch seconds; an empty text is an error (it would quietly drop the bound)."""
+    if isinstance(value, str) and not value.strip():
+        raise InvalidInputError(f"{what} {value!r}: expected ISO-8601 (e.g. 2024-05-01T12:00:00) or epoch seconds")
+    return parse_time(value)
+
+
 @dataclass(frozen=True)
 class Filters:
     """Which gallery crops may be returned: cameras, sources and a time range (epoch seconds)."""
@@ -117,7 +134,7 @@ class Filters:
         """Filters from loose values: comma-separated strings or lists, ISO-8601 or epoch times."""
         return cls(
             _strings(cameras, "camera"), _strings(exclude_cameras, "camera"), _strings(sources, "source"),
-            parse_time(time_from), parse_time(time_to),
+            _filter_time(time_from, "time_from"), _filter_time(time_to, "time_to"),
         )
 
     def __post_init__(self) -> None:
@@ -166,6 +183,7 @@ class QueryRequest:
         object.__setattr__(self, "k", _check_k(self.k))
         object.__setattr__(self, "attributes", _strings(self.attributes, "attribute"))
         _search_ints(self)
+        _check_name(self.query_camera, "query camera")
         if self.same_person and self.by_track:
             raise RequestError("same-person pooling applies to crop queries, not to by-track queries")
         if self.labels and len(self.labels) != len(self.images):
@@ -264,6 +282,8 @@ class IndexRequest:
             raise InvalidInputError("batch size and commit-every must be positive integers")
         if not str(self.index).strip():
             raise RequestError("name the index (a folder or a bare name)")
+        for name, what in ((self.camera, "camera"), (self.role, "role"), (self.source_name, "source")):
+            _check_name(name, what)
         _search_ints(self)
 
     def create_options(self) -> dict[str, Any]:
@@ -298,6 +318,8 @@ class AddRequest:
             raise InvalidInputError("one encoded file, type and label per image expected")
         if n > QUERIES_MAX:
             raise InvalidInputError(f"{n} images: at most {QUERIES_MAX} per request")
+        for name, what in ((self.camera, "camera"), (self.pid, "pid"), (self.track, "track")):
+            _check_name(name, what)
         if self.timestamp is not None and not np.isfinite(self.timestamp):
             raise InvalidInputError(f"time {self.timestamp!r}: expected a finite time")
 

@@ -67,7 +67,11 @@ function filterFields() {
   const f = {};
   const all = [...document.querySelectorAll('input[name="camera"]')];
   const on = all.filter((c) => c.checked).map((c) => c.value);
-  if (on.length && on.length < all.length) f.cameras = on;
+  const off = all.filter((c) => !c.checked).map((c) => c.value);
+  // crops with no camera ("(none)", value "") are kept by leaving the other cameras out, never by naming ""
+  if (on.length && off.length) {
+    if (on.includes("")) f.exclude_cameras = off; else f.cameras = on;
+  }
   if (!on.length && all.length) f.cameras = ["\u0000none"];  // nothing selected: nothing matches
   const tf = $("time-from").value, tt = $("time-to").value;
   if (tf) f.time_from = tf + (tf.length === 16 ? ":00" : "") + "Z";
