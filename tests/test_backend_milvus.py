@@ -1,6 +1,7 @@
 """The Milvus vector backend on Milvus Lite: searches against a numpy reference, generations, crash safety."""
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -136,6 +137,24 @@ def test_search_and_filters_match_numpy(backend: MilvusBackend):
         backend.search(q, 0)
     with pytest.raises(InvalidInputError):
         backend.search(q[:, :5], 3)
+
+
+def test_the_embedded_server_logs_no_tracebacks_for_calls_the_client_expects_it_to_refuse(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """Milvus Lite's in-process gRPC server logged an error with a traceback each time the client waited for an
+    index (``AllocTimestamp``, which the client asks for and expects refused); the CLI printed it."""
+    caplog.set_level(logging.WARNING)
+    b = get_backend("milvus")(tmp_path, DIM, {})
+    try:
+        b.load(b.empty_state())
+        ids, vecs, fields = make_data(30)
+        b.load(b.prepare(1, Changes(ids, vecs, fields)))
+        assert b.count == 30
+    finally:
+        b.close()
+    noisy = [r for r in caplog.records if r.name.startswith("grpc") and r.levelno >= logging.ERROR]
+    assert not noisy, [r.getMessage() for r in noisy]
 
 
 def test_remove_replace_and_id_reuse(backend: MilvusBackend):

@@ -41,6 +41,24 @@ from .backend import FIELDS, Changes, IdsLike, SearchFilter, SearchParams, Vecto
 
 log = logging.getLogger(__name__)
 
+
+class _UnimplementedCalls(logging.Filter):
+    """Drops the embedded Milvus Lite server's tracebacks for calls it does not implement.
+
+    The client asks for such calls (``AllocTimestamp`` while it waits for an index) and
+    expects the refusal, but the in-process gRPC server logs each one as an error with a traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, NotImplementedError)
+
+
+def _quiet_embedded_server() -> None:
+    server_log = logging.getLogger("grpc._server")
+    if not any(isinstance(f, _UnimplementedCalls) for f in server_log.filters):
+        server_log.addFilter(_UnimplementedCalls())
+
 #: index types the ``index`` option accepts ("auto" picks FLAT or IVF_FLAT by size)
 INDEX_TYPES = ("auto", "FLAT", "IVF_FLAT", "HNSW")
 _STRING_FIELDS = ("camera", "source", "track")
@@ -190,8 +208,9 @@ class MilvusBackend(VectorBackend):
     def client(self) -> MilvusClient:
         if self._client is None:
             uri = self.uri
-            if "://" not in uri:
+            if "://" not in uri:  # a Milvus Lite file: its server runs in this process
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
+                _quiet_embedded_server()
             kwargs = {k: self.options[k] for k in ("token", "db_name") if self.options.get(k)}
             try:
                 self._client = MilvusClient(uri=uri, **kwargs)
