@@ -1417,6 +1417,31 @@ def test_bad_video_files_through_the_cli(
 
 
 @pytest.mark.parametrize(
+    "case, code, needles",
+    [
+        ("missing", 1, ("missing.avi", "no such file")),
+        ("text", 1, ("text.avi", "OpenCV cannot open")),
+        ("start_time", 1, ("'soon'",)),
+        ("camera", 2, ("--camera", "empty")),
+    ],
+)
+def test_ingest_that_cannot_start_makes_no_new_index(
+    case: str, code: int, needles: tuple, videos: dict[str, Path], world: World, tmp_path: Path
+) -> None:
+    """A wrong video path (or start time) used to leave an empty new index behind."""
+    video, extra = {
+        "missing": (tmp_path / "missing.avi", ()),
+        "text": (_write(tmp_path / "text.avi", b"not a video\n" * 20), ()),
+        "start_time": (videos["short"], ("--start-time", "soon")),
+        "camera": (videos["short"], ("--camera", "")),
+    }[case]
+    target = tmp_path / "new_idx"
+    res = cli("ingest", video, "--index", target, "--encoder", "tiny-test", "--weights", world.weights, *extra)
+    assert_cli_error(res, code, *needles)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
     "args, code, needles",
     [
         (("--fps", "0"), 2, ("--fps",)),

@@ -14,8 +14,10 @@ import click
 
 from ..clitypes import PathParam
 from ..engine import Engine
+from .crops import parse_time
 from .detect import DEFAULT_DETECTOR, DEFAULT_THRESHOLD, list_detectors
 from .track import DEFAULT_TRACKER, list_trackers
+from .video import is_stream, probe
 
 
 @click.command("ingest")
@@ -68,6 +70,14 @@ def ingest_cmd(
     )
     if camera is not None and len(videos) > 1:
         raise click.UsageError("--camera names the camera of one video; give one video per run, or none")
+    if camera is not None and not camera.strip():
+        raise click.BadParameter(f"{camera!r}: expected a camera name, not an empty one", param_hint="--camera")
+    # the videos and start time are checked before the index is opened: a run that cannot start leaves no new,
+    # empty index behind
+    parse_time(start_time)
+    for video in videos:
+        if not is_stream(video):
+            probe(video, fps)
     with Engine.open_or_create(index_path, encoder=encoder, weights=weights, device=device) as engine:
         if ray_address is not None:
             from ..distributed import ingest_with_ray
