@@ -7,7 +7,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,7 +27,7 @@ from .images import ImageLike, file_sha256, why_not_a_file
 from .index import db
 from .index.backend import SearchFilter, SearchParams
 from .index.store import IndexStore, SqlHook
-from .index.vectors import l2_normalize
+from .index.vectors import l2_normalize, zero_rows
 from .ingest.crops import CropItem, parse_time
 from .rerank.base import RERANK_K, Candidates, Pipeline, RerankContext, get_pipeline, list_hooks
 from .results import Hit, QueryResult, check_k, check_queries
@@ -160,8 +160,16 @@ def _row_from_meta(item: CropItem, sha: str, folders: Optional[dict[str, str]] =
     for key in ("box_x", "box_y", "box_w", "box_h"):
         if row[key] is not None and not math.isfinite(row[key]):
             raise bad(f"{key} {row[key]!r}: expected a finite number")
+        if row[key] is not None and abs(row[key]) > _INT32:
+            raise bad(f"{key} {row[key]!r}: expected pixels within +-{_INT32}")
+    given = [k for k in ("box_x", "box_y", "box_w", "box_h") if row[k] is not None]
+    if given and len(given) < 4:
+        raise bad(f"box: {', '.join(given)} given without the rest; expected box_x, box_y, box_w and box_h (or none)")
+    own_extra = meta.get("extra")
+    if own_extra is not None and not isinstance(own_extra, Mapping):
+        raise bad(f"extra {own_extra!r}: expected a mapping of names to values")
     extra = {k: v for k, v in meta.items() if v is not None and k != "extra"}
-    extra.update(meta.get("extra") or {})
+    extra.update(own_extra or {})
     if raw_path != path:
         extra["path_bytes"] = os.fsencode(raw_path).hex()  # the exact file name, for tools that need it
     if extra:
@@ -436,6 +444,8 @@ class Engine:
         features = array
         if features.ndim != 2:
             raise InvalidInputError(f"features of shape {features.shape}: expected (N, {self.store.manifest.dim})")
+        if items is None or isinstance(items, (str, bytes, CropItem)):
+            raise InvalidInputError(f"items of type {type(items).__name__}: expected a list of CropItem")
         items = list(items)
         if len(features) != len(items):
             raise InvalidInputError(f"{len(features)} feature rows for {len(items)} crops")
@@ -452,9 +462,14 @@ class Engine:
             if h in seen:
                 raise InvalidInputError(f"{items[i].path}: the same crop as items[{seen[h]}] (hash {h[:16]})")
             seen[h] = i
+        normed = l2_normalize(features)
+        zero = zero_rows(normed)
+        if len(zero):
+            raise InvalidInputError(f"{items[zero[0]].path}: features row {zero[0]} is all zeros; expected an "
+                                    "embedding of non-zero length")
         folders: dict[str, str] = {}
         rows = [_row_from_meta(it, h, folders) for it, h in zip(items, hashes)]
-        return self.store.add(l2_normalize(features), rows)
+        return self.store.add(normed, rows)
 
     def add_context_features(self, features: np.ndarray, cameras: Sequence[Optional[str]]) -> int:
         """Show the index crops that are not gallery rows (never results), so its per-camera

@@ -129,7 +129,9 @@ def to_bgr_uint8(img: np.ndarray, name: str = "array") -> np.ndarray:
         img = (img.astype(np.uint32) * 255 + 32767) // 65535
         img = img.astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
-        scale = 255.0 if float(np.nanmax(img)) <= 1.0 else 1.0
+        if not np.isfinite(img).all():  # casting them to uint8 would make up pixel values
+            raise ImageReadError(f"{name}: the image holds NaN or infinite pixel values")
+        scale = 255.0 if float(np.max(img)) <= 1.0 else 1.0
         img = np.clip(img * scale, 0, 255).astype(np.uint8)
     elif img.dtype == np.bool_:
         img = img.astype(np.uint8) * 255

@@ -7,7 +7,16 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .errors import InvalidInputError, printable
-from .index.vectors import l2_normalize
+from .index.vectors import l2_normalize, zero_rows
+
+
+def box_of(row: dict[str, Any]) -> Optional[tuple[float, float, float, float]]:
+    """A crop row's (x, y, w, h) box, or None unless all four are recorded."""
+    values = [float(v) for v in (row.get(k) for k in ("box_x", "box_y", "box_w", "box_h")) if v is not None]
+    if len(values) < 4:
+        return None
+    x, y, w, h = values
+    return x, y, w, h
 
 
 @dataclass
@@ -30,9 +39,7 @@ class Hit:
 
     @classmethod
     def from_row(cls, rank: int, distance: float, row: dict[str, Any]) -> "Hit":
-        box = None
-        if row.get("box_w") is not None:
-            box = (row["box_x"], row["box_y"], row["box_w"], row["box_h"])
+        box = box_of(row)
         return cls(
             rank=rank,
             id=int(row["id"]),
@@ -89,6 +96,9 @@ def check_queries(
     if not np.isfinite(arr).all():
         raise InvalidInputError("query features hold NaN or infinite values")
     q = l2_normalize(arr)
+    zero = zero_rows(q)
+    if len(zero):
+        raise InvalidInputError(f"query features row {zero[0]} is all zeros: expected an embedding of non-zero length")
     n = len(q)
     # labels are shown and serialised: undecodable file-name bytes are escaped
     names = [printable(str(x)) for x in labels] if labels is not None else [f"<features {i}>" for i in range(n)]

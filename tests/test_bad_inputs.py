@@ -863,6 +863,8 @@ def test_query_with_a_huge_k_is_clipped_to_the_gallery(world: World, unchanged: 
         (("--db-url", "postgresql+psycopg://u:secret@127.0.0.1:1/x"), 1, ("127.0.0.1:1", "cannot use the database")),
         (("--db-url", "sqlite:////nonexistent-dir/zz/crops.db"), 1, ("no folder /nonexistent-dir/zz", "cannot use the database")),
         (("--encoder", "no-such-encoder"), 1, ("no-such-encoder",)),
+        (("--db-url", "sqlite://"), 1, ("sqlite://", "in-memory")),  # every row was lost at exit
+        (("--db-url", "sqlite:///:memory:"), 1, ("in-memory",)),
     ],
 )
 def test_bad_index_options_for_a_new_index(
@@ -872,7 +874,7 @@ def test_bad_index_options_for_a_new_index(
     res = cli("index", world.gallery, "--index", target, "--encoder", "tiny-test", "--weights", world.weights, *args)
     line = assert_cli_error(res, code, *needles)
     assert "secret" not in line
-    assert not (target / "manifest.json").exists()
+    assert not target.exists()  # not even an empty folder
 
 
 def test_missing_weights_file(world: World, tmp_path: Path) -> None:
@@ -931,6 +933,8 @@ def test_bad_library_query_arguments(images: Any, kwargs: dict, needles: tuple, 
         (np.full((1, 16), np.nan, np.float32), ("NaN",)),
         (np.zeros((2, 3, 16), np.float32), ("(2, 3, 16)",)),
         ("abc", ("str",)),
+        (np.zeros((1, 16), np.float32), ("row 0 is all zeros",)),  # was answered as if it were a person
+        (np.vstack([np.ones(16), np.zeros(16)]).astype(np.float32), ("row 1 is all zeros",)),
     ],
 )
 def test_bad_query_features(features: Any, needles: tuple, engine: Engine) -> None:
@@ -992,6 +996,11 @@ def test_bad_library_add_arguments(kwargs: dict, needles: tuple, world: World, t
         ([CropItem(Path("IMG"), {"timestamp": float("nan")})], ("nan",)),
         ([CropItem(Path("IMG"), {"pid": "x" * 65})], ("pid", "64")),
         ([CropItem(Path("IMG"), {"note": object()})], ("metadata",)),
+        ([CropItem(Path("IMG"), {"box_w": 3})], ("box_w given without the rest",)),  # broke every query showing it
+        ([CropItem(Path("IMG"), {"box_x": 1, "box_y": 2, "box_h": 4})], ("box_x, box_y, box_h given",)),
+        ([CropItem(Path("IMG"), {"box": (0, 0, 5e9, 50)})], ("box_w 5000000000.0", "pixels")),  # OpenCV could not draw
+        ([CropItem(Path("IMG"), {"extra": [1, 2]})], ("extra [1, 2]", "mapping")),
+        ([CropItem(Path("IMG"), {"extra": "abc"})], ("extra 'abc'", "mapping")),
     ],
 )
 def test_bad_library_add_items(items: Any, needles: tuple, world: World, tmp_path: Path, unchanged: None) -> None:
@@ -1000,6 +1009,38 @@ def test_bad_library_add_items(items: Any, needles: tuple, world: World, tmp_pat
         items = [CropItem(img, it.meta) if isinstance(it, CropItem) else it for it in items]
     with Engine.open(world.index) as eng:
         assert_raises(InvalidInputError, lambda: eng.add(items), *needles)
+
+
+def test_images_of_nan_pixels_are_refused_not_made_up(world: World, tmp_path: Path, unchanged: None) -> None:
+    """Float pixels that are NaN were cast to arbitrary bytes and answered (or indexed) like a photo."""
+    nan_image = np.full((32, 16, 3), np.nan, np.float32)
+    with Engine.open(world.index) as eng:
+        assert_raises(ImageReadError, lambda: eng.query([nan_image]), "NaN or infinite pixel values")
+    idx = world.copy(tmp_path / "idx")
+    with Engine.open(idx) as eng:
+        rep = eng.add([CropItem(Path("nan-crop"), {}, image=nan_image)], show_progress=False)
+        assert rep.added == 0 and len(rep.failed) == 1 and "NaN" in rep.failed[0][1]
+        assert eng.stats()["crops"] == world.baseline[0]
+
+
+def test_features_past_float32_lengths_are_kept_not_zeroed(world: World, tmp_path: Path) -> None:
+    """A row of finite values whose length overflows float32 (1e20 each) was stored as all zeros, so it matched
+    nothing, not even itself; rows of tiny values underflowed the same way."""
+    idx = world.copy(tmp_path / "idx")
+    with Engine.open(idx) as eng:
+        dim = eng.store.manifest.dim
+        base = _unit_rows(2, dim, seed=17)
+        rows = np.vstack([base[0] * 1e20, base[1] * 1e-25]).astype(np.float32)
+        ids = eng.add_features(rows, [CropItem(tmp_path / "big.png", {}), CropItem(tmp_path / "tiny.png", {})],
+                               hashes=["big", "tiny"])
+        np.testing.assert_allclose(eng.store.vectors(ids), base, atol=1e-5)  # the reference: the unit rows
+        for row, own in zip(rows, ids):
+            hit = eng.query_features(row[None], k=1, rerank="none")[0].hits[0]
+            assert hit.id == own and hit.distance == pytest.approx(0.0, abs=1e-5)
+        assert_raises(InvalidInputError, lambda: eng.add_features(np.zeros((1, dim)), [CropItem(tmp_path / "z.png", {})],
+                                                                  hashes=["zero"]), "z.png", "all zeros")
+        assert_raises(InvalidInputError, lambda: eng.add_features(base[:1], None), "items of type NoneType")  # type: ignore[arg-type]
+        assert eng.stats()["crops"] == world.baseline[0] + 2
 
 
 def _unit_rows(n: int, dim: int, seed: int = 5) -> np.ndarray:
@@ -1100,6 +1141,26 @@ def test_library_index_paths(bad: Any, world: World) -> None:
         lambda: Engine.create(bad, encoder="tiny-test", weights=world.weights),
         repr(bad) if bad is not None and bad != 5 else str(bad),
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs, needles",
+    [
+        ({"db_url": "sqlite://"}, ("in-memory",)),
+        ({"db_url": "sqlite:///file:mem1?mode=memory&uri=true"}, ("in-memory",)),
+        ({"db_url": 5}, ("db_url 5", "URL text")),
+        ({"db_url": "nope://"}, ("nope://",)),
+        ({"backend_options": [1]}, ("backend_options [1]", "mapping")),
+    ],
+)
+def test_library_create_options_that_cannot_keep_an_index(kwargs: dict, needles: tuple, world: World,
+                                                           tmp_path: Path) -> None:
+    """An in-memory database took the rows and lost them at exit; other cases raised raw TypeErrors. None leaves
+    a folder behind."""
+    target = tmp_path / "idx"
+    assert_raises(ReidEngineError, lambda: Engine.create(target, encoder="tiny-test", weights=world.weights, **kwargs),
+                  *needles)
+    assert not target.exists()
 
 
 # -- damaged indexes ----------------------------------------------------------------------------------------

@@ -108,6 +108,9 @@ def test_json_query_by_crop_and_filters(client):
     ({"json": {"crop_ids": [1], "cameras": [""]}}, 400, "InvalidInputError", "camera ''"),
     ({"json": {"crop_ids": [1], "time_to": ""}}, 400, "InvalidInputError", "time_to ''"),
     ({"json": {"crop_ids": [99999]}}, 404, "NotFoundError", "crop 99999"),
+    ({"json": {"crop_ids": [2**63]}}, 400, "InvalidInputError", "out of range"),  # was a 500 (SQLite overflow)
+    ({"content": b'{"cameras":' + b"[" * 1000 + b"]" * 1000 + b"}", "headers": {"content-type": "application/json"}},
+     422, "RequestError", "nests JSON too deeply"),  # was a 500 (RecursionError)
     ({"json": {"crop_ids": [1], "fusion": "attributes"}}, 409, "AttributesNotIndexedError", "built without them"),
     ({"content": b"[1]", "headers": {"content-type": "application/json"}}, 422, "RequestError", "JSON object"),
     ({"content": b"{", "headers": {"content-type": "application/json"}}, 422, "RequestError", "not valid JSON"),
@@ -172,6 +175,34 @@ def writable_index(pku_index, tmp_path):
     dest = tmp_path / "idx"
     shutil.copytree(pku_index, dest)
     return dest
+
+
+def test_boxes_past_the_frame_or_recorded_in_part_are_served(writable_index, tmp_path):
+    """A box reaching far past its frame made /frame a 500 (OpenCV's 32-bit drawing); a row holding only part of a
+    box (written before add refused those) made every answer showing it a 500."""
+    import sqlalchemy as sa
+
+    from reid_engine.index import db
+    from reid_engine.ingest.crops import CropItem
+
+    frame = tmp_path / "frame.png"
+    cv2.imwrite(str(frame), np.full((100, 200, 3), 90, np.uint8))
+    with Engine.open(writable_index) as eng:
+        feats = np.random.default_rng(3).standard_normal((2, eng.store.manifest.dim)).astype(np.float32)
+        far, part = eng.add_features(feats, [CropItem(frame, {"box": (20, 10, 2e9, 2e9), "source": str(frame)}),
+                                             CropItem(tmp_path / "b.png", {})], hashes=["far", "part"])
+        with eng.store.sql.begin() as conn:
+            conn.execute(sa.update(db.crops).where(db.crops.c.id == part).values(box_w=3.0))
+    with _client(writable_index) as c:
+        img = _decode(c.get(f"/crops/{far}/frame").content)
+        assert img.shape == (100, 200, 3)
+        edge = img[50, 18:23].astype(int)  # the box's left edge, drawn in red (JPEG: near enough)
+        assert (edge[:, 2] > 200).any() and (edge[:, 0] < 40).any() and (img[50, 100].astype(int) < 120).all()
+        assert _decode(c.get(f"/crops/{far}/image").content).shape == (90, 180, 3)  # cut to the frame
+        r = c.get(f"/crops/{part}")
+        assert r.status_code == 200 and r.json()["box"] is None
+        r = c.post("/query", json={"crop_ids": [part], "k": 3, "rerank": "none"})
+        assert r.status_code == 200 and r.json()["results"][0]["hits"][0]["box"] is None
 
 
 def test_writes_need_the_token(writable_index, pku):

@@ -110,6 +110,8 @@ async def _read_body(request: Request, cfg: ServeConfig) -> tuple[dict[str, Any]
             data = json.loads(raw or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise svc.RequestError("the request body is not valid JSON") from None
+        except RecursionError:
+            raise svc.RequestError("the request body nests JSON too deeply") from None
         if not isinstance(data, dict):
             raise svc.RequestError("the request body must be a JSON object")
         return data, []

@@ -99,6 +99,20 @@ ingest_detections = sa.Table(
 CROP_FIELDS = ("pid", "camera", "timestamp", "frame", "box_x", "box_y", "box_w", "box_h", "track", "source", "extra")
 
 
+def check_lasting(url: str) -> None:
+    """Raise ``DatabaseURLError`` for a database that ends with the process (SQLite in memory):
+    an index's rows must outlive the call that wrote them."""
+    try:
+        u = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        return  # connect() words a URL it cannot read
+    if u.get_backend_name() == "sqlite" and (u.database in (None, "", ":memory:") or u.query.get("mode") == "memory"):
+        raise DatabaseURLError(
+            f"{_shown_url(url)}: an in-memory database keeps nothing once the process ends; "
+            "expected a file (sqlite:///FILE) or a server (postgresql+psycopg://...)"
+        )
+
+
 def connect(url: str, wal: bool = False, create: bool = True) -> Engine:
     """An SQLAlchemy engine for ``url`` with the schema created (``create``) or checked.
 

@@ -11,6 +11,7 @@ Opening never writes. Readers pick up newer generations on their next query
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,13 +20,13 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ..errors import IndexCorruptError, IndexNotFoundError, InvalidInputError, ReidEngineError
+from ..errors import DatabaseURLError, IndexCorruptError, IndexNotFoundError, InvalidInputError, ReidEngineError
 from . import db
 from .backend import Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, fields_of, get_backend
 from .lock import WriteLock
@@ -131,6 +132,11 @@ class IndexStore:
             raise InvalidInputError(f"{folder}: an index already exists here")
         if folder.exists() and not folder.is_dir():
             raise InvalidInputError(f"{folder}: is a file, not an index folder")
+        if db_url is not None and (not isinstance(db_url, str) or not db_url.strip()):
+            raise DatabaseURLError(f"db_url {db_url!r}: expected a database URL text")
+        db.check_lasting(cls.resolve_db_url(folder, db_url or DEFAULT_DB_URL))
+        if backend_options is not None and not isinstance(backend_options, Mapping):
+            raise InvalidInputError(f"backend_options {backend_options!r}: expected a mapping of names to values")
         backend_cls = get_backend(backend)
         options = {**backend_cls.default_options(int(dim)), **(backend_options or {})}
         if factory:
@@ -146,13 +152,20 @@ class IndexStore:
             search=dict(search or {}), created_at=now, updated_at=now,
         )
         be = backend_cls(folder, int(dim), options)  # validates options before anything is written
+        made = not folder.exists()
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise InvalidInputError(f"{folder}: cannot create an index folder there (a file is in the way)") from None
         except OSError as exc:  # a read-only file system, no permission, no space
             raise InvalidInputError(f"{folder}: cannot create an index folder there ({exc.strerror or exc})") from None
-        sql = db.connect(cls.resolve_db_url(folder, manifest.db_url), wal=True)
+        try:
+            sql = db.connect(cls.resolve_db_url(folder, manifest.db_url), wal=True)
+        except ReidEngineError:
+            if made:  # a database that cannot be used leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
         store = cls(folder, manifest, sql, be)
         with sql.begin() as conn:
             if db.count_rows(conn) or db.get_meta(conn, "generation") is not None:

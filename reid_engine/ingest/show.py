@@ -59,9 +59,32 @@ def _write(dest: Path, img: Optional[np.ndarray] = None, copy_of: Optional[Path]
     return dest
 
 
-def _xyxy(box: Sequence[float]) -> np.ndarray:
+def xyxy(box: Sequence[float]) -> np.ndarray:
+    """An (x, y, w, h) box as corners (x1, y1, x2, y2)."""
     x, y, w, h = (float(v) for v in box)
     return np.array([x, y, x + w, y + h], np.float32)
+
+
+def draw_box(frame: np.ndarray, box: Optional[Sequence[float]], label: str = "") -> np.ndarray:
+    """A copy of ``frame`` with an (x, y, w, h) box and its label drawn in red; no box: the whole image outlined.
+
+    Corners are clipped to just outside the frame: a recorded box may reach past it (or past what
+    OpenCV's 32-bit drawing takes)."""
+    img = frame.copy()
+    h, w = img.shape[:2]
+    if box is None:
+        x1, y1, x2, y2 = 0, 0, w - 1, h - 1
+    else:
+        xs = np.clip(xyxy(box), -2, [w + 1, h + 1, w + 1, h + 1])
+        x1, y1, x2, y2 = (int(round(float(v))) for v in xs)
+    cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 255), 2)
+    if label:
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        ty = y1 - 4 if y1 - th - base - 4 >= 0 else min(h - 2, y2 + th + 4)
+        tx = max(0, min(x1, w - tw - 3))  # keep the label inside the frame
+        cv2.rectangle(img, (tx, ty - th - 2), (tx + tw + 2, ty + base - 1), (0, 0, 255), -1)
+        cv2.putText(img, label, (tx + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
 
 
 def save_crops(results: Sequence[Any], folder: Union[str, Path]) -> list[Path]:
@@ -81,7 +104,7 @@ def save_crops(results: Sequence[Any], folder: Union[str, Path]) -> list[Path]:
                     out.append(_write(qdir / _name(hit, crop_file.suffix.lower()), copy_of=crop_file))
                     continue
                 frame = _frame_of(hit, reader)
-                crop = None if frame is None else cut(frame, _xyxy(hit.box))
+                crop = None if frame is None else cut(frame, xyxy(hit.box))
                 if crop is None:
                     log.warning("%s: no crop to write for hit %d (%s)", res.query, hit.rank, hit.path)
                     continue
@@ -107,22 +130,13 @@ def render_hits(results: Sequence[Any], folder: Union[str, Path]) -> list[Path]:
             qdir = _query_folder(folder, qi, res.query)
             for hit in res.hits:
                 frame = _frame_of(hit, reader)
-                if frame is not None:
-                    x1, y1, x2, y2 = (int(round(v)) for v in _xyxy(hit.box))
-                else:
+                box = hit.box
+                if frame is None:
                     crop_file = Path(hit.path)
                     if not (crop_file.suffix.lower() in IMAGE_SUFFIXES and crop_file.is_file()):
                         log.warning("%s: no frame to render for hit %d (%s)", res.query, hit.rank, hit.path)
                         continue
-                    frame = read_image(crop_file)
-                    x1, y1, x2, y2 = 0, 0, frame.shape[1] - 1, frame.shape[0] - 1
-                img = frame.copy()
-                cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 255), 2)
-                text = _label(hit)
-                (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-                ty = y1 - 4 if y1 - th - base - 4 >= 0 else min(img.shape[0] - 2, y2 + th + 4)
-                tx = max(0, min(x1, img.shape[1] - tw - 3))  # keep the label inside the frame
-                cv2.rectangle(img, (tx, ty - th - 2), (tx + tw + 2, ty + base - 1), (0, 0, 255), -1)
-                cv2.putText(img, text, (tx + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+                    frame, box = read_image(crop_file), None
+                img = draw_box(frame, box, _label(hit))
                 out.append(_write(qdir / _name(hit, ".jpg"), img))
     return out

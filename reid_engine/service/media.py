@@ -12,17 +12,13 @@ import numpy as np
 
 from ..images import IMAGE_SUFFIXES, read_image
 from ..ingest.select import cut
+from ..ingest.show import draw_box, xyxy
+from ..results import box_of
 from ..ingest.video import FrameReader, is_stream
 from .errors import NoPixelsError
 
 #: a crop file at most this many pixels wider or taller than its recorded box is the crop itself
 _SLACK = 2
-
-
-def _box(row: dict[str, Any]) -> Optional[tuple[float, float, float, float]]:
-    if row.get("box_w") is None:
-        return None
-    return (float(row["box_x"]), float(row["box_y"]), float(row["box_w"]), float(row["box_h"]))
 
 
 def _image_file(text: Optional[str]) -> Optional[Path]:
@@ -41,7 +37,7 @@ def _video_file(text: Optional[str]) -> Optional[str]:
 
 def source_frame(row: dict[str, Any], reader: Optional[FrameReader] = None) -> Optional[np.ndarray]:
     """The whole frame a crop was cut from (video frame or frame image), when the row records one."""
-    if _box(row) is None:
+    if box_of(row) is None:
         return None
     video = _video_file(row.get("source"))
     if video is not None and row.get("frame") is not None:
@@ -58,24 +54,19 @@ def source_frame(row: dict[str, Any], reader: Optional[FrameReader] = None) -> O
     path_image = _image_file(row.get("path"))
     if path_image is not None:
         img = read_image(path_image)
-        _, _, w, h = _box(row) or (0.0, 0.0, 0.0, 0.0)
+        _, _, w, h = box_of(row) or (0.0, 0.0, 0.0, 0.0)
         if img.shape[1] > w + _SLACK or img.shape[0] > h + _SLACK:
             return img  # the path is a frame image holding the box
     return None
 
 
-def _xyxy(box: tuple[float, float, float, float]) -> np.ndarray:
-    x, y, w, h = box
-    return np.array([x, y, x + w, y + h], np.float32)
-
-
 def crop_pixels(row: dict[str, Any]) -> np.ndarray:
     """The crop's BGR pixels: its own image file, else its box cut from its frame."""
-    box = _box(row)
+    box = box_of(row)
     if box is not None:
         frame = source_frame(row)
         if frame is not None:
-            crop = cut(frame, _xyxy(box))
+            crop = cut(frame, xyxy(box))
             if crop is not None:
                 return crop
     own = _image_file(row.get("path"))
@@ -87,21 +78,10 @@ def crop_pixels(row: dict[str, Any]) -> np.ndarray:
 def frame_with_box(row: dict[str, Any], label: str = "") -> np.ndarray:
     """The frame the crop came from with its box drawn (the crop itself, outlined, when there is no frame)."""
     frame = source_frame(row)
-    box = _box(row)
+    box = box_of(row)
     if frame is None or box is None:
-        frame = crop_pixels(row)
-        x1, y1, x2, y2 = 0, 0, frame.shape[1] - 1, frame.shape[0] - 1
-    else:
-        x1, y1, x2, y2 = (int(round(v)) for v in _xyxy(box))
-    img = frame.copy()
-    cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 255), 2)
-    if label:
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        ty = y1 - 4 if y1 - th - base - 4 >= 0 else min(img.shape[0] - 2, y2 + th + 4)
-        tx = max(0, min(x1, img.shape[1] - tw - 3))
-        cv2.rectangle(img, (tx, ty - th - 2), (tx + tw + 2, ty + base - 1), (0, 0, 255), -1)
-        cv2.putText(img, label, (tx + 1, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    return img
+        frame, box = crop_pixels(row), None
+    return draw_box(frame, box, label)
 
 
 def encode_jpeg(img: np.ndarray, quality: int = 90) -> bytes:

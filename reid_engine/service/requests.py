@@ -15,6 +15,7 @@ import numpy as np
 from ..attributes import AttributeQuery, resolve_fusion
 from ..attributes.search import DEFAULT_THRESHOLD
 from ..errors import InvalidInputError
+from ..index.db import MAX_ID
 from ..ingest.crops import parse_time
 from .errors import RequestError
 
@@ -195,6 +196,8 @@ class QueryRequest:
         for cid in self.crop_ids:
             if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or cid < 0:
                 raise InvalidInputError(f"crop id {cid!r}: expected a non-negative integer")
+            if cid > MAX_ID:
+                raise InvalidInputError(f"crop id {cid}: out of range (crop ids are 64-bit integers)")
         has_query = bool(self.images or self.crop_ids)
         if not has_query and not self.attributes:
             raise RequestError("give query images (or crop ids), or attribute terms to search by attributes alone")
