@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .annotators import Annotator, create_annotator
-from .assets import expand_user
+from .assets import expand_user, resolved
 from .attributes import ANNOTATOR_NAME as ATTRIBUTES
 from .attributes import AttributeModel, AttributeQuery, AttributesNotIndexedError, FusionConfig
 from .attributes import fusion as attr_fusion
@@ -46,8 +46,9 @@ PathLike = Union[str, Path]
 
 
 def indexes_home() -> Path:
-    """Where bare index names live: $REID_ENGINE_INDEXES, else ./indexes."""
-    return Path(os.environ.get(INDEXES_ENV, "indexes"))
+    """Where bare index names live: $REID_ENGINE_INDEXES (a blank value counts as unset), else ./indexes."""
+    env = os.environ.get(INDEXES_ENV, "")
+    return expand_user(env) if env.strip() else Path("indexes")
 
 
 def resolve_index_path(name_or_path: PathLike) -> Path:
@@ -90,7 +91,7 @@ def _resolved(path: Any, folders: dict[str, str]) -> str:
     is still followed when it is a symbolic link)."""
     head, name = os.path.split(os.fspath(path))
     if name in ("", ".", ".."):
-        return str(Path(path).resolve())
+        return str(resolved(path))
     folder = folders.get(head)
     if folder is None:
         folder = folders[head] = os.path.realpath(head or ".")
@@ -191,12 +192,80 @@ def resolve_pipeline(rerank: Union[None, str, Pipeline]) -> Pipeline:
 
 
 def _names(what: str, values: Optional[Sequence[Any]]) -> Optional[tuple[str, ...]]:
-    """A filter's list of names as a tuple of strings; a bare string is refused (it is not a list of names)."""
+    """A filter's list of names as a tuple of strings; a bare string is refused (it is not a list of names), and so
+    is a name that is None (no crop's camera or source would be named "None")."""
     if values is None:
         return None
     if isinstance(values, (str, bytes)):
         raise InvalidInputError(f"{what}={values!r}: expected a list of names, e.g. [{values!r}]")
-    return tuple(str(v) for v in values)
+    if not isinstance(values, Iterable):
+        raise InvalidInputError(f"{what}={values!r}: expected a list of names")
+    out = tuple(values)
+    for v in out:
+        if v is None or isinstance(v, (bytes, bool)) or not isinstance(v, (str, int, np.integer)):
+            raise InvalidInputError(f"{what}: {v!r} is not a name; expected texts (or integers)")
+    return tuple(str(v) for v in out)
+
+
+def _new_index_options_that_differ(manifest: Any, given: Mapping[str, Any]) -> list[str]:
+    """The options of ``Engine.create`` in ``given`` whose values differ from what the existing index was built with
+    (opening ignores them, so they would be dropped without a word)."""
+    stored = {
+        "factory": manifest.factory, "db_url": manifest.db_url, "backend": manifest.backend,
+        "backend_options": manifest.backend_options, "search_params": manifest.search,
+    }
+    differ = []
+    for name, built in stored.items():
+        value = given.get(name)
+        if value is None or (name == "factory" and value == "auto"):
+            continue
+        if isinstance(built, dict) and isinstance(value, Mapping):
+            same = all(built.get(k) == v for k, v in value.items())
+        else:
+            same = value == built
+        if not same:
+            differ.append(f"{name} {value!r} (the index has {built!r})")
+    return differ
+
+
+def _check_item(it: CropItem, where: str) -> None:
+    """Raise ``InvalidInputError`` unless a crop's path, metadata and pixels have the types a crop needs."""
+    if not isinstance(it.path, (str, os.PathLike)) or str(it.path) == "":
+        raise InvalidInputError(f"{where}: path {it.path!r}: expected an image file path (or a name for its pixels)")
+    if not isinstance(it.meta, Mapping):
+        raise InvalidInputError(f"{where} ({it.path}): metadata {it.meta!r}: expected a mapping of names to values")
+    if it.image is not None and not isinstance(it.image, np.ndarray):
+        raise InvalidInputError(f"{where} ({it.path}): image of type {type(it.image).__name__}: expected a pixel array")
+
+
+#: options of ``query`` that rank crops and have no meaning for a track ranking
+_CROP_QUERY_OPTIONS = ("rerank", "fusion", "attributes", "attribute_threshold", "query_attributes", "same_person",
+                       "tracks")
+
+
+def _crop_query_options(options: Mapping[str, Any]) -> None:
+    """Refuse options of ``query`` that ``query_tracks`` does not take, naming them."""
+    given = [name for name in _CROP_QUERY_OPTIONS if name in options]
+    if given:
+        raise InvalidInputError(f"{', '.join(given)}: options of crop queries (query), not of track queries")
+
+
+def _query_images(images: Any) -> list[Any]:
+    """The query images as a list: one path or array, or an iterable of them; anything else is refused."""
+    if isinstance(images, (str, Path, np.ndarray)):
+        return [images]
+    if isinstance(images, (bytes, Mapping)) or not isinstance(images, Iterable):
+        raise InvalidInputError(
+            f"query images of type {type(images).__name__}: expected an image path or array, or a list of them"
+        )
+    out = list(images)
+    for i, im in enumerate(out):
+        if not isinstance(im, (str, os.PathLike, np.ndarray)):
+            shown = repr(im) if len(repr(im)) <= 60 else repr(im)[:57] + "..."
+            raise InvalidInputError(
+                f"query image {i} {shown} of type {type(im).__name__}: expected an image file path or a pixel array"
+            )
+    return out
 
 
 def _describe_mismatch(built: dict[str, Any], asked: dict[str, Any]) -> list[str]:
@@ -289,7 +358,15 @@ class Engine:
         folder = resolve_index_path(path)
         if (folder / "manifest.json").exists():
             open_kwargs = {k: v for k, v in kwargs.items() if k in ("encoder", "weights", "device")}
-            return cls.open(folder, **open_kwargs)
+            engine = cls.open(folder, **open_kwargs)
+            differ = _new_index_options_that_differ(engine.store.manifest, kwargs)
+            if differ:
+                engine.close()
+                raise InvalidInputError(
+                    f"{folder}: an index already exists here, and {', '.join(differ)} only shape a new index; "
+                    "leave them out to add to it, or name a new index"
+                )
+            return engine
         return cls.create(folder, **kwargs)
 
     def close(self) -> None:
@@ -371,13 +448,14 @@ class Engine:
         for name, value in (("commit_every", commit_every), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InvalidInputError(f"{name} {value!r}: expected a positive integer")
-        if isinstance(items, (str, bytes, Path, CropItem)):
+        if items is None or isinstance(items, (str, bytes, Path, CropItem)) or not isinstance(items, Iterable):
             raise InvalidInputError(
                 f"items {str(items)[:80]!r}: expected a list of crops or image paths (use scan_source for a folder)"
             )
         crops = []
-        for it in items:
+        for i, it in enumerate(items):
             if isinstance(it, CropItem):
+                _check_item(it, f"items[{i}]")
                 crops.append(it)
             elif isinstance(it, (str, Path)) and str(it) != "":
                 crops.append(CropItem(Path(it)))
@@ -452,6 +530,7 @@ class Engine:
         for i, it in enumerate(items):
             if not isinstance(it, CropItem):
                 raise InvalidInputError(f"items[{i}] of type {type(it).__name__}: expected a CropItem")
+            _check_item(it, f"items[{i}]")
         hashes = list(hashes) if hashes is not None else [_crop_hash(it) for it in items]
         if len(hashes) != len(items):
             raise InvalidInputError(f"{len(hashes)} hashes for {len(items)} crops")
@@ -499,8 +578,7 @@ class Engine:
         re-scores the candidates with attributes the index's attribute model computes
         for the query images.
         """
-        if isinstance(images, (str, Path, np.ndarray)):
-            images = [images]
+        images = _query_images(images)
         if len(images) == 0:  # no query: no answers (as query_tracks)
             return []
         labels = [str(im) if not isinstance(im, np.ndarray) else f"<array {i}>" for i, im in enumerate(images)]
@@ -594,6 +672,11 @@ class Engine:
         if pooled:  # one person: one answer, searched from every image and pooled by the re-ranking
             labels = [" + ".join(labels)]
             known = {c for c in qcams if c is not None}
+            if exclude_same_camera and len(known) > 1:
+                raise InvalidInputError(
+                    f"the same-person images come from cameras {', '.join(sorted(map(str, known)))}: "
+                    "exclude-same-camera needs one query camera; leave those cameras out with exclude_cameras"
+                )
             qcams = [known.pop() if len(known) == 1 else None]
         n = len(labels)
         groups: dict[Optional[str], list[int]] = {}
@@ -676,6 +759,8 @@ class Engine:
         return self._gallery_attrs
 
     def _attribute_rule(self, attributes: Any, threshold: float) -> Optional[AttributeQuery]:
+        if attributes is not None and not isinstance(attributes, (str, AttributeQuery, Iterable)):
+            raise InvalidInputError(f"attributes {attributes!r}: expected a list of terms such as ['male']")
         if attributes is None or (not isinstance(attributes, (str, AttributeQuery)) and not list(attributes)):
             return None
         rule = attributes if isinstance(attributes, AttributeQuery) else AttributeQuery.parse(attributes, threshold)
@@ -774,8 +859,8 @@ class Engine:
 
         Takes the filters of ``query``; a time filter keeps tracks that overlap the interval.
         """
-        if isinstance(images, (str, Path, np.ndarray)):
-            images = [images]
+        images = _query_images(images)
+        _crop_query_options(filters)
         labels = [str(im) if not isinstance(im, np.ndarray) else f"<array {i}>" for i, im in enumerate(images)]
         if query_cameras is None and filters.get("exclude_same_camera"):  # only the filter reads it here
             query_cameras = self._cameras_of_indexed(images)
@@ -786,4 +871,5 @@ class Engine:
         """Rank the tracks for precomputed query features (see ``query_tracks``)."""
         from .tracks import search_tracks
 
+        _crop_query_options(kwargs)
         return search_tracks(self.store, features, k, **kwargs)

@@ -106,7 +106,16 @@ def why_not_a_file(path: Union[str, Path]) -> str:
     kind = special_file_kind(p)
     if kind is not None:
         return f"is {kind}"
-    return "is a folder" if p.is_dir() else "no such file"
+    if p.is_dir():
+        return "is a folder"
+    try:
+        os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+        if p.is_symlink():
+            return "is a symbolic link to nothing"
+    return "no such file"
 
 
 def file_sha256(path: Union[str, Path]) -> str:
@@ -332,14 +341,19 @@ def preprocess(img_bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def list_images(folder: Union[str, Path], pattern: str = "**/*") -> list[Path]:
-    """Image files under a folder matching a glob pattern, sorted for a stable order."""
+    """Image files under a folder matching a glob pattern, sorted for a stable order.
+
+    Symbolic links with an image's name are listed even when they lead nowhere, so that the caller
+    reports them as unreadable instead of their being left out without a word."""
     root = Path(folder)
     if not root.is_dir():
         raise InvalidInputError(f"{root}: no such folder")
+    if ".." in Path(pattern).parts:
+        raise InvalidInputError(f"glob {pattern!r}: expected a pattern that stays inside {root} (no '..')")
     try:
         found = list(root.glob(pattern))
     except (ValueError, NotImplementedError) as exc:  # '' or an absolute pattern
         raise InvalidInputError(
             f"glob {pattern!r}: expected a pattern relative to {root} such as '**/*.png' ({exc})"
         ) from None
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))

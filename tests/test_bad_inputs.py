@@ -1110,9 +1110,29 @@ def test_an_indexed_crop_stops_the_feature_add_at_its_block(world: World, tmp_pa
         (lambda eng, q, w: eng.query_features(q, search_params=[1, 2]), ("[1, 2]", "mapping")),
         (lambda eng, q, w: eng.query_features(q, search_params={"exact": 1}), ("exact=1", "true or false")),
         (lambda eng, q, w: eng.query([str(w.query)], batch_size="4"), ("batch_size '4'",)),
+        # these raised TypeError, ValueError, KeyError or AttributeError
+        (lambda eng, q, w: eng.query([w.query.read_bytes()]), ("query image 0 b'", "of type bytes")),
+        (lambda eng, q, w: eng.query({str(w.query): 1}), ("of type dict",)),
+        (lambda eng, q, w: eng.query(np.uint8(3)), ("of type uint8",)),
+        (lambda eng, q, w: eng.query_features(q, cameras=1), ("cameras=1",)),
+        (lambda eng, q, w: eng.query_features(q, cameras=[None]), ("None is not a name",)),  # matched nothing
+        (lambda eng, q, w: eng.query_features(q, exclude_cameras=[None]), ("None is not a name",)),  # left out none
+        (lambda eng, q, w: eng.query_tracks([str(w.query)], rerank="kr"), ("rerank", "not of track queries")),
+        (lambda eng, q, w: eng.query_tracks([str(w.query)], attributes=["male"]), ("attributes",)),
+        (lambda eng, q, w: eng.query_tracks_features(q, fusion="clothes-change"), ("fusion",)),
+        (lambda eng, q, w: eng.find(5), ("attributes 5",)),
+        (lambda eng, q, w: eng.find([5]), ("attribute terms [5]",)),
+        (lambda eng, q, w: eng.add(None), ("items 'None'",)),
+        (lambda eng, q, w: eng.add([CropItem(w.query, None)]), ("items[0]", "metadata None")),  # type: ignore[arg-type]
+        (lambda eng, q, w: eng.add([CropItem(None, {})]), ("items[0]: path None",)),  # type: ignore[arg-type]
+        (lambda eng, q, w: eng.add([CropItem(w.query, {}, image="abc")]), ("image of type str",)),  # type: ignore[arg-type]
+        (lambda eng, q, w: eng.add_features(q, [CropItem(w.query, None)], hashes=["x"]), ("metadata None",)),  # type: ignore[arg-type]
+        (lambda eng, q, w: Engine.open(w.index, weights=5), ("5 of type int", "expected a path")),
+        (lambda eng, q, w: eng.query_features(np.vstack([q, -q]), query_cameras=["1", "2"], same_person=True,
+                                              exclude_same_camera=True), ("cameras 1, 2", "exclude_cameras")),
     ],
 )
-def test_bad_library_query_arguments(call: Callable, needles: tuple, world: World, unchanged: None) -> None:
+def test_bad_library_search_arguments(call: Callable, needles: tuple, world: World, unchanged: None) -> None:
     with Engine.open(world.index) as eng:
         q = _unit_rows(1, eng.store.manifest.dim)
         assert_raises(InvalidInputError, lambda: call(eng, q, world), *needles)
@@ -1727,3 +1747,124 @@ def test_damaged_vector_files(case: str, world: World, tmp_path: Path) -> None:
     assert_raises(IndexCorruptError, lambda: Engine.open(idx).query_features(np.ones((1, 16), np.float32)), *needles)
     files_after = {p.name: p.read_bytes() for p in idx.iterdir() if p.is_file() and not p.name.startswith("crops.db")}
     assert files_after == files_before  # a reader never "repairs" (deletes or rewrites) what it cannot read
+
+
+# -- a second sweep through the CLI (2026-12-02) -------------------------------------------------------------
+def test_a_loop_of_symbolic_links_is_named_not_a_traceback(world: World, tmp_path: Path, unchanged: None) -> None:
+    (tmp_path / "loopA").symlink_to(tmp_path / "loopB")
+    (tmp_path / "loopB").symlink_to(tmp_path / "loopA")
+    loop = tmp_path / "loopA"
+    assert_cli_error(cli("ingest", loop, "--index", world.index), 1, "loopA", "loop of symbolic links")
+    res = cli("index", world.gallery, "--index", loop / "idx", "--encoder", "tiny-test", "--weights", world.weights)
+    assert_cli_error(res, 1, "loopA", "loop of symbolic links")
+    assert_cli_error(cli("query", loop, "--index", world.index), 1, "loopA", "symbolic links")
+
+
+def test_compact_that_cannot_delete_an_old_segment_file_still_compacts(world: World, tmp_path: Path) -> None:
+    """The merge was committed, then deleting a replaced file raised a PermissionError traceback."""
+    idx = world.copy(tmp_path / "idx")
+    first_id = world.baseline[1][0][0]
+    assert_cli_ok(cli("remove", "--index", idx, "--id", first_id))
+    old = sorted(idx.glob("seg-*"))
+    for p in old:
+        os.utime(p, (1e9, 1e9))  # past the grace period that spares files a reader may still map
+    locked = [p for p in old if p.name.endswith(".vec.npy")]
+    if os.geteuid() != 0 or subprocess.run(["chattr", "+i", *map(str, locked)], capture_output=True).returncode:
+        pytest.skip("needs root and chattr +i to make a file that cannot be deleted")
+    try:
+        assert_cli_ok(cli("compact", "--index", idx))
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, locked)], check=True)
+    n, hits = world.snapshot(idx)
+    assert n == world.baseline[0] - 1 and first_id not in [i for i, _ in hits]
+
+
+def test_convert_weights_refuses_an_empty_model_and_its_own_input(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    empty = _write(tmp_path / "empty.onnx", b"")
+    assert_cli_error(cli("convert-weights", empty, "--out", tmp_path / "o.pth"), 1, "empty.onnx", "no inputs")
+    model = _write(tmp_path / "m.onnx", b"not really a model")
+    res = cli("convert-weights", model, "--out", model, "--force", "--no-verify")
+    assert_cli_error(res, 1, "m.onnx", "is the ONNX file being converted")
+    assert model.read_bytes() == b"not really a model"
+
+
+@pytest.mark.parametrize("token", [" ", "two words"])
+def test_serve_refuses_a_token_no_header_can_carry(token: str, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blank token said "writes on" but every write then got a 401."""
+    uvicorn = pytest.importorskip("uvicorn")
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started with that token"))
+    assert_cli_error(cli("serve", "--index", world.index, "--port", "0", "--token", token), 1, "token", "spaces")
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ("file,camid,camid\nIMG,1,7\n", ("'camid'", "more than once")),  # the last one won
+        ("file,pid\nIMG,1,extra\n", ("list.csv:2", "more cell(s) than the header")),  # dropped
+    ],
+)
+def test_csv_columns_that_do_not_line_up(text: str, needles: tuple, world: World, tmp_path: Path) -> None:
+    img = _write(tmp_path / "m" / "0001_c1s1_000101_00.png", real_png(90))
+    manifest = _write(tmp_path / "m" / "list.csv", text.replace("IMG", img.name).encode())
+    target = tmp_path / "new_idx"
+    res = cli("index", manifest, "--index", target, "--encoder", "tiny-test", "--weights", world.weights)
+    assert_cli_error(res, 1, *needles)
+    protocol = _write(tmp_path / "m" / "list.csv", text.replace("IMG", img.name).replace("file,", "file,role,")
+                      .replace(f"{img.name},", f"{img.name},query,").replace("camid,camid", "pid,pid")
+                      .replace("file,role,pid\n", "file,role,pid,camid\n").encode())
+    assert_raises(InvalidInputError, lambda: read_dataset(protocol), "list.csv")
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_blank_environment_values_count_as_unset(value: str, world: World, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """REID_ENGINE_INDEXES=' ' built the index in a folder named ' ' (and '' in the current folder)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REID_ENGINE_INDEXES", value)
+    monkeypatch.setenv("REID_ENGINE_CACHE", value)
+    assert_cli_ok(cli("index", world.gallery, "--index", "foo", "--encoder", "tiny-test", "--weights", world.weights))
+    assert (tmp_path / "indexes" / "foo" / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["indexes"]
+    from reid_engine.eval.cache import default_cache_dir
+
+    assert default_cache_dir() == Path.home() / ".cache" / "reid-engine" / "embeddings"
+
+
+def test_a_glob_that_leaves_the_folder_is_refused(world: World, tmp_path: Path, unchanged: None) -> None:
+    """Crops found through '..' were stored with this folder as their source (a later remove --source took them)."""
+    (tmp_path / "inner").mkdir()
+    res = cli("index", tmp_path / "inner", "--index", world.index, "--glob", f"../{world.gallery.name}/*")
+    assert_cli_error(res, 1, "'../", "no '..'")
+
+
+def test_image_names_that_lead_nowhere_are_counted_as_unreadable(world: World, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_crops(src, 1, seed=95)
+    (src / "dangling.png").symlink_to(tmp_path / "nothing-here.png")
+    target = tmp_path / "new_idx"
+    out = assert_cli_ok(cli("index", src, "--index", target, "--encoder", "tiny-test", "--weights", world.weights,
+                            "--json"))
+    doc = json.loads(out)
+    assert [Path(f["path"]).name for f in doc["failed"]] == ["dangling.png"]
+    res = cli("index", src, "--index", tmp_path / "strict_idx", "--encoder", "tiny-test", "--weights", world.weights,
+              "--strict")
+    assert_cli_error(res, 1, "dangling.png")
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (("--factory", "HNSW16"), ("factory 'HNSW16'", "the index has 'auto'")),
+        (("--nprobe", "5"), ("search_params",)),
+        (("--backend", "milvus"), ("backend 'milvus'",)),
+        (("--db-url", "sqlite:////tmp/elsewhere.db"), ("db_url",)),
+    ],
+)
+def test_new_index_options_on_an_existing_index_are_refused(args: tuple, needles: tuple, world: World,
+                                                            tmp_path: Path, unchanged: None) -> None:
+    """They were dropped without a word (exit 0, the index kept its own)."""
+    src = tmp_path / "src"
+    write_crops(src, 1, seed=97)
+    res = cli("index", src, "--index", world.index, *args)
+    assert_cli_error(res, 1, str(world.index), "already exists", *needles)

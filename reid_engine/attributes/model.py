@@ -49,8 +49,8 @@ class AttributeInput:
 
 def default_model_path() -> Path:
     """``$REID_ENGINE_ATTRIBUTE_MODEL`` if set, else the shared Open Model Zoo copy."""
-    env = os.environ.get(MODEL_ENV)
-    return expand_user(env) if env else shared_path(*DEFAULT_MODEL)
+    env = os.environ.get(MODEL_ENV, "")
+    return expand_user(env) if env.strip() else shared_path(*DEFAULT_MODEL)
 
 
 def _sha256(path: Path) -> str:

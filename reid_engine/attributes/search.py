@@ -79,8 +79,12 @@ class AttributeQuery:
     @classmethod
     def parse(cls, terms: Union[str, Iterable[str]], threshold: float = DEFAULT_THRESHOLD) -> "AttributeQuery":
         """Terms (a list, or one comma-separated string) -> a query; empty terms are ignored."""
+        if not isinstance(terms, str) and not isinstance(terms, Iterable):
+            raise InvalidInputError(f"attribute terms {terms!r}: expected a list of terms or a comma-separated text")
         items = [terms] if isinstance(terms, str) else list(terms)
-        words = [w for t in items for w in str(t).split(",") if w.strip()]
+        if not all(isinstance(t, str) for t in items):
+            raise InvalidInputError(f"attribute terms {items!r}: expected texts such as 'male'")
+        words = [w for t in items for w in t.split(",") if w.strip()]
         if not words:
             raise InvalidInputError(f"no attribute terms given; valid: {vocabulary_help()}")
         parsed = tuple(dict.fromkeys(parse_term(w) for w in words))

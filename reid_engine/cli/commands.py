@@ -123,7 +123,7 @@ def _print_track_results(results: list[Any]) -> None:
                    "is small, then an IVF trained and re-trained automatically as it grows.")
 @click.option("--db-url", default=None,
               help="SQLAlchemy URL for the crop table of a new index (default: SQLite in the index folder).")
-@click.option("--backend", default="faiss", show_default=True, help="Vector backend of a new index: faiss or milvus.")
+@click.option("--backend", default=None, help="Vector backend of a new index: faiss (the default) or milvus.")
 @click.option("--backend-uri", default=None, help="Milvus: a Milvus Lite file (./x.db) or http://HOST:19530.")
 @search_options(stored=True)
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
@@ -148,7 +148,7 @@ def _print_track_results(results: list[Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def index_cmd(
     source: Path, index_path: str, encoder: Optional[str], weights: Optional[Path], factory: Optional[str],
-    db_url: Optional[str], backend: str, backend_uri: Optional[str], nprobe: Optional[int],
+    db_url: Optional[str], backend: Optional[str], backend_uri: Optional[str], nprobe: Optional[int],
     ef_search: Optional[int], pool: Optional[int], ray_address: Optional[str], glob_pattern: str, pattern: str,
     camera: Optional[str], role: Optional[str], source_name: Optional[str], strict: bool, batch_size: int,
     commit_every: int, with_attributes: bool, device: Optional[str], as_json: bool,
@@ -376,7 +376,7 @@ def serve_cmd(
     resolve_device(device)  # a device that cannot be used is refused now, not at the first query
     check_listen(host, port)
     config = ServeConfig(
-        index=index_path, token=token or None, cors_origins=tuple(cors_origins),
+        index=index_path, token=token if token else None, cors_origins=tuple(cors_origins),
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, weights=weights, device=device,
     )
     app = create_app(config)

@@ -93,6 +93,8 @@ def onnx_to_torchreid(onnx_path: Union[str, Path], arch: str = "osnet_x0_25") ->
         graph = onnx.load(str(path)).graph
     except Exception as exc:
         raise WeightsError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+    if not graph.input or not graph.initializer:
+        raise WeightsError(f"{path}: an ONNX model with no inputs or no weights; expected an exported ReID model")
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     dims = graph.input[0].type.tensor_type.shape.dim
     h = dims[2].dim_value if len(dims) == 4 and dims[2].dim_value else 256
@@ -223,6 +225,8 @@ def convert_onnx_weights(
     from .torch_runtime import MAX_ABS_DIFF, MIN_COSINE
 
     out = expand_user(out)
+    if out.exists() and Path(onnx_path).exists() and out.samefile(onnx_path):
+        raise InvalidInputError(f"{out}: is the ONNX file being converted; write the checkpoint to another file")
     if out.exists() and not overwrite:
         raise InvalidInputError(f"{out}: already exists (pass overwrite=True / --force to replace it)")
     if not out.parent.is_dir():

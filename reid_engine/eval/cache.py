@@ -28,9 +28,9 @@ ENV_CACHE_DIR = "REID_ENGINE_CACHE"
 
 
 def default_cache_dir() -> Path:
-    """``$REID_ENGINE_CACHE`` if set, else ``~/.cache/reid-engine/embeddings``."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
+    """``$REID_ENGINE_CACHE`` if set (a blank value counts as unset), else ``~/.cache/reid-engine/embeddings``."""
+    env = os.environ.get(ENV_CACHE_DIR, "")
+    if env.strip():
         return expand_user(env)
     return Path.home() / ".cache" / "reid-engine" / "embeddings"
 

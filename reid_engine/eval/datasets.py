@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 from ..assets import expand_user
 from ..errors import InvalidInputError, UnknownNameError
 from ..images import IMAGE_SUFFIXES
+from ..ingest.crops import check_csv_header, check_csv_row
 
 log = logging.getLogger(__name__)
 
@@ -586,8 +587,11 @@ def _read_csv(path: Path, opts: ReadOptions) -> Split:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None:
                 raise InvalidInputError(f"{source}: empty CSV file")
+            check_csv_header(reader.fieldnames, source)
             cols = _find_columns(reader.fieldnames, source)
             rows = list(reader)
+            for line, r in enumerate(rows, start=2):
+                check_csv_row(r, f"{source}:{line}")
     except UnicodeDecodeError as exc:
         raise InvalidInputError(f"{source}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from None
     except (OSError, csv.Error) as exc:

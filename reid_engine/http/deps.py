@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 from fastapi import Header, Request
 
 from ..encoders.base import Encoder
+from ..errors import InvalidInputError
 from ..engine import Engine
 from ..service import refresh
 from ..service.errors import AuthError, WritesDisabledError
@@ -31,6 +32,11 @@ class ServeConfig:
     weights: Optional[Path] = None
     device: Optional[str] = None
     engine: Optional[Engine] = field(default=None, compare=False)  # an engine already open (tests, embedding)
+
+    def __post_init__(self) -> None:
+        # a header cannot carry a token of blanks or with spaces inside (every write would get a 401)
+        if self.token is not None and (not self.token.strip() or any(c.isspace() for c in self.token)):
+            raise InvalidInputError(f"token {self.token!r}: expected a text without spaces (or no token: writes off)")
 
 
 class EngineHolder:

@@ -1232,6 +1232,8 @@ class FaissBackend(VectorBackend):
                     log.debug("removed unreferenced vector file %s", p.name)
             except FileNotFoundError:
                 pass
+            except OSError as exc:  # best effort: the file is no longer part of the index; a later cleanup retries
+                log.warning("%s: cannot remove this unreferenced vector file (%s)", p, exc.strerror or exc)
 
     def close(self) -> None:
         with self._lock:

@@ -26,6 +26,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ..assets import resolved
 from ..errors import DatabaseURLError, IndexCorruptError, IndexNotFoundError, InvalidInputError, ReidEngineError
 from . import db
 from .backend import Changes, IdsLike, SearchFilter, SearchParams, VectorBackend, fields_of, get_backend
@@ -106,7 +107,7 @@ class IndexStore:
     # -- opening ----------------------------------------------------------------------
     @staticmethod
     def resolve_db_url(folder: Path, template: str) -> str:
-        return template.replace("{index}", str(folder.resolve()))
+        return template.replace("{index}", str(resolved(folder)))
 
     @classmethod
     def create(

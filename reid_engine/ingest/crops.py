@@ -9,10 +9,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from ..assets import resolved
 from ..errors import InvalidInputError
 from ..images import IMAGE_SUFFIXES, file_sha256, list_images, special_file_kind
 
@@ -145,6 +146,22 @@ def _compile(pattern: Optional[str]) -> Optional[re.Pattern]:
         ) from None
 
 
+def check_csv_header(header: Sequence[Optional[str]], where: Any) -> None:
+    """Raise ``InvalidInputError`` when two columns share a name (compared without spaces and case):
+    which of them a reader took would be a guess."""
+    seen: Counter[str] = Counter(h.strip().lower() for h in header if h is not None)
+    twice = sorted(name for name, n in seen.items() if n > 1 and name)
+    if twice:
+        raise InvalidInputError(f"{where}: column(s) {', '.join(map(repr, twice))} appear more than once in the header")
+
+
+def check_csv_row(row: dict[Optional[str], Any], where: Any) -> None:
+    """Raise ``InvalidInputError`` when a CSV row holds more non-empty cells than its header names."""
+    extra = [v for v in row.get(None) or [] if isinstance(v, str) and v.strip()]
+    if extra:
+        raise InvalidInputError(f"{where}: {len(extra)} more cell(s) than the header has columns ({extra[0]!r}...)")
+
+
 def _read_csv(path: Path, role: Optional[str]) -> list[CropItem]:
     try:
         # utf-8-sig: a byte-order mark (as Excel writes it) is not part of the first column's name
@@ -157,6 +174,7 @@ def _read_csv(path: Path, role: Optional[str]) -> list[CropItem]:
     except (OSError, csv.Error) as exc:
         raise InvalidInputError(f"{path}: cannot read the CSV manifest ({exc})") from None
     # header names are matched without surrounding spaces and case ("file, pid, role" works)
+    check_csv_header(raw_header, path)
     by_name = {h.strip().lower(): h for h in raw_header if h is not None}
     cols: dict[str, str] = {}
     for key, names in _CSV_ALIASES.items():
@@ -181,6 +199,7 @@ def _read_csv(path: Path, role: Optional[str]) -> list[CropItem]:
     for line, r in enumerate(rows, start=2):
         if not any((v or "").strip() for k, v in r.items() if k is not None and isinstance(v, str)):
             continue  # a blank line
+        check_csv_row(r, f"{path}:{line}")
         if wanted is not None:
             row_role = cell(r, "role")
             found_roles[row_role] += 1
@@ -245,7 +264,7 @@ def scan_source(
                 if m:
                     meta = _meta_from_match(m, str(p))
             items.append(CropItem(p, meta))
-    name = source_name if source_name is not None else str(src.resolve())
+    name = source_name if source_name is not None else str(resolved(src))
     for it in items:
         if camera is not None:
             it.meta["camera"] = str(camera)

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Optional, Union
 import cv2
 import numpy as np
 
-from ..assets import expand_user
+from ..assets import expand_user, resolved
 from ..errors import InvalidInputError
 from ..images import why_not_a_file
 
@@ -34,7 +34,7 @@ def is_stream(source: Union[str, Path]) -> bool:
 
 def source_key(source: Union[str, Path]) -> str:
     """How a footage source is named in the index: a URL as given, a file by its absolute path."""
-    return str(source) if is_stream(source) else str(expand_user(source).resolve())
+    return str(source) if is_stream(source) else str(resolved(expand_user(source)))
 
 
 def fingerprint(source: Union[str, Path]) -> Optional[dict[str, Any]]:

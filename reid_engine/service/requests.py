@@ -263,7 +263,7 @@ class IndexRequest:
     weights: Optional[Path] = None
     factory: Optional[str] = None  # None: the backend picks the index type from the gallery's size
     db_url: Optional[str] = None
-    backend: str = "faiss"
+    backend: Optional[str] = None  # None: faiss for a new index, whatever an existing one has
     backend_uri: Optional[str] = None  # Milvus: a Milvus Lite file or http://host:19530
     nprobe: Optional[int] = None  # stored default search parameters of a new index
     ef_search: Optional[int] = None
@@ -291,7 +291,9 @@ class IndexRequest:
 
     def create_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Engine.create`` beyond the encoder."""
-        opts: dict[str, Any] = {"factory": self.factory, "db_url": self.db_url, "backend": self.backend}
+        opts: dict[str, Any] = {"factory": self.factory, "db_url": self.db_url}
+        if self.backend is not None:
+            opts["backend"] = self.backend
         if self.backend_uri:
             opts["backend_options"] = {"uri": self.backend_uri}
         stored = _search_ints(self)
