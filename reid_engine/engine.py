@@ -5,9 +5,10 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -22,7 +23,7 @@ from .attributes.search import DEFAULT_THRESHOLD, rank_by_attributes
 from .attributes.store import GalleryAttributes, update_gallery_attributes
 from .encoders import Encoder, create_encoder, get_spec
 from .encoders.registry import default_weights_path
-from .errors import EncoderMismatchError, ImageReadError, InvalidInputError, WeightsError
+from .errors import EncoderMismatchError, ImageReadError, InvalidInputError, ReidEngineError, WeightsError
 from .images import ImageLike, file_sha256, why_not_a_file
 from .index import db
 from .index.backend import SearchFilter, SearchParams
@@ -64,6 +65,20 @@ def resolve_index_path(name_or_path: PathLike) -> Path:
     return indexes_home() / p
 
 
+@contextmanager
+def discard_new_index_on_failure(path: PathLike) -> Iterator[None]:
+    """Around a command that may create the index at ``path``: when the command fails with a library error and the
+    index it created holds no crop, the new folder goes again, so that a corrected retry starts afresh."""
+    folder = resolve_index_path(path)
+    existed = folder.exists()
+    try:
+        yield
+    except ReidEngineError:
+        if not existed and IndexStore.discard_if_empty(folder):
+            log.info("%s: removed the index this command created, which stayed empty", folder)
+        raise
+
+
 @dataclass
 class AddReport:
     """What one ``add`` call did."""
@@ -82,7 +97,6 @@ class AddReport:
 
 
 #: longest text the crop table keeps per column (PostgreSQL enforces these lengths)
-_TEXT_LIMITS = {"pid": 64, "camera": 128, "track": 128}
 _INT32 = 2**31 - 1
 
 
@@ -137,8 +151,8 @@ def _row_from_meta(item: CropItem, sha: str, folders: Optional[dict[str, str]] =
         value = meta.pop(key, None)
         if value is not None and str(value) != "":
             text = printable(str(value))
-            if len(text) > _TEXT_LIMITS.get(key, 1 << 20):
-                raise bad(f"{key} {text[:20]!r}...: longer than {_TEXT_LIMITS[key]} characters")
+            if len(text) > db.TEXT_LIMITS.get(key, 1 << 20):
+                raise bad(f"{key} {text[:20]!r}...: longer than {db.TEXT_LIMITS[key]} characters")
             row[key] = text
     frame = meta.pop("frame", None)
     if frame is not None and frame != "":

@@ -1868,3 +1868,64 @@ def test_new_index_options_on_an_existing_index_are_refused(args: tuple, needles
     write_crops(src, 1, seed=97)
     res = cli("index", src, "--index", world.index, *args)
     assert_cli_error(res, 1, str(world.index), "already exists", *needles)
+
+
+def test_a_resumed_ingest_keeps_to_where_it_stopped(videos: dict[str, Path], world: World, tmp_path: Path) -> None:
+    """A second run with another --start-frame continued the first run from where it stopped, up to the new
+    --end-frame (398 frames where 3 were asked); the same command again must still resume."""
+    idx = world.copy(tmp_path / "idx")
+    with Engine.open(idx) as eng:
+        first = _ingest(eng, videos["full"], start_frame=10, max_frames=5)
+        assert first.frames == 5
+        assert_raises(InvalidInputError, lambda: _ingest(eng, videos["full"], start_frame=40, end_frame=43),
+                      "stopped at frame 15", "cannot start at frame 40")
+        again = _ingest(eng, videos["full"], start_frame=10, max_frames=5)  # the first command, repeated
+        assert again.resumed_from == 15 and again.frames == 5
+        more = _ingest(eng, videos["full"], max_frames=5)  # no start frame: where it stopped
+        assert more.resumed_from == 20
+        assert_raises(InvalidInputError, lambda: _ingest(eng, videos["short"], start_frame=500),
+                      "start frame 500", "30 frames")
+
+
+def test_a_first_command_that_fails_leaves_no_empty_index(world: World, videos: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    """A new index made by a command that then failed stayed behind empty, and refused the retry with another
+    encoder ("encoder does not match the index")."""
+    target = tmp_path / "new_idx"
+    res = cli("ingest", videos["short"], "--index", target, "--encoder", "tiny-test", "--weights", world.weights,
+              "--detector-weights", world.weights, "--max-frames", "2")
+    assert_cli_error(res, 1)
+    assert not target.exists()
+    src = tmp_path / "src"
+    _write(src / ("p" * 80 + ".png"), real_png(99))
+    res = cli("index", src, "--index", target, "--encoder", "tiny-test", "--weights", world.weights,
+              "--pattern", r"(?P<pid>.+)\.png")
+    assert_cli_error(res, 1, "pid", "64")  # the file name is longer than a pid may be
+    assert not target.exists()
+    assert_cli_ok(cli("index", src, "--index", target, "--encoder", "tiny-test", "--weights", world.weights))
+    assert (target / "manifest.json").is_file()
+
+
+def test_options_that_would_be_dropped_are_refused(world: World, tmp_path: Path) -> None:
+    """A misspelt --pattern group, and --cache-dir beside --no-cache, were ignored without a word."""
+    src = tmp_path / "src"
+    write_crops(src, 1, seed=98)
+    res = cli("index", src, "--index", tmp_path / "n", "--encoder", "tiny-test", "--weights", world.weights,
+              "--pattern", r"(?P<cam>\d+)")
+    assert_cli_error(res, 1, "unknown group(s) cam", "camera")
+    csv_path = _csv_world(tmp_path, EVAL_GOOD)
+    res = cli("eval", csv_path, "--encoder", "tiny-test", "--weights", world.weights, "--no-cache",
+              "--cache-dir", tmp_path / "c")
+    assert_cli_error(res, 2, "--cache-dir", "--no-cache")
+
+
+def test_a_source_named_by_a_relative_path_matches_its_crops(world: World, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources are recorded as absolute paths, so `--source gallery` matched nothing."""
+    idx = world.copy(tmp_path / "idx")
+    monkeypatch.chdir(world.gallery.parent)
+    out = assert_cli_ok(cli("query", world.query, "--index", idx, "--source", world.gallery.name, "--json",
+                            "--rerank", "none"))
+    assert len(json.loads(out)["queries"][0]["hits"]) == world.baseline[0]
+    out = assert_cli_ok(cli("remove", "--index", idx, "--source", world.gallery.name, "--json"))
+    assert json.loads(out)["removed"] == world.baseline[0]

@@ -15,6 +15,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from reid_engine.engine import Engine
+from reid_engine.errors import InvalidInputError
 from reid_engine.http import ServeConfig, create_app
 from reid_engine.images import read_image
 
@@ -203,6 +204,26 @@ def test_boxes_past_the_frame_or_recorded_in_part_are_served(writable_index, tmp
         assert r.status_code == 200 and r.json()["box"] is None
         r = c.post("/query", json={"crop_ids": [part], "k": 3, "rerank": "none"})
         assert r.status_code == 200 and r.json()["results"][0]["hits"][0]["box"] is None
+
+
+def test_a_refused_upload_leaves_no_file_and_names_no_server_path(writable_index, pku, monkeypatch):
+    """A camera too long for its column was refused with the upload's path on the server, and the file stayed."""
+    crop = pku / pku_people(pku)[0] / "01_2.png"
+    auth = {"Authorization": "Bearer s3cret"}
+    uploads = writable_index / "uploads"
+    with _client(writable_index, token="s3cret") as c:
+        r = c.post("/crops", **_upload(crop, camera="x" * 200), headers=auth)
+        assert r.status_code == 400 and "camera" in r.json()["error"] and "128" in r.json()["error"]
+        assert str(writable_index) not in r.json()["error"]
+        assert not list(uploads.glob("*")) if uploads.exists() else True
+
+        def fail(*a, **k):
+            raise InvalidInputError("the add failed")
+
+        monkeypatch.setattr(Engine, "add", fail)  # any failure inside the add: the file it wrote goes again
+        r = c.post("/crops", **_upload(crop, camera="01"), headers=auth)
+        assert r.status_code == 400 and not list(uploads.glob("*"))
+        assert c.get("/healthz").json()["crops"] == 64
 
 
 def test_writes_need_the_token(writable_index, pku):

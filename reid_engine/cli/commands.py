@@ -20,6 +20,18 @@ from .. import service as svc
 from ..results import QueryResult
 from . import main
 
+def _source_keys(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--source`` values as the index records them: a folder or video named by a path that exists here is
+    recorded by its absolute path (``--source gallery`` matched nothing)."""
+    from ..assets import expand_user, resolved
+
+    out = []
+    for v in values:
+        p = expand_user(v) if v.strip() else None
+        out.append(str(resolved(p)) if p is not None and not p.is_absolute() and p.exists() else v)
+    return tuple(out)
+
+
 index_option = click.option(
     "--index", "index_path", required=True, metavar="PATH",
     help="Index folder, or a bare name resolved under indexes/.",
@@ -218,7 +230,7 @@ def query_cmd(
     """
     req = svc.QueryRequest(
         images=tuple(str(p) for p in images), k=k,
-        filters=svc.Filters.build(cameras, exclude_cameras, sources, time_from, time_to),
+        filters=svc.Filters.build(cameras, exclude_cameras, _source_keys(sources), time_from, time_to),
         exclude_same_camera=exclude_same_camera, query_camera=query_camera, rerank=rerank, fusion=fusion,
         attributes=attr_terms, attribute_threshold=attr_threshold, by_track=by_track,
         same_person=same_person, nprobe=nprobe, ef_search=ef_search, pool=pool, exact=exact,
@@ -298,7 +310,7 @@ def remove_cmd(
     index_path: str, ids: tuple[int, ...], cameras: tuple[str, ...], sources: tuple[str, ...], as_json: bool
 ) -> None:
     """Remove crops by id, camera or source (criteria combine with AND)."""
-    req = svc.RemoveRequest(ids=ids, cameras=cameras, sources=sources)
+    req = svc.RemoveRequest(ids=ids, cameras=cameras, sources=_source_keys(sources))
     with svc.open_engine(index_path) as engine:
         doc = svc.run_remove(engine, req)
     if as_json:

@@ -104,6 +104,8 @@ def eval_command(
             query_cameras=_names(query_cameras, "--query-camera") or None,
             gallery_cameras=_names(gallery_cameras, "--gallery-camera") or None,
         )
+        if no_cache and cache_dir is not None:
+            raise click.UsageError("--cache-dir and --no-cache contradict each other: give one")
         cache = False if no_cache else cache_dir
         rerank_names = _names(reranks, "--rerank")
         fusion_names = _names(fusions, "--fusion")

@@ -15,6 +15,8 @@ from ..errors import DatabaseUnavailableError, DatabaseURLError, IndexCorruptErr
 
 #: crop ids are signed 64-bit integers (the vector backends' id type)
 MAX_ID = 2**63 - 1
+#: the longest text each named column holds (characters)
+TEXT_LIMITS = {"pid": 64, "camera": 128, "track": 128}
 
 metadata = sa.MetaData()
 
@@ -24,15 +26,15 @@ crops = sa.Table(
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False),
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False, unique=True),
-    sa.Column("pid", sa.String(64), nullable=True, index=True),
-    sa.Column("camera", sa.String(128), nullable=True, index=True),
+    sa.Column("pid", sa.String(TEXT_LIMITS["pid"]), nullable=True, index=True),
+    sa.Column("camera", sa.String(TEXT_LIMITS["camera"]), nullable=True, index=True),
     sa.Column("timestamp", sa.Float, nullable=True, index=True),  # seconds since the Unix epoch, UTC
     sa.Column("frame", sa.Integer, nullable=True),
     sa.Column("box_x", sa.Float, nullable=True),
     sa.Column("box_y", sa.Float, nullable=True),
     sa.Column("box_w", sa.Float, nullable=True),
     sa.Column("box_h", sa.Float, nullable=True),
-    sa.Column("track", sa.String(128), nullable=True, index=True),
+    sa.Column("track", sa.String(TEXT_LIMITS["track"]), nullable=True, index=True),
     sa.Column("source", sa.Text, nullable=True, index=True),
     sa.Column("extra", sa.JSON, nullable=True),
     sa.Column("added_at", sa.Float, nullable=False),
@@ -52,7 +54,7 @@ tracks = sa.Table(
     metadata,
     sa.Column("key", sa.String(255), primary_key=True),  # the crops' ``track`` value
     sa.Column("source", sa.Text, nullable=True, index=True),
-    sa.Column("camera", sa.String(128), nullable=True, index=True),
+    sa.Column("camera", sa.String(TEXT_LIMITS["camera"]), nullable=True, index=True),
     sa.Column("start_frame", sa.Integer, nullable=True),
     sa.Column("end_frame", sa.Integer, nullable=True),
     sa.Column("start_time", sa.Float, nullable=True, index=True),  # epoch seconds, UTC

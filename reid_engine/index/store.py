@@ -15,6 +15,8 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import sqlite3
 import stat
 import threading
 import time
@@ -105,6 +107,28 @@ class IndexStore:
         self._hook_cache: dict[str, tuple[int, Any]] = {}
 
     # -- opening ----------------------------------------------------------------------
+    @staticmethod
+    def discard_if_empty(folder: Path) -> bool:
+        """Delete the index folder ``folder`` when it holds no crop and keeps everything inside itself (SQLite rows
+        and FAISS vectors in the folder); True when it went. For a command that created the index and then failed:
+        the empty index would refuse a retry with another encoder."""
+        try:
+            manifest = read_manifest(folder)
+        except ReidEngineError:
+            return False
+        if manifest.db_url != DEFAULT_DB_URL or manifest.backend != "faiss":
+            return False  # rows or vectors live elsewhere: not this call's to delete
+        crops_db = folder / "crops.db"
+        if crops_db.exists():
+            try:
+                with contextlib.closing(sqlite3.connect(f"file:{crops_db}?mode=ro", uri=True)) as con:
+                    if con.execute("SELECT COUNT(*) FROM crops").fetchone()[0]:
+                        return False
+            except sqlite3.Error:
+                return False
+        shutil.rmtree(folder, ignore_errors=True)
+        return not folder.exists()
+
     @staticmethod
     def resolve_db_url(folder: Path, template: str) -> str:
         return template.replace("{index}", str(resolved(folder)))

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import click
 
 from ..clitypes import PathParam
-from ..engine import Engine
+from ..engine import Engine, discard_new_index_on_failure
 from .crops import parse_time
 from .detect import DEFAULT_DETECTOR, DEFAULT_THRESHOLD, list_detectors
 from .track import DEFAULT_TRACKER, list_trackers
@@ -78,7 +78,8 @@ def ingest_cmd(
     for video in videos:
         if not is_stream(video):
             probe(video, fps)
-    with Engine.open_or_create(index_path, encoder=encoder, weights=weights, device=device) as engine:
+    with discard_new_index_on_failure(index_path), \
+            Engine.open_or_create(index_path, encoder=encoder, weights=weights, device=device) as engine:
         if ray_address is not None:
             from ..distributed import ingest_with_ray
 

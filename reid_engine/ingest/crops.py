@@ -139,11 +139,21 @@ def _compile(pattern: Optional[str]) -> Optional[re.Pattern]:
         return None
     text = PATTERNS.get(pattern, pattern)
     try:
-        return re.compile(text)
+        regex = re.compile(text)
     except re.error as exc:
         raise InvalidInputError(
             f"pattern {pattern!r}: not a valid regular expression ({exc}); named patterns: {', '.join(PATTERNS)}"
         ) from None
+    unknown = sorted(set(regex.groupindex) - PATTERN_GROUPS)
+    if unknown:  # a misspelt group (cam for camera) would be dropped from every crop
+        raise InvalidInputError(
+            f"pattern {pattern!r}: unknown group(s) {', '.join(unknown)}; expected {', '.join(sorted(PATTERN_GROUPS))}"
+        )
+    return regex
+
+
+#: the named groups a --pattern may use (frame2: a second way of writing the frame in one pattern)
+PATTERN_GROUPS = {"pid", "camera", "frame", "frame2", "track", "timestamp"}
 
 
 def check_csv_header(header: Sequence[Optional[str]], where: Any) -> None:

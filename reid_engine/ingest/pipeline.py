@@ -158,10 +158,12 @@ def _unique_prefix(conn: Connection, key: str, prefix: str) -> str:
 
 #: key of ``ingest_sources.settings`` holding the file's fingerprint (not a setting: never compared as one)
 FINGERPRINT_KEY = "source_file"
+#: settings key of the frame a run was started at (a re-run of the same command resumes; another start is refused)
+START_KEY = "first_frame"
 
 
 def _settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = (set(old) | set(new)) - {FINGERPRINT_KEY}
+    keys = (set(old) | set(new)) - {FINGERPRINT_KEY, START_KEY}
     return [f"{k}: was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(keys) if old.get(k) != new.get(k)]
 
 
@@ -389,6 +391,8 @@ def ingest_video(
     if not (isinstance(checkpoint_seconds, (int, float)) and checkpoint_seconds > 0):
         raise InvalidInputError(f"checkpoint_seconds {checkpoint_seconds!r}: expected a positive number")
     info = probe(source, fps)
+    if info.frame_count is not None and start_frame >= info.frame_count:
+        raise InvalidInputError(f"{source}: start frame {start_frame} is past the video's {info.frame_count} frames")
     file_print = None if info.stream else fingerprint(source)
     stem = Path(str(source).rstrip("/")).stem or "stream"
     camera = str(camera) if camera else stem
@@ -407,6 +411,7 @@ def ingest_video(
                          crops_per_track, min_track_frames, min_crop_height)
     if file_print is not None:
         settings[FINGERPRINT_KEY] = file_print
+    settings[START_KEY] = start_frame
     report = IngestReport(source=key, camera=camera)
 
     store = engine.store
@@ -443,6 +448,14 @@ def ingest_video(
                 )
             if old["camera"] != camera:
                 raise InvalidInputError(f"{key}: was being ingested as camera {old['camera']!r}, not {camera!r}")
+            first = (old["settings"] or {}).get(START_KEY)
+            # 0 is the default ("where it stopped"); the run's own start repeats its command
+            if start_frame not in (0, old["next_frame"], first):
+                raise InvalidInputError(
+                    f"{key}: an unfinished ingest stopped at frame {old['next_frame']}, so it cannot start at frame "
+                    f"{start_frame}; resume without --start-frame, or remove its crops first "
+                    "(reid-engine remove --source ...)"
+                )
             p = _Progress(**{k: old[k] for k in _Progress.__dataclass_fields__})
             if file_print is not None:  # rows written before fingerprints were kept get one now
                 p.settings = {**(p.settings or {}), FINGERPRINT_KEY: file_print}

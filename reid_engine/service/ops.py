@@ -12,8 +12,8 @@ import numpy as np
 from ..attributes import ANNOTATOR_NAME as ATTRIBUTES
 from ..attributes import FUSION_MODES, AttributesNotIndexedError, needs_attributes
 from ..attributes.search import VOCABULARY
-from ..engine import Engine
-from ..errors import InvalidInputError, printable
+from ..engine import Engine, discard_new_index_on_failure
+from ..errors import InvalidInputError, ReidEngineError, printable
 from ..ingest import scan_source
 from ..ingest.crops import CropItem
 from ..results import Hit, QueryResult
@@ -142,6 +142,11 @@ def run_index(req: IndexRequest, show_progress: Optional[bool] = None) -> dict[s
                         source_name=req.source_name)
     if not items:
         raise InvalidInputError(f"{req.source}: no images found (glob {req.glob!r})")
+    with discard_new_index_on_failure(req.index):
+        return _index_items(req, items, show_progress)
+
+
+def _index_items(req: IndexRequest, items: list[CropItem], show_progress: Optional[bool]) -> dict[str, Any]:
     engine = Engine.open_or_create(
         req.index, encoder=req.encoder, weights=req.weights, device=req.device,
         annotators=[ATTRIBUTES] if req.attributes else [], **req.create_options(),
@@ -177,18 +182,27 @@ def run_add(engine: Engine, req: AddRequest, folder: Path) -> dict[str, Any]:
     """Keep the uploaded files in ``folder`` (named by their sha256) and index them."""
     folder.mkdir(parents=True, exist_ok=True)
     items: list[CropItem] = []
+    written: list[Path] = []  # files this call made: removed again when nothing is indexed
     for data, kind in zip(req.data, req.kinds):
         path = folder / f"{hashlib.sha256(data).hexdigest()}{_SUFFIX.get(kind, '.img')}"
         if not path.is_file():
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
+            written.append(path)
         meta: dict[str, Any] = {"source": "upload"}
         for key in ("camera", "pid", "timestamp", "track"):
             if getattr(req, key) is not None:
                 meta[key] = getattr(req, key)
         items.append(CropItem(path, meta))
-    report = engine.add(items, strict=True, show_progress=False)
+    try:
+        report = engine.add(items, strict=True, show_progress=False)
+    except ReidEngineError:
+        kept = engine.store.known_hashes([p.name.split(".")[0] for p in written])
+        for p in written:  # an upload the failed add did not index leaves no file behind
+            if p.name.split(".")[0] not in kept:
+                p.unlink(missing_ok=True)
+        raise
     return {
         "added": report.added, "duplicates": report.duplicates, "ids": list(report.ids),
         "failed": [{"path": label, "reason": r} for (_, r), label in zip(report.failed, req.labels)],

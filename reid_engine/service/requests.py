@@ -15,7 +15,7 @@ import numpy as np
 from ..attributes import AttributeQuery, resolve_fusion
 from ..attributes.search import DEFAULT_THRESHOLD
 from ..errors import InvalidInputError
-from ..index.db import MAX_ID
+from ..index.db import MAX_ID, TEXT_LIMITS
 from ..ingest.crops import parse_time
 from .errors import RequestError
 
@@ -77,9 +77,13 @@ def _strings(values: Any, what: str) -> tuple[str, ...]:
 
 
 def _check_name(value: Any, what: str) -> None:
-    """Raise ``InvalidInputError`` when an optional name (a camera, a pid) is given but empty."""
+    """Raise ``InvalidInputError`` when an optional name (a camera, a pid) is given but empty or longer than
+    its column holds."""
     if value is not None and not str(value).strip():
         raise InvalidInputError(f"{what} {value!r}: expected a name, not an empty one (leave it out for none)")
+    limit = TEXT_LIMITS.get(what)
+    if value is not None and limit is not None and len(str(value)) > limit:
+        raise InvalidInputError(f"{what} {str(value)[:20]!r}...: longer than {limit} characters")
 
 
 #: the integer search parameters a request may set, with their upper bounds
