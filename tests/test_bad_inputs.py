@@ -17,6 +17,7 @@ import resource
 import shutil
 import sqlite3
 import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -757,7 +758,9 @@ def test_a_path_option_expands_the_home_folder(
         (("--query-camera", ""), ("query camera ''",)),
     ],
 )
-def test_empty_filter_values_are_refused_not_dropped(args: tuple, needles: tuple, world: World, unchanged: None) -> None:
+def test_empty_filter_values_are_refused_not_dropped(
+    args: tuple, needles: tuple, world: World, unchanged: None
+) -> None:
     """An empty name or time would have widened the search to every camera, source or time without a word."""
     assert_cli_error(cli("query", world.query, "--index", world.index, *args), 1, *needles)
 
@@ -771,7 +774,9 @@ def test_remove_with_an_empty_camera_removes_nothing(world: World, unchanged: No
 @pytest.mark.parametrize("option", ["--camera", "--role", "--source-name"])
 def test_index_with_an_empty_name_option_builds_nothing(option: str, world: World, tmp_path: Path) -> None:
     target = tmp_path / "new_idx"
-    res = cli("index", world.gallery, "--index", target, "--encoder", "tiny-test", "--weights", world.weights, option, "")
+    res = cli(
+        "index", world.gallery, "--index", target, "--encoder", "tiny-test", "--weights", world.weights, option, ""
+    )
     assert_cli_error(res, 1, "''", "empty")
     assert not (target / "manifest.json").exists()
 
@@ -1037,8 +1042,9 @@ def test_features_past_float32_lengths_are_kept_not_zeroed(world: World, tmp_pat
         for row, own in zip(rows, ids):
             hit = eng.query_features(row[None], k=1, rerank="none")[0].hits[0]
             assert hit.id == own and hit.distance == pytest.approx(0.0, abs=1e-5)
-        assert_raises(InvalidInputError, lambda: eng.add_features(np.zeros((1, dim)), [CropItem(tmp_path / "z.png", {})],
-                                                                  hashes=["zero"]), "z.png", "all zeros")
+        zero_row = [CropItem(tmp_path / "z.png", {})]
+        assert_raises(InvalidInputError, lambda: eng.add_features(np.zeros((1, dim)), zero_row, hashes=["zero"]),
+                      "z.png", "all zeros")
         assert_raises(InvalidInputError, lambda: eng.add_features(base[:1], None), "items of type NoneType")  # type: ignore[arg-type]
         assert eng.stats()["crops"] == world.baseline[0] + 2
 
@@ -1929,3 +1935,17 @@ def test_a_source_named_by_a_relative_path_matches_its_crops(world: World, tmp_p
     assert len(json.loads(out)["queries"][0]["hits"]) == world.baseline[0]
     out = assert_cli_ok(cli("remove", "--index", idx, "--source", world.gallery.name, "--json"))
     assert json.loads(out)["removed"] == world.baseline[0]
+
+
+def test_an_unreachable_stream_is_one_line_not_ffmpeg_chatter(tmp_path: Path, shared: Path) -> None:
+    """FFmpeg printed its own "[tcp @ 0x...] Connection ... refused" line before the engine's error."""
+    env = {**os.environ, "REID_ENGINE_SHARED": str(shared)}
+    env.pop("OPENCV_FFMPEG_LOGLEVEL", None)
+    res = subprocess.run(
+        [sys.executable, "-m", "reid_engine.cli", "ingest", "rtsp://127.0.0.1:1/x", "--index", str(tmp_path / "idx")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert res.returncode == 1, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith(("WARNING", "INFO"))]
+    assert lines == [lines[0]] and lines[0].startswith("Error: rtsp://127.0.0.1:1/x"), res.stderr
+    assert not (tmp_path / "idx").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +79,22 @@ class VideoInfo:
     stream: bool
 
 
+#: FFmpeg's own log level inside OpenCV (read once, at the first capture of the process); -8 is quiet: a stream
+#: that cannot be reached would print FFmpeg's line beside the engine's one-line error
+FFMPEG_LOGLEVEL_ENV = "OPENCV_FFMPEG_LOGLEVEL"
+
+
+def _capture(source: str) -> cv2.VideoCapture:
+    """An OpenCV capture of ``source`` that leaves the telling of errors to the engine (a user's own
+    $OPENCV_FFMPEG_LOGLEVEL is kept)."""
+    os.environ.setdefault(FFMPEG_LOGLEVEL_ENV, "-8")
+    return cv2.VideoCapture(source)
+
+
 def _open(source: str) -> cv2.VideoCapture:
     if not is_stream(source) and not Path(source).is_file():
         raise InvalidInputError(f"{source}: {why_not_a_file(source)}, expected a video file or a stream URL")
-    cap = cv2.VideoCapture(source)
+    cap = _capture(source)
     if not cap.isOpened():
         raise InvalidInputError(f"{source}: OpenCV cannot open this video (unsupported format or unreachable stream)")
     return cap
@@ -165,7 +178,7 @@ class FrameReader:
             return None
         cap, pos = self._caps.get(source, (None, 0))
         if cap is None:
-            cap, pos = cv2.VideoCapture(source), 0
+            cap, pos = _capture(source), 0
             if not cap.isOpened():
                 return None
         if frame < pos or frame - pos > _READ_AHEAD:
@@ -173,7 +186,7 @@ class FrameReader:
             pos = int(cap.get(cv2.CAP_PROP_POS_FRAMES))
             if pos != frame:  # inexact seek: read through from the start
                 cap.release()
-                cap = cv2.VideoCapture(source)
+                cap = _capture(source)
                 pos = _skip_to(cap, frame)
         while pos < frame and cap.grab():
             pos += 1
