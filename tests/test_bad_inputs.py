@@ -1949,3 +1949,113 @@ def test_an_unreachable_stream_is_one_line_not_ffmpeg_chatter(tmp_path: Path, sh
     lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith(("WARNING", "INFO"))]
     assert lines == [lines[0]] and lines[0].startswith("Error: rtsp://127.0.0.1:1/x"), res.stderr
     assert not (tmp_path / "idx").exists()
+
+
+# -- a sweep through eval (2026-12-02) ---------------------------------------------------------------------
+def _market(root: Path, with_query: bool = True) -> Path:
+    for pid in (1, 2):
+        for cam in (1, 2):
+            _write(root / "bounding_box_test" / f"{pid:04d}_c{cam}s1_000{pid}{cam}0_00.png", real_png(pid * 10 + cam))
+        if with_query:
+            _write(root / "query" / f"{pid:04d}_c3s1_000{pid}30_00.png", real_png(pid * 10 + 3))
+    return root
+
+
+def test_a_release_missing_its_query_folder_is_not_read_as_one_person(tmp_path: Path) -> None:
+    """Market-1501 without query/ was read as a folder per person: 'bounding_box_test' became the only person and
+    every metric came out 100."""
+    root = _market(tmp_path / "market", with_query=False)
+    assert_raises(InvalidInputError, lambda: read_dataset(root, query_cameras=["1"]), str(root), "not a dataset")
+    assert_raises(InvalidInputError, lambda: read_dataset(root, "folders", query_cameras=["1"]),
+                  "not a folders layout")
+
+
+def test_an_explicit_format_must_match_the_layout(tmp_path: Path) -> None:
+    """--format msmt17 on a Market folder raised StopIteration; --format folders on a CSV NotADirectoryError."""
+    root = _market(tmp_path / "market")
+    assert_raises(InvalidInputError, lambda: read_dataset(root, "msmt17"), "not a msmt17 layout")
+    csv_path = _write(tmp_path / "p.csv", b"file,pid,camid,role\n")
+    assert_raises(InvalidInputError, lambda: read_dataset(csv_path, "folders"), "not a folders layout")
+
+
+def test_msmt17_lists_that_are_not_utf8(tmp_path: Path) -> None:
+    root = tmp_path / "msmt"
+    name = "0000/0000_001_01_0303morning_0015_0.jpg"
+    _write(root / "test" / name, real_png(3))
+    _write(root / "list_query.txt", f"{name} 0\n".encode() + b"\xe9\n")
+    _write(root / "list_gallery.txt", f"{name} 0\n".encode())
+    assert_raises(InvalidInputError, lambda: read_dataset(root), "list_query.txt", "not UTF-8")
+
+
+def test_images_beside_the_person_folders_are_refused_not_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "fold"
+    for role in ("query", "gallery"):
+        for pid in ("0001", "0002"):
+            _write(root / role / pid / f"{pid}_c{1 if role == 'query' else 2}_a.png", real_png(int(pid)))
+    assert len(read_dataset(root).query) == 2
+    _write(root / "query" / "0009_c1_loose.png", real_png(9))
+    assert_raises(InvalidInputError, lambda: read_dataset(root), "0009_c1_loose.png", "outside any person folder")
+
+
+def test_label_clashes_say_which_labels_and_where(tmp_path: Path) -> None:
+    root = tmp_path / "mixcam"
+    _write(root / "0001" / "cam01_a.png", real_png(1))
+    _write(root / "0001" / "c1_b.png", real_png(2))
+    _write(root / "0002" / "cam2_a.png", real_png(3))
+    assert_raises(InvalidInputError, lambda: read_dataset(root, query_cameras=["1"]),
+                  str(root), "camera labels '01' and '1'")
+
+
+def test_a_dataset_named_by_dot_dot_is_named_by_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`eval ..` named the dataset '..', so --visualize wrote its report into the current folder."""
+    root = _market(tmp_path / "market")
+    (root / "wd").mkdir()
+    monkeypatch.chdir(root / "wd")
+    assert read_dataset("..").name == "market"
+
+
+def test_eval_sweep_refuses_the_options_it_would_ignore(world: World, tmp_path: Path) -> None:
+    csv_path = _csv_world(tmp_path, EVAL_GOOD)
+    base = ("eval", csv_path, "--encoder", "tiny-test", "--weights", world.weights, "--no-cache", "--sweep")
+    for extra in (("--exclude-same-camera",), ("--report", tmp_path / "r"), ("--visualize", "2")):
+        assert_cli_error(cli(*base, *extra), 2, extra[0], "not with --sweep")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_damaged_embedding_cache_is_one_line(tmp_path: Path) -> None:
+    from reid_engine.eval.cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path / "c", "tiny-test", "ab" * 32)
+    rng = np.random.default_rng(0)
+    cache.put([f"{i:064x}" for i in range(400)], rng.standard_normal((400, 64)).astype(np.float32))
+    data = bytearray(cache.path.read_bytes())
+    for page in range(2, len(data) // 4096):
+        data[page * 4096 : page * 4096 + 300] = b"\xff" * 300  # every page past the schema's
+    cache.path.write_bytes(bytes(data))
+    assert_raises(InvalidInputError, lambda: cache.get([f"{i:064x}" for i in range(400)]),
+                  str(cache.path), "damaged", "--no-cache")
+
+
+def test_lower_bound_metrics_say_so_in_the_table() -> None:
+    from reid_engine.eval.report import format_table
+
+    report = {
+        "metrics": {"rank1": 50.0, "mAP": 40.0, "mINP": 10.0, "num_valid": 2, "num_skipped": 0},
+        "dataset": {"name": "big", "num_query": 2, "num_gallery": 6000, "num_ids": 2, "num_cameras": 2},
+        "settings": {"k": 100, "exact": False},
+    }
+    assert "mAP and mINP are lower bounds" in format_table(report) and "-k 6000" in format_table(report)
+    report["settings"]["exact"] = True
+    assert "lower bounds" not in format_table(report)
+
+
+def test_report_thumbnails_follow_the_file(tmp_path: Path) -> None:
+    """Thumbnails were kept by path: a replaced image still showed its old picture."""
+    from reid_engine.eval.visualize import _thumbnail
+
+    src = _write(tmp_path / "a.png", real_png(1))
+    first = _thumbnail(src, tmp_path, 64)
+    assert _thumbnail(src, tmp_path, 64) == first  # written once
+    src.write_bytes(real_png(2, h=40))
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
+    assert _thumbnail(src, tmp_path, 64) != first

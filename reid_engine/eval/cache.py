@@ -83,8 +83,19 @@ class EmbeddingCache:
         with closing(self._connect()) as con:
             return int(con.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
 
+    def _damaged(self, exc: sqlite3.Error) -> InvalidInputError:
+        return InvalidInputError(
+            f"{self.path}: the embedding cache is damaged ({exc}); delete the file (it is rebuilt) or pass --no-cache"
+        )
+
     def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored float32 vectors for the hashes that are in the cache."""
+        try:
+            return self._get(hashes)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+
+    def _get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         unique = list(dict.fromkeys(hashes))
         with closing(self._connect()) as con:
@@ -105,6 +116,12 @@ class EmbeddingCache:
         vecs = np.asarray(vectors, dtype="<f4")
         if vecs.ndim != 2 or len(vecs) != len(hashes):
             raise InvalidInputError(f"{len(hashes)} hashes but vectors of shape {vecs.shape}")
+        try:
+            self._put(hashes, vecs)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(exc) from None
+
+    def _put(self, hashes: Sequence[str], vecs: np.ndarray) -> None:
         with closing(self._connect()) as con, con:
             con.executemany(
                 "INSERT OR REPLACE INTO embeddings (sha256, dim, vec) VALUES (?, ?, ?)",

@@ -110,6 +110,11 @@ def eval_command(
         rerank_names = _names(reranks, "--rerank")
         fusion_names = _names(fusions, "--fusion")
         if do_sweep:
+            ignored = [name for name, given in (("--exclude-same-camera", exclude_same_camera),
+                                                ("--report", report_dir is not None), ("--visualize", visualize > 0))
+                       if given]
+            if ignored:
+                raise click.UsageError(f"{', '.join(ignored)}: not with --sweep (score one setting to use them)")
             rows = sweep(
                 split,
                 reranks=rerank_names or None,

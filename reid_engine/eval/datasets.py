@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
-from ..assets import expand_user
+from ..assets import expand_user, resolved
 from ..errors import InvalidInputError, UnknownNameError
 from ..images import IMAGE_SUFFIXES
 from ..ingest.crops import check_csv_header, check_csv_row
@@ -158,10 +158,12 @@ def read_dataset(
     picks a reader's protocol (e.g. CUHK03 "detected", LTCC "standard");
     ``query_cameras``/``gallery_cameras`` split layouts that have no roles.
     """
-    p = _resolve_root(expand_user(path))
+    p = _resolve_root(resolved(expand_user(path)))
     if not p.exists():
         raise InvalidInputError(f"{p}: no such dataset file or folder")
     fmt = get_format(format) if format else get_format(detect_format(p))
+    if format and not fmt.detect(p):
+        raise InvalidInputError(f"{p}: not a {fmt.name} layout; expected {fmt.description}")
     opts = ReadOptions(
         protocol=protocol,
         query_cameras=_as_list(query_cameras),
@@ -215,13 +217,21 @@ def _first_image_name(folder: Path) -> str:
     return ""
 
 
-def _label_to_int(values: Iterable[str]) -> dict[str, int]:
+def _label_to_int(values: Iterable[str], what: str = "labels", where: Any = None) -> dict[str, int]:
     """Map labels to ints: numeric labels keep their value, others are numbered in sorted order."""
     labels = sorted(set(values))
     if all(re.fullmatch(r"-?\d+", v) for v in labels):
         mapping = {v: int(v) for v in labels}
         if len(set(mapping.values())) != len(mapping):  # "1" and "01" would merge silently
-            raise InvalidInputError(f"labels {labels[:6]} are different texts for the same number")
+            by_number: dict[int, list[str]] = {}
+            for v, n in mapping.items():
+                by_number.setdefault(n, []).append(v)
+            clash = next(vs for vs in by_number.values() if len(vs) > 1)
+            place = f"{where}: " if where is not None else ""
+            raise InvalidInputError(
+                f"{place}{what} {' and '.join(map(repr, clash))} are different texts for the same number; "
+                "write each label one way"
+            )
         return mapping
     return {v: i for i, v in enumerate(labels)}
 
@@ -403,21 +413,24 @@ def _detect_msmt17(path: Path) -> bool:
 def _msmt17_list(list_file: Path, image_dir: Path) -> list[Sample]:
     """Samples of one MSMT17 list file (``pid_folder/PID_IDX_CAM_DATE_FRAME_N.jpg label`` per line)."""
     samples = []
-    with open(list_file, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split()
-            if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
-                raise InvalidInputError(f"{list_file}:{lineno}: expected 'relative/path.jpg PID', got {line!r}")
-            rel = parts[0]
-            fields = Path(rel).name.split("_")
-            if len(fields) < 3 or not fields[2].isdigit():
-                raise InvalidInputError(
-                    f"{list_file}:{lineno}: {rel!r} does not follow PID_IDX_CAM_... (camera in the third field)"
-                )
-            samples.append(Sample(path=image_dir / rel, pid=int(parts[1]), camid=int(fields[2])))
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{list_file}: not UTF-8 text (byte {exc.start})") from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
+            raise InvalidInputError(f"{list_file}:{lineno}: expected 'relative/path.jpg PID', got {line!r}")
+        rel = parts[0]
+        fields = Path(rel).name.split("_")
+        if len(fields) < 3 or not fields[2].isdigit():
+            raise InvalidInputError(
+                f"{list_file}:{lineno}: {rel!r} does not follow PID_IDX_CAM_... (camera in the third field)"
+            )
+        samples.append(Sample(path=image_dir / rel, pid=int(parts[1]), camid=int(fields[2])))
     missing = [s.path for s in samples if not s.path.is_file()]
     if missing:
         raise InvalidInputError(f"{list_file}: {len(missing)} listed images are missing, e.g. {missing[0]}")
@@ -458,6 +471,9 @@ def _prcc_test_dir(path: Path) -> Optional[Path]:
 
 
 def _prcc_view(test_dir: Path, view: str) -> list[Sample]:
+    loose = _first_image_name(test_dir / view)
+    if loose:
+        raise InvalidInputError(f"{test_dir / view / loose}: an image outside any person folder")
     samples = []
     for person in sorted(d for d in (test_dir / view).iterdir() if d.is_dir()):
         if not person.name.isdigit():
@@ -607,8 +623,8 @@ def _read_csv(path: Path, opts: ReadOptions) -> Split:
             raise InvalidInputError(f"{source}:{lineno}: empty {cols[key]!r}")
         return value
 
-    pid_codes = _label_to_int(cell(r, "pid", i) for i, r in enumerate(rows, 2))
-    cam_codes = _label_to_int(cell(r, "camid", i) for i, r in enumerate(rows, 2))
+    pid_codes = _label_to_int((cell(r, "pid", i) for i, r in enumerate(rows, 2)), "person ids", source)
+    cam_codes = _label_to_int((cell(r, "camid", i) for i, r in enumerate(rows, 2)), "camera labels", source)
     clothes_cells = [cell(r, "clothes_id", i) for i, r in enumerate(rows, 2)] if cols["clothes_id"] else []
     clothes_codes = _label_to_int(c for c in clothes_cells if c)
 
@@ -704,15 +720,28 @@ def camera_from_name(name: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
+#: folders of the released datasets' own layouts: never a person's folder (a Market-1501 folder without query/
+#: would otherwise be read as one person, bounding_box_test, and score 100)
+_SPLIT_FOLDERS = {"query", "gallery", "bounding_box_test", "bounding_box_train", "gt_bbox", "gt_query", "train",
+                  "test", "images_detected", "images_labeled", "mask_train_v2", "mask_test_v2"}
+
+
 def _identity_dirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _check_identity_folder(folder: Path) -> None:
+    """Raise ``InvalidInputError`` for an image beside the person folders (it would be skipped)."""
+    loose = _first_image_name(folder)
+    if loose:
+        raise InvalidInputError(f"{folder / loose}: an image outside any person folder; expected {folder}/PID/*.jpg")
 
 
 def _looks_like_identity_folders(folder: Path) -> bool:
     if not folder.is_dir():
         return False
     dirs = _identity_dirs(folder)
-    if not dirs:
+    if not dirs or any(d.name.lower() in _SPLIT_FOLDERS for d in dirs):
         return False
     for d in dirs[:20]:
         name = _first_image_name(d)
@@ -728,6 +757,7 @@ def _detect_folders(path: Path) -> bool:
 
 
 def _identity_samples(folder: Path, pid_codes: dict[str, int], cam_codes: dict[str, int]) -> list[Sample]:
+    _check_identity_folder(folder)
     samples = []
     for person in _identity_dirs(folder):
         for p in _images(person):
@@ -750,7 +780,8 @@ def _labels_in(folders: Sequence[Path]) -> tuple[dict[str, int], dict[str, int]]
         for person in _identity_dirs(folder):
             pids.append(person.name)
             cams.extend(c for c in (camera_from_name(p.name) for p in _images(person)) if c is not None)
-    return _label_to_int(pids), _label_to_int(cams)
+    where = folders[0].parent if len(folders) > 1 else folders[0]
+    return _label_to_int(pids, "person folders", where), _label_to_int(cams, "camera labels", where)
 
 
 def _read_folders(path: Path, opts: ReadOptions) -> Split:

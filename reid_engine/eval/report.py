@@ -145,6 +145,11 @@ def format_table(report: Mapping[str, Any]) -> str:
     header = [k.replace("rank", "Rank-") if k.startswith("rank") else k for k in keys]
     lines.append(_table(header, [[f"{m[k]:.2f}" for k in keys]], [True] * len(keys)))
     lines.append("(percent)")
+    if s.get("exact") is False:
+        lines.append(
+            f"mAP and mINP are lower bounds: each ranked list holds the top {s.get('k')} of {d['num_gallery']} "
+            f"gallery crops (pass -k {d['num_gallery']} for exact figures)"
+        )
     t = report.get("timings") or {}
     if t:
         lines.append("")

@@ -308,7 +308,7 @@ def run_queries(
         "rules": "clothes_changing" if split.clothes_changing else "market1501",
     }
     if not exact:
-        log.info("ranked lists hold the top %d of %d gallery crops: mAP and mINP are lower bounds", k_eff, n_indexed)
+        log.warning("ranked lists hold the top %d of %d gallery crops: mAP and mINP are lower bounds", k_eff, n_indexed)
     return result, ranked, dists, settings, seconds
 
 

@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from ..assets import resolved
 from ..errors import ImageReadError
 from ..images import read_image
 from .datasets import Sample, Split
@@ -45,8 +46,16 @@ td.query figcaption { font-weight: bold; }
 
 
 def _thumbnail(src: Path, folder: Path, max_height: int) -> str:
-    """Write a JPEG thumbnail of ``src`` into ``folder`` once; return its file name."""
-    name = hashlib.sha1(str(src.resolve()).encode("utf-8")).hexdigest()[:20] + ".jpg"
+    """Write a JPEG thumbnail of ``src`` into ``folder`` once per version of the file; return its file name.
+
+    The name hashes the path with the file's size and modification time: a file replaced since an earlier
+    report gets a new thumbnail instead of the old picture."""
+    try:
+        st = src.stat()
+        version = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        version = "missing"
+    name = hashlib.sha1(f"{resolved(src)}|{version}".encode("utf-8")).hexdigest()[:20] + ".jpg"
     out = folder / name
     if out.is_file():
         return name
