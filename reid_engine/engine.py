@@ -151,6 +151,8 @@ def _row_from_meta(item: CropItem, sha: str, folders: Optional[dict[str, str]] =
         value = meta.pop(key, None)
         if value is not None and str(value) != "":
             text = printable(str(value))
+            if key == "camera" and "," in text:  # filters take comma-separated camera names
+                raise bad(f"camera {text!r}: a camera name cannot hold a comma (filters list cameras with commas)")
             if len(text) > db.TEXT_LIMITS.get(key, 1 << 20):
                 raise bad(f"{key} {text[:20]!r}...: longer than {db.TEXT_LIMITS[key]} characters")
             row[key] = text

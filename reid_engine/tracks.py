@@ -88,13 +88,28 @@ class TrackResult:
 
 
 def track_row(store: "IndexStore", key: str) -> Optional[dict[str, Any]]:
-    """One track's row (embedding removed) when it has crops still in the index, else None."""
+    """One track's row (embedding removed) when it has crops still in the index, else None; its crop list and
+    best crop are those still indexed."""
     rows, _ = _track_rows(store, [str(key)])
     if not rows:
         return None
-    with store.sql.connect() as conn:
-        live = conn.execute(sa.select(db.crops.c.id).where(db.crops.c.track == str(key)).limit(1)).first()
-    return rows[0] if live is not None else None
+    live = _with_live_crops(store, rows)
+    return live[0] if live[0]["crop_ids"] else None
+
+
+def _with_live_crops(store: "IndexStore", rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The track rows with ``crop_ids`` cut to the crops still indexed and, when the best crop was removed, the
+    first of those as the best (None when none is left): a removed crop must not hide its track."""
+    ids = sorted({int(i) for r in rows for i in (r.get("crop_ids") or [])} | {_best_crop(r) for r in rows} - {-1})
+    indexed = set(store.rows(ids)) if ids else set()
+    out = []
+    for r in rows:
+        kept = [int(i) for i in (r.get("crop_ids") or []) if int(i) in indexed]
+        best = _best_crop(r)
+        if best not in indexed:
+            best = kept[0] if kept else -1
+        out.append({**r, "crop_ids": kept, "best_crop": None if best < 0 else best})
+    return out
 
 
 def _mask(
@@ -219,7 +234,9 @@ def search_tracks(
             ranked.append([])
             continue
         s, idx = _topk(q[qi : qi + 1], emb, allowed, k)
-        hits = [(float(si), rows[int(ii)]) for si, ii in zip(s[0], idx[0]) if np.isfinite(si)]
+        found = [(float(si), rows[int(ii)]) for si, ii in zip(s[0], idx[0]) if np.isfinite(si)]
+        live = _with_live_crops(store, [r for _, r in found])
+        hits = [(si, r) for (si, _), r in zip(found, live)]
         ranked.append(hits)
         best_ids.update(_best_crop(r) for _, r in hits)
     crop_rows = store.rows(sorted(best_ids - {-1}))

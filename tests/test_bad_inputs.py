@@ -2059,3 +2059,101 @@ def test_report_thumbnails_follow_the_file(tmp_path: Path) -> None:
     src.write_bytes(real_png(2, h=40))
     os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
     assert _thumbnail(src, tmp_path, 64) != first
+
+
+# -- a sweep through footage (2026-12-02) ------------------------------------------------------------------
+def _footage_rows(eng: Engine) -> list[dict]:
+    with eng.store.sql.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.select(db.crops).order_by(db.crops.c.id)).mappings()]
+
+
+def test_videos_with_long_file_names_are_ingested(videos: dict[str, Path], world: World, tmp_path: Path) -> None:
+    """The track key camera/stem/N outgrew its column at the first commit for stems past about 62 characters."""
+    idx = world.copy(tmp_path / "idx")
+    long_name = tmp_path / ("Front_Entrance_Camera_01_2024-05-01T10-00-00Z_to_2024-05-01T11-00-00Z" * 1 + ".avi")
+    shutil.copy(videos["short"], long_name)
+    with Engine.open(idx) as eng:
+        rep = ingest_video(eng, long_name, None, detector=StubDetector(), show_progress=False)
+        assert rep.crops > 0
+        tracks = {r["track"] for r in _footage_rows(eng) if r["track"]}
+        assert tracks and all(len(t) <= db.TEXT_LIMITS["track"] for t in tracks)
+        too_long = tmp_path / ("x" * 130 + ".avi")
+        shutil.copy(videos["short"], too_long)
+        assert_raises(InvalidInputError, lambda: ingest_video(eng, too_long, None, detector=StubDetector()),
+                      "longer than 128", "pass a shorter camera name")
+        comma = tmp_path / "lobby,east.avi"  # a camera no filter could select (they take comma-separated names)
+        shutil.copy(videos["short"], comma)
+        assert_raises(InvalidInputError, lambda: ingest_video(eng, comma, None, detector=StubDetector()),
+                      "'lobby,east'", "comma")
+        one = _unit_rows(1, eng.store.manifest.dim)
+        comma_item = [CropItem(tmp_path / "c.png", {"camera": "a,b"})]
+        assert_raises(InvalidInputError, lambda: eng.add_features(one, comma_item, hashes=["c"]), "'a,b'", "comma")
+
+
+def test_a_video_replaced_at_its_path_is_not_shown_as_the_indexed_crops(videos: dict[str, Path], world: World,
+                                                                       tmp_path: Path) -> None:
+    """Another recording copied over the indexed file was served as the crops' pixels (200, wrong person)."""
+    from reid_engine.ingest.show import save_crops
+    from reid_engine.service import NoPixelsError, media
+
+    idx = world.copy(tmp_path / "idx")
+    video = tmp_path / "v.avi"
+    shutil.copy(videos["short"], video)
+    with Engine.open(idx) as eng:
+        _ingest(eng, video)
+        row = next(r for r in _footage_rows(eng) if r["source"] == str(video.resolve()))
+        assert media.crop_pixels(row).size  # the indexed video: its crop is served
+        hits = eng.query_features(eng.store.vectors([row["id"]]), k=1, rerank="none")
+        assert len(save_crops(hits, tmp_path / "before")) == 1
+        write_video(video, 30, size=(176, 144))  # another recording at the same path
+        assert_raises(NoPixelsError, lambda: media.crop_pixels(row), f"crop {row['id']}", "video changed")
+        assert_raises(NoPixelsError, lambda: media.frame_with_box(row), "video changed")
+        assert save_crops(hits, tmp_path / "after") == []
+
+
+def test_removing_a_tracks_best_crop_keeps_the_track_findable(videos: dict[str, Path], world: World,
+                                                             tmp_path: Path) -> None:
+    """Track search dropped a track whose best crop was removed, although its other crops were still indexed."""
+    idx = world.copy(tmp_path / "idx")
+    with Engine.open(idx) as eng:
+        _ingest(eng, videos["full"])
+        by_track: dict[str, list[int]] = {}
+        for r in _footage_rows(eng):
+            if r["track"]:
+                by_track.setdefault(r["track"], []).append(r["id"])
+        key, ids = next((k, v) for k, v in by_track.items() if len(v) >= 2)
+        from reid_engine.tracks import track_row
+
+        best = track_row(eng.store, key)["best_crop"]
+        eng.remove(ids=[best])
+        left = [i for i in ids if i != best]
+        found = eng.query_tracks_features(eng.store.vectors(left[:1]), k=10)[0].hits
+        hit = next((h for h in found if h.track == key), None)
+        assert hit is not None, [h.track for h in found]
+        assert best not in hit.crop_ids and hit.best.id in left and sorted(hit.crop_ids) == sorted(left)
+        assert track_row(eng.store, key)["best_crop"] in left
+
+
+def test_an_unfinished_ingest_with_no_crops_restarts_with_other_settings(videos: dict[str, Path], world: World,
+                                                                        tmp_path: Path) -> None:
+    """Its message advised `remove --source`, which removed nothing, and every restart was refused."""
+
+    class Blind(StubDetector):
+        def detect(self, frame: np.ndarray) -> Any:
+            return super().detect(np.zeros_like(frame))
+
+    idx = world.copy(tmp_path / "idx")
+    with Engine.open(idx) as eng:
+        first = ingest_video(eng, videos["full"], "cam9", detector=Blind(), show_progress=False, max_frames=5)
+        assert first.crops == 0 and not first.done
+        again = ingest_video(eng, videos["full"], "cam9", detector=StubDetector(), show_progress=False, every=2)
+        assert again.resumed_from is None and again.crops > 0
+
+
+def test_track_urls_survive_dot_segments() -> None:
+    """A camera named '..' gave /tracks/../v1/1, which clients resolve to /v1/1 (404)."""
+    from reid_engine.http.routes import track_url
+
+    assert track_url("../v1/1") == "/tracks/%2E%2E/v1/1"
+    assert track_url("./x/2") == "/tracks/%2E/x/2"
+    assert track_url("cam 1/a.b/3") == "/tracks/cam%201/a.b/3"

@@ -43,7 +43,9 @@ def _name(text: Optional[str]) -> Optional[str]:
 
 
 def track_url(key: str) -> str:
-    return f"/tracks/{quote(key, safe='/')}"
+    """The URL of a track; "." and ".." segments are percent-encoded (clients would resolve them away)."""
+    parts = [quote(part, safe="") for part in key.split("/")]
+    return "/tracks/" + "/".join(p.replace(".", "%2E") if p in (".", "..") else p for p in parts)
 
 
 def crop_out(d: dict[str, Any]) -> dict[str, Any]:

@@ -48,10 +48,15 @@ class CropItem:
         """Identity of the crop: hash of the file bytes, or of the pixels for in-memory crops."""
         if self.image is None:
             return file_sha256(self.path)
-        h = hashlib.sha256()
-        h.update(str(self.image.shape).encode())
-        h.update(np.ascontiguousarray(self.image).tobytes())
-        return h.hexdigest()
+        return pixels_sha256(self.image)
+
+
+def pixels_sha256(img: np.ndarray) -> str:
+    """Identity of in-memory pixels (a crop cut from footage): hash of the shape and the bytes."""
+    h = hashlib.sha256()
+    h.update(str(img.shape).encode())
+    h.update(np.ascontiguousarray(img).tobytes())
+    return h.hexdigest()
 
 
 def parse_time(value: Union[str, float, int, datetime, None]) -> Optional[float]:

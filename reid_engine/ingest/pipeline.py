@@ -19,6 +19,7 @@ source: its old crops and tracks are removed and it is ingested again.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -135,8 +136,22 @@ def _forget_source(conn: Connection, key: str) -> None:
     conn.execute(db.tracks.delete().where(db.tracks.c.source == key))
 
 
+#: the longest track-key prefix ("camera/stem"): with "~N" and "/<track number>" a key must fit its column
+PREFIX_MAX = db.TEXT_LIMITS["track"] - 28
+
+
+def _short_prefix(prefix: str) -> str:
+    """``prefix``, or when longer than ``PREFIX_MAX`` its head and a hash of the whole (keys of long names fit)."""
+    if len(prefix) <= PREFIX_MAX:
+        return prefix
+    digest = hashlib.sha1(prefix.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{prefix[: PREFIX_MAX - 9]}~{digest}"
+
+
 def _unique_prefix(conn: Connection, key: str, prefix: str) -> str:
-    """``prefix``, or ``prefix~N`` when another source already uses it (track keys stay unique)."""
+    """``prefix`` (shortened to fit), or ``prefix~N`` when another source already uses it (track keys stay
+    unique)."""
+    prefix = _short_prefix(prefix)
     taken = set(
         conn.execute(
             sa.select(db.ingest_sources.c.track_prefix).where(db.ingest_sources.c.key != key)
@@ -396,6 +411,16 @@ def ingest_video(
     file_print = None if info.stream else fingerprint(source)
     stem = Path(str(source).rstrip("/")).stem or "stream"
     camera = str(camera) if camera else stem
+    if "," in camera:  # filters take comma-separated camera names: this one could never be selected
+        raise InvalidInputError(
+            f"{source}: camera {camera!r} holds a comma, which camera filters use to list names"
+            + ("" if camera != stem else " (it is the file's name); pass --camera with a name without one")
+        )
+    if len(camera) > db.TEXT_LIMITS["camera"]:
+        raise InvalidInputError(
+            f"{source}: camera {camera[:20]!r}... is longer than {db.TEXT_LIMITS['camera']} characters"
+            + ("" if camera != stem else " (it is the file's name); pass a shorter camera name")
+        )
     start_ts = parse_time(start_time)
     key = info.source
     if info.stream:  # frame numbers restart with every connection: each run is its own source
@@ -433,6 +458,11 @@ def ingest_video(
             ).scalar_one()
             if n_crops == 0 and (old["done"] or old["id_base"] > 0):
                 log.info("%s: its crops were removed from the index; ingesting it again", key)
+                _forget_source(conn, key)
+                old = None
+            elif n_crops == 0 and _settings_diff(old["settings"] or {}, settings):
+                # an unfinished run that indexed nothing yet: nothing to keep, so other settings start it afresh
+                log.info("%s: an unfinished ingest with no crops yet; starting again with the new settings", key)
                 _forget_source(conn, key)
                 old = None
         if old is not None and old["done"]:

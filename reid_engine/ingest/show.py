@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..images import IMAGE_SUFFIXES, read_image
+from .crops import pixels_sha256
 from .select import cut
 from .video import FrameReader
 
@@ -33,13 +34,25 @@ def _name(hit: Any, suffix: str) -> str:
 
 
 def _frame_of(hit: Any, reader: FrameReader) -> Optional[np.ndarray]:
-    """The source frame a hit was cut from, when its source is a readable video."""
+    """The source frame a hit was cut from, when its source is a readable video that still holds that crop."""
     source = getattr(hit, "source", None)
     if source is None or hit.frame is None or hit.box is None:
         return None
     if Path(source).suffix.lower() in IMAGE_SUFFIXES:
         return None
-    return reader.read(source, int(hit.frame))
+    frame = reader.read(source, int(hit.frame))
+    crop = getattr(hit, "best", hit)  # a track hit shows its best crop
+    if frame is not None and not frame_holds_crop(frame, crop.box, crop.sha256):
+        log.warning("%s: the video changed since crop %d was indexed; nothing drawn or cut from it", source, crop.id)
+        return None
+    return frame
+
+
+def frame_holds_crop(frame: np.ndarray, box: Sequence[float], sha256: str) -> bool:
+    """Whether cutting ``box`` from ``frame`` gives the crop that was indexed (a video replaced at the same
+    path would give another recording's pixels)."""
+    crop = cut(frame, xyxy(box))
+    return crop is not None and pixels_sha256(crop) == sha256
 
 
 def _write(dest: Path, img: Optional[np.ndarray] = None, copy_of: Optional[Path] = None) -> Path:

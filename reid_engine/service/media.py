@@ -12,7 +12,7 @@ import numpy as np
 
 from ..images import IMAGE_SUFFIXES, read_image
 from ..ingest.select import cut
-from ..ingest.show import draw_box, xyxy
+from ..ingest.show import draw_box, frame_holds_crop, xyxy
 from ..results import box_of
 from ..ingest.video import FrameReader, is_stream
 from .errors import NoPixelsError
@@ -44,10 +44,15 @@ def source_frame(row: dict[str, Any], reader: Optional[FrameReader] = None) -> O
         own = reader is None
         reader = reader or FrameReader()
         try:
-            return reader.read(video, int(row["frame"]))
+            frame = reader.read(video, int(row["frame"]))
         finally:
             if own:
                 reader.close()
+        box = box_of(row)
+        if frame is not None and box is not None and not frame_holds_crop(frame, box, str(row.get("sha256"))):
+            raise NoPixelsError(f"crop {row['id']}: its video changed since it was indexed (another recording "
+                                "at the same path); ingest it again")
+        return frame
     image = _image_file(row.get("source"))
     if image is not None:
         return read_image(image)

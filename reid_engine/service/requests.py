@@ -55,8 +55,9 @@ def preset_names() -> list[str]:
     return list_pipelines()
 
 
-def _strings(values: Any, what: str) -> tuple[str, ...]:
-    """A tuple of names from None, a string (comma-separated) or an iterable of strings.
+def _strings(values: Any, what: str, split: bool = True) -> tuple[str, ...]:
+    """A tuple of names from None, a string (comma-separated unless ``split`` is False: sources are paths, which
+    may hold commas) or an iterable of strings.
 
     An empty name (``--camera ''``, ``"a,"``) is an ``InvalidInputError`` naming ``what``:
     dropping it would quietly widen a filter, or narrow a removal's criteria.
@@ -69,7 +70,7 @@ def _strings(values: Any, what: str) -> tuple[str, ...]:
     for v in values:
         if v is None:
             continue
-        parts = [part.strip() for part in str(v).split(",")]
+        parts = [part.strip() for part in (str(v).split(",") if split else [str(v)])]
         if not all(parts):
             raise InvalidInputError(f"{what} {str(v)!r}: expected a name (or comma-separated names), not an empty one")
         out.extend(parts)
@@ -138,7 +139,7 @@ class Filters:
     ) -> "Filters":
         """Filters from loose values: comma-separated strings or lists, ISO-8601 or epoch times."""
         return cls(
-            _strings(cameras, "camera"), _strings(exclude_cameras, "camera"), _strings(sources, "source"),
+            _strings(cameras, "camera"), _strings(exclude_cameras, "camera"), _strings(sources, "source", split=False),
             _filter_time(time_from, "time_from"), _filter_time(time_to, "time_to"),
         )
 
@@ -343,7 +344,7 @@ class RemoveRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cameras", _strings(self.cameras, "camera"))
-        object.__setattr__(self, "sources", _strings(self.sources, "source"))
+        object.__setattr__(self, "sources", _strings(self.sources, "source", split=False))
         if not (self.ids or self.cameras or self.sources):
             raise RequestError("say what to remove: --id, --camera or --source (ids, cameras or sources)")
         for i in self.ids:
