@@ -96,7 +96,7 @@ class AddReport:
         )
 
 
-#: longest text the crop table keeps per column (PostgreSQL enforces these lengths)
+#: the largest frame number and box coordinate a crop row takes (32-bit, as OpenCV draws)
 _INT32 = 2**31 - 1
 
 
@@ -246,7 +246,7 @@ def _new_index_options_that_differ(manifest: Any, given: Mapping[str, Any]) -> l
 
 def _check_item(it: CropItem, where: str) -> None:
     """Raise ``InvalidInputError`` unless a crop's path, metadata and pixels have the types a crop needs."""
-    if not isinstance(it.path, (str, os.PathLike)) or str(it.path) == "":
+    if not isinstance(it.path, (str, os.PathLike)) or it.path == "":
         raise InvalidInputError(f"{where}: path {it.path!r}: expected an image file path (or a name for its pixels)")
     if not isinstance(it.meta, Mapping):
         raise InvalidInputError(f"{where} ({it.path}): metadata {it.meta!r}: expected a mapping of names to values")

@@ -72,7 +72,8 @@ def _strings(values: Any, what: str, split: bool = True) -> tuple[str, ...]:
             continue
         parts = [part.strip() for part in (str(v).split(",") if split else [str(v)])]
         if not all(parts):
-            raise InvalidInputError(f"{what} {str(v)!r}: expected a name (or comma-separated names), not an empty one")
+            listed = " (or comma-separated names)" if split else ""
+            raise InvalidInputError(f"{what} {str(v)!r}: expected a name{listed}, not an empty one")
         out.extend(parts)
     return tuple(out)
 
