@@ -2157,3 +2157,14 @@ def test_track_urls_survive_dot_segments() -> None:
     assert track_url("../v1/1") == "/tracks/%2E%2E/v1/1"
     assert track_url("./x/2") == "/tracks/%2E/x/2"
     assert track_url("cam 1/a.b/3") == "/tracks/cam%201/a.b/3"
+
+
+def test_an_image_named_as_a_video_and_an_untrainable_factory_are_refused(world: World, tmp_path: Path,
+                                                                          unchanged: None) -> None:
+    """`ingest crop.png` was read as a one-frame video; IVF<n> with n past any training set was accepted."""
+    png = _write(tmp_path / "crop.png", real_png(5))
+    assert_cli_error(cli("ingest", png, "--index", world.index), 1, "crop.png", "an image, not a video")
+    res = cli("index", world.gallery, "--index", tmp_path / "n", "--encoder", "tiny-test", "--weights", world.weights,
+              "--factory", "IVF99999999999,Flat")
+    assert_cli_error(res, 1, "IVF99999999999,Flat", "from 1 to")
+    assert not (tmp_path / "n").exists()

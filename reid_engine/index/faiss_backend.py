@@ -79,6 +79,9 @@ STR_FIELDS = ("camera", "source", "track")
 EXACT_THRESHOLD = 50_000
 _NAME_RE = re.compile(r"^(seg|tomb|quant)-(\d{6,})-([0-9a-f]+)(\.[a-z.]+)?(\.tmp[0-9a-f]*)?$")
 _FACTORY_RE = re.compile(r"^IVF(\d+),Flat$")
+#: the most lists an "IVF<n>,Flat" factory may name (FAISS trains on about 39 vectors per list: 2^20 lists
+#: already need 40M training vectors)
+IVF_NLIST_MAX = 1 << 20
 _HNSW_RE = re.compile(r"^HNSW(\d+)$")
 #: links per node of the graphs "auto" builds (FAISS HNSW M) and the construction beam width
 GRAPH_M = 32
@@ -299,8 +302,11 @@ def parse_factory(factory: Optional[str]) -> tuple[str, Optional[int]]:
     if h and 4 <= int(h.group(1)) <= 128:
         return "hnsw", int(h.group(1))
     m = _FACTORY_RE.match(str(factory))
-    if m and int(m.group(1)) >= 1:
+    if m and 1 <= int(m.group(1)) <= IVF_NLIST_MAX:
         return "ivf", int(m.group(1))
+    if m:  # a quantizer of more lists could never be trained (it needs a few vectors per list)
+        raise InvalidInputError(f"FAISS backend factory {factory!r}: expected IVF<n>,Flat with n from 1 to "
+                                f"{IVF_NLIST_MAX}")
     raise InvalidInputError(f"FAISS backend factory {factory!r} is not supported; supported: {_SUPPORTED}")
 
 

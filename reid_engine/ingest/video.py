@@ -15,7 +15,7 @@ import numpy as np
 
 from ..assets import expand_user, resolved
 from ..errors import InvalidInputError
-from ..images import why_not_a_file
+from ..images import IMAGE_SUFFIXES, why_not_a_file
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,9 @@ def _capture(source: str) -> cv2.VideoCapture:
 def _open(source: str) -> cv2.VideoCapture:
     if not is_stream(source) and not Path(source).is_file():
         raise InvalidInputError(f"{source}: {why_not_a_file(source)}, expected a video file or a stream URL")
+    if not is_stream(source) and Path(source).suffix.lower() in IMAGE_SUFFIXES:  # OpenCV reads it as one frame
+        raise InvalidInputError(f"{source}: an image, not a video; index crops with `reid-engine index` "
+                                "(or Engine.add)")
     cap = _capture(source)
     if not cap.isOpened():
         raise InvalidInputError(f"{source}: OpenCV cannot open this video (unsupported format or unreachable stream)")
