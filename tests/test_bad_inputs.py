@@ -2168,3 +2168,20 @@ def test_an_image_named_as_a_video_and_an_untrainable_factory_are_refused(world:
               "--factory", "IVF99999999999,Flat")
     assert_cli_error(res, 1, "IVF99999999999,Flat", "from 1 to")
     assert not (tmp_path / "n").exists()
+
+
+def test_eval_keeps_a_byte_identical_copy_labelled_with_another_camera(world: World, tmp_path: Path) -> None:
+    """The index kept one row per file content with the first copy's camera, so --exclude-same-camera dropped the
+    copy labelled with another camera: here the query's only true match."""
+    folder = tmp_path / "dup"
+    a = _write(folder / "a_cam1.png", real_png(1))
+    _write(folder / "a_copy_cam2.png", a.read_bytes())
+    _write(folder / "b_cam2.png", real_png(2))
+    _write(folder / "q.png", real_png(3))
+    protocol = _write(folder / "p.csv", b"file,pid,camid,role\nq.png,1,1,query\na_cam1.png,1,1,gallery\n"
+                      b"a_copy_cam2.png,1,2,gallery\nb_cam2.png,2,2,gallery\n")
+    res = cli("eval", protocol, "--encoder", "tiny-test", "--weights", world.weights, "--no-cache", "--json",
+              "--rerank", "none", "--exclude-same-camera")
+    metrics = json.loads(assert_cli_ok(res))["metrics"]
+    # the gallery left to the query: the copy (its match) and b; cosine puts the copy first or second
+    assert metrics["num_valid"] == 1 and metrics["rank5"] == 100.0 and metrics["mAP"] >= 50.0, metrics

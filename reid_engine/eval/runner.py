@@ -91,19 +91,26 @@ def _index_gallery(
 ) -> dict[int, list[int]]:
     """Add the gallery to the engine's index; return crop id -> gallery positions.
 
-    The index keeps one row per file content, so identical files are added once
-    and share that row's place in every ranked list. ``attributes`` (G, WIDTH)
+    The index keeps one row per file content, so identical files of one camera are added once
+    and share that row's place in every ranked list; copies labelled with another camera get a
+    row of their own (the same-camera filter must see their camera). ``attributes`` (G, WIDTH)
     are stored as the rows' ``attributes`` annotation, as indexing would.
     """
     from ..attributes import ANNOTATOR_NAME
     from ..attributes.groups import vector_to_note
     from ..ingest.crops import CropItem
 
+    keys: list[str] = []
+    camera_of_content: dict[str, str] = {}
+    for i, h in enumerate(hashes):
+        cam = str(split.gallery[i].camid)
+        first_cam = camera_of_content.setdefault(h, cam)
+        keys.append(h if cam == first_cam else f"{h}|camera {cam}")
     first: dict[str, int] = {}
     groups: dict[str, list[int]] = {}
-    for i, h in enumerate(hashes):
-        first.setdefault(h, i)
-        groups.setdefault(h, []).append(i)
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+        groups.setdefault(key, []).append(i)
     unique = list(first.values())
     items = [
         CropItem(
@@ -113,12 +120,12 @@ def _index_gallery(
         )
         for i in unique
     ]
-    ids = engine.add_features(features[unique], items, hashes=[hashes[i] for i in unique])
+    ids = engine.add_features(features[unique], items, hashes=[keys[i] for i in unique])
     if len(ids) != len(unique):
         raise InvalidInputError(f"the engine indexed {len(ids)} of {len(unique)} gallery crops")
     if len(unique) < len(hashes):
         log.info("%s: %d gallery files are byte-identical copies", split.name, len(hashes) - len(unique))
-    return {int(cid): groups[hashes[i]] for cid, i in zip(ids, unique)}
+    return {int(cid): groups[keys[i]] for cid, i in zip(ids, unique)}
 
 
 def _query_options(
